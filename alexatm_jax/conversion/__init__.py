@@ -1,0 +1,1 @@
+"""Conversion between HuggingFace-format AlexaTM checkpoints and ours."""

@@ -1,0 +1,193 @@
+"""Building blocks of the AlexaTM transformer: LayerNorm, dense projections, attention, MLP.
+
+Every parameter is declared with logical axis names; activations are constrained with logical
+names too. Only the partitioner maps those names onto mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alexatm_jax.model.config import ModelConfig
+
+Array = jax.Array
+LogicalAxes = tuple[str | None, ...]
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    """The release's activations: `gelu` is the exact erf form, `gelu_new` the tanh approximation."""
+    return {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+    }[name]
+
+
+def dense_init(config: ModelConfig) -> nn.initializers.Initializer:
+    """Weights ~ N(0, init_std), the release's `_init_weights`."""
+    return nn.initializers.normal(stddev=config.init_std)
+
+
+def constrain(x: Array, axes: LogicalAxes) -> Array:
+    """Attach logical axis names to an activation (a no-op outside a mesh with rules)."""
+    return nn.with_logical_constraint(x, axes)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis, computed in float32.
+
+    With `uncentered=True` (the release's quirk) the normaliser is the uncentered second moment:
+    (x - mean) * rsqrt(mean(x**2) + eps) * scale + bias.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        features = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (features,), jnp.dtype(cfg.param_dtype))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                          (features,), jnp.dtype(cfg.param_dtype))
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        if cfg.uncentered_layer_norm:
+            second_moment = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        else:
+            second_moment = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(second_moment + cfg.layer_norm_eps)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(jnp.dtype(cfg.dtype))
+
+
+class Dense(nn.Module):
+    """y = x . kernel + bias, contracting the trailing `len(in_axes)` axes of x.
+
+    `kernel_axes` names every kernel dimension (inputs first); the bias is named by the output part.
+    """
+
+    config: ModelConfig
+    out_shape: tuple[int, ...]
+    kernel_axes: LogicalAxes
+    num_in_axes: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        in_shape = x.shape[-self.num_in_axes:]
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(dense_init(cfg), self.kernel_axes),
+            in_shape + self.out_shape, jnp.dtype(cfg.param_dtype))
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                 self.kernel_axes[self.num_in_axes:]),
+            self.out_shape, jnp.dtype(cfg.param_dtype))
+        dtype = jnp.dtype(cfg.dtype)
+        contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                ((contract, tuple(range(self.num_in_axes))), ((), ())))
+        return y + bias.astype(dtype)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: wo(act(wi(x))) with biases and activation dropout."""
+
+    config: ModelConfig
+    ffn_dim: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        h = Dense(cfg, (self.ffn_dim,), ("embed", "mlp"), name="wi")(x)
+        h = activation_fn(cfg.activation)(h)
+        h = constrain(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(cfg.activation_dropout_rate)(h, deterministic=self.deterministic)
+        return Dense(cfg, (cfg.d_model,), ("mlp", "embed"), name="wo")(h)
+
+
+def _attention_weights_einsum(q: Array, k: Array, mask: Array | None, scale: float) -> Array:
+    """Softmax((q k^T) * scale + mask) in float32, shape [batch, heads, q_len, kv_len]."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with biases, scaling after q.k (the release's order).
+
+    Modes:
+      * plain: keys/values from `inputs_kv`; `mask` is a boolean [batch, 1, q_len, kv_len].
+      * `decode=True`, self-attention: keys/values are appended to a cache of `max_decode_length`
+        steps; the causal mask comes from the cache index (the `mask` argument is ignored).
+      * `decode=True`, cross-attention (`cache_kv=True`): keys/values are projected from
+        `inputs_kv` on the first call and read from the cache afterwards.
+    """
+
+    config: ModelConfig
+    num_heads: int
+    deterministic: bool = True
+    decode: bool = False
+    cache_kv: bool = False
+    max_decode_length: int = 0
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None) -> Array:
+        cfg = self.config
+        head_dim = cfg.d_model // self.num_heads
+        proj = lambda name: Dense(cfg, (self.num_heads, head_dim), ("embed", "heads", "kv"),
+                                  name=name)
+        qkv_axes = ("batch", "length", "heads", "kv")
+        query = constrain(proj("query")(inputs_q), qkv_axes)
+
+        if self.decode and self.cache_kv:
+            key, value = self._cross_kv_from_cache(proj, inputs_kv)
+        else:
+            key = constrain(proj("key")(inputs_kv), qkv_axes)
+            value = constrain(proj("value")(inputs_kv), qkv_axes)
+            if self.decode:
+                key, value, mask = self._append_to_cache(key, value)
+
+        scale = head_dim ** -0.5
+        dtype = jnp.dtype(cfg.dtype)
+        if cfg.attention_impl == "dot_product":
+            out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale)
+        else:
+            weights = _attention_weights_einsum(query, key, mask, scale)
+            weights = nn.Dropout(cfg.attention_dropout_rate)(weights,
+                                                             deterministic=self.deterministic)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), value)
+        out = constrain(out.astype(dtype), qkv_axes)
+        return Dense(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in_axes=2, name="out")(out)
+
+    def _cross_kv_from_cache(self, proj, inputs_kv: Array) -> tuple[Array, Array]:
+        initialized = self.has_variable("cache", "cross_key")
+        if not initialized:
+            key, value = proj("key")(inputs_kv), proj("value")(inputs_kv)
+            self.variable("cache", "cross_key", lambda: key)
+            self.variable("cache", "cross_value", lambda: value)
+            return key, value
+        return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+
+    def _append_to_cache(self, key: Array, value: Array) -> tuple[Array, Array, Array]:
+        batch, length, heads, head_dim = key.shape
+        shape = (batch, self.max_decode_length, heads, head_dim)
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        start = index.value
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
+                                                          (0, start, 0, 0))
+        index.value = start + length
+        query_pos = start + jnp.arange(length)
+        key_pos = jnp.arange(self.max_decode_length)
+        mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
+        return cached_key.value, cached_value.value, mask

@@ -1,0 +1,247 @@
+"""The AlexaTM pre-LN encoder-decoder (PAPER.md §1) as Flax Linen modules.
+
+Parameter tree (scanned layout puts every layer under `layers` with a leading `layers` axis;
+the unscanned layout uses `layers_0`, `layers_1`, ...):
+
+    token_embedder/embedding              [vocab, embed]  encoder input (shared when share_embeddings)
+    decoder_token_embedder/embedding      [vocab, embed]  absent when share_embeddings
+    encoder/position_embedder/embedding   [max_positions, embed]
+    encoder/token_type_embedder/embedding [type_vocab, embed]
+    encoder/layers*/{attention_norm, attention/{query,key,value,out}, mlp_norm, mlp/{wi,wo}}
+    encoder/final_norm
+    decoder/position_embedder/embedding   [max_positions + offset, embed]
+    decoder/layers*/{self_attention_norm, self_attention, cross_attention_norm, cross_attention,
+                     mlp_norm, mlp}
+    decoder/final_norm
+    lm_head/kernel                        [embed, vocab]  absent when tie_word_embeddings
+    final_logits_bias                     [vocab]
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alexatm_jax.model import masks
+from alexatm_jax.model.config import ModelConfig
+from alexatm_jax.model.layers import MLP, Attention, LayerNorm, constrain, dense_init
+
+Array = jax.Array
+HIDDEN_AXES = ("batch", "length", "embed")
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Embed(nn.Module):
+    """A lookup table [num_embeddings, features] with logical axes `axes`."""
+
+    config: ModelConfig
+    num_embeddings: int
+    axes: tuple[str, str] = ("vocab", "embed")
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(dense_init(cfg), self.axes),
+            (self.num_embeddings, cfg.d_model), jnp.dtype(cfg.param_dtype))
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(jnp.dtype(self.config.dtype))
+
+    def attend(self, x: Array) -> Array:
+        """x . embedding^T, in float32 accumulation: [..., embed] -> [..., num_embeddings]."""
+        return jnp.einsum("...d,vd->...v", x, self.embedding.astype(x.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN self-attention block then pre-LN feed-forward block, each with a residual."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
+        cfg, det = self.config, self.deterministic
+        h = LayerNorm(cfg, name="attention_norm")(x)
+        h = Attention(cfg, cfg.num_encoder_heads, deterministic=det, name="attention")(h, h, mask)
+        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        h = LayerNorm(cfg, name="mlp_norm")(x)
+        h = MLP(cfg, cfg.encoder_ffn_dim, deterministic=det, name="mlp")(h)
+        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        return constrain(x, HIDDEN_AXES), None
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN causal self-attention, pre-LN cross-attention, pre-LN feed-forward."""
+
+    config: ModelConfig
+    deterministic: bool = True
+    decode: bool = False
+    max_decode_length: int = 0
+
+    @nn.compact
+    def __call__(self, x: Array, encoded: Array, self_mask: Array | None,
+                 cross_mask: Array | None) -> tuple[Array, None]:
+        cfg, det = self.config, self.deterministic
+        attention = lambda name, cache_kv: Attention(
+            cfg, cfg.num_decoder_heads, deterministic=det, decode=self.decode, cache_kv=cache_kv,
+            max_decode_length=self.max_decode_length, name=name)
+        h = LayerNorm(cfg, name="self_attention_norm")(x)
+        h = attention("self_attention", False)(h, h, self_mask)
+        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        h = LayerNorm(cfg, name="cross_attention_norm")(x)
+        h = attention("cross_attention", True)(h, encoded, cross_mask)
+        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        h = LayerNorm(cfg, name="mlp_norm")(x)
+        h = MLP(cfg, cfg.decoder_ffn_dim, deterministic=det, name="mlp")(h)
+        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        return constrain(x, HIDDEN_AXES), None
+
+
+def run_layers(layer_cls: type[nn.Module], config: ModelConfig, num_layers: int,
+               x: Array, *broadcast_args, **layer_kwargs) -> Array:
+    """Apply `num_layers` layers (scanned or unrolled, optionally rematerialised) to x.
+
+    Must be called inside a compact method: the layers become children of the caller.
+    """
+    cls = layer_cls
+    if config.remat_policy != "none":
+        cls = nn.remat(cls, policy=_REMAT_POLICIES[config.remat_policy],
+                       prevent_cse=not config.scan_layers)
+    if config.scan_layers:
+        scanned = nn.scan(
+            cls,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(broadcast_args),
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = scanned(config, name="layers", **layer_kwargs)(x, *broadcast_args)
+        return x
+    for i in range(num_layers):
+        x, _ = cls(config, name=f"layers_{i}", **layer_kwargs)(x, *broadcast_args)
+    return x
+
+
+class Encoder(nn.Module):
+    """Token + token-type + absolute position embeddings, encoder layers, final LayerNorm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, token_embeddings: Array, token_type_ids: Array, positions: Array,
+                 mask: Array | None, deterministic: bool) -> Array:
+        cfg = self.config
+        x = token_embeddings
+        x = x + Embed(cfg, cfg.type_vocab_size, ("type_vocab", "embed"),
+                      name="token_type_embedder")(token_type_ids)
+        x = x + Embed(cfg, cfg.max_positions, ("position", "embed"),
+                      name="position_embedder")(positions)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = constrain(x, HIDDEN_AXES)
+        x = run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, x, mask,
+                       deterministic=deterministic)
+        return LayerNorm(cfg, name="final_norm")(x)
+
+
+class Decoder(nn.Module):
+    """Token + (position + offset) embeddings, decoder layers, final LayerNorm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, token_embeddings: Array, positions: Array, encoded: Array,
+                 self_mask: Array | None, cross_mask: Array | None, deterministic: bool,
+                 decode: bool, max_decode_length: int) -> Array:
+        cfg = self.config
+        table = Embed(cfg, cfg.max_positions + cfg.decoder_position_offset, ("position", "embed"),
+                      name="position_embedder")
+        x = token_embeddings + table(positions + cfg.decoder_position_offset)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = constrain(x, HIDDEN_AXES)
+        x = run_layers(DecoderLayer, cfg, cfg.num_decoder_layers, x, encoded, self_mask,
+                       cross_mask, deterministic=deterministic, decode=decode,
+                       max_decode_length=max_decode_length)
+        return LayerNorm(cfg, name="final_norm")(x)
+
+
+def _default_positions(tokens: Array) -> Array:
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+class AlexaTM(nn.Module):
+    """Encoder-decoder returning float32 logits [batch, decoder_len, vocab]."""
+
+    config: ModelConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.token_embedder = Embed(cfg, cfg.vocab_size)
+        if not cfg.share_embeddings:
+            self.decoder_token_embedder = Embed(cfg, cfg.vocab_size)
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = self.param(
+                "lm_head", nn.with_logical_partitioning(dense_init(cfg), ("embed", "vocab")),
+                (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+        self.final_logits_bias = self.param(
+            "final_logits_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+            (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+
+    def _decoder_embedder(self) -> Embed:
+        return self.token_embedder if self.config.share_embeddings else self.decoder_token_embedder
+
+    def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
+               encoder_positions: Array | None = None,
+               encoder_token_type_ids: Array | None = None, *,
+               deterministic: bool = True) -> Array:
+        """Encoder hidden states [batch, input_len, embed]."""
+        tokens = encoder_input_tokens
+        positions = _default_positions(tokens) if encoder_positions is None else encoder_positions
+        types = jnp.zeros_like(tokens) if encoder_token_type_ids is None else encoder_token_type_ids
+        return self.encoder(self.token_embedder(tokens), types, positions,
+                            masks.encoder_self_mask(encoder_segment_ids), deterministic)
+
+    def decode(self, encoded: Array, encoder_segment_ids: Array | None,
+               decoder_input_tokens: Array, decoder_segment_ids: Array | None = None,
+               decoder_positions: Array | None = None, *, deterministic: bool = True,
+               decode: bool = False, max_decode_length: int = 0) -> Array:
+        """Logits [batch, decoder_len, vocab] (float32) given encoder states.
+
+        With `decode=True` the call extends the decoder's KV cache (collection `cache`, which must
+        be mutable); `decoder_positions` must then be the absolute step indices.
+        """
+        tokens = decoder_input_tokens
+        length = tokens.shape[1]
+        positions = _default_positions(tokens) if decoder_positions is None else decoder_positions
+        self_mask = None if decode else masks.decoder_self_mask(decoder_segment_ids, length)
+        cross = masks.cross_mask(decoder_segment_ids, encoder_segment_ids, length)
+        hidden = self.decoder(self._decoder_embedder()(tokens), positions, encoded, self_mask,
+                              cross, deterministic, decode, max_decode_length)
+        if self.config.tie_word_embeddings:
+            logits = self._decoder_embedder().attend(hidden)
+        else:
+            logits = jnp.einsum("bld,dv->blv", hidden, self.lm_head.astype(hidden.dtype),
+                                preferred_element_type=jnp.float32)
+        logits = logits + self.final_logits_bias.astype(jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"))
+
+    def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                 encoder_segment_ids: Array | None = None,
+                 decoder_segment_ids: Array | None = None,
+                 encoder_positions: Array | None = None, decoder_positions: Array | None = None,
+                 encoder_token_type_ids: Array | None = None, *,
+                 deterministic: bool = True) -> Array:
+        """Teacher-forced logits [batch, decoder_len, vocab] in float32."""
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                              encoder_token_type_ids, deterministic=deterministic)
+        return self.decode(encoded, encoder_segment_ids, decoder_input_tokens, decoder_segment_ids,
+                           decoder_positions, deterministic=deterministic)
