@@ -1,0 +1,18 @@
+"""Test-wide settings: CPU only, quiet TensorFlow, the repository root on hand."""
+
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+    """The checkout's top directory (where gin/, data/ and tasks/ live)."""
+    return REPO_ROOT
