@@ -1,3 +1,17 @@
-"""alexatm-jax: pretrain, evaluate and serve AlexaTM-style encoder-decoder LLMs in JAX."""
+"""alexatm-jax: pretrain, evaluate and serve AlexaTM-style encoder-decoder LLMs in JAX.
+
+`alexatm_jax.load(path, **config_overrides)` returns a `LoadedModel` (imported on first use,
+so `import alexatm_jax` stays cheap).
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["LoadedModel", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from alexatm_jax import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'alexatm_jax' has no attribute {name!r}")

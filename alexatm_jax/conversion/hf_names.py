@@ -20,6 +20,8 @@ Path = tuple[str, ...]
 IGNORED_HF_KEYS = ("model.encoder.position_ids",)
 # HF keys that alias another key of the same state dict.
 ALIASES = {"model.encoder.token_embeddings.weight": "model.shared.weight"}
+# HF keys the reference recreates when absent (zeros), so a checkpoint may omit them.
+OPTIONAL_HF_KEYS = ("final_logits_bias",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,18 @@ class TensorMapping:
         if self.kind == "attn_out":
             return t.reshape(self.heads, -1, t.shape[-1])
         raise ValueError(f"unknown mapping kind {self.kind!r}")
+
+    def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The HF tensor shape for a leaf of our shape `shape`."""
+        if self.kind == "copy":
+            return tuple(shape)
+        if self.kind == "row":
+            return (1, int(np.prod(shape)))
+        if self.kind == "q_kv":
+            return (int(np.prod(shape[1:])), shape[0]) if len(shape) == 3 else (int(np.prod(shape)),)
+        if self.kind == "attn_out":
+            return (shape[-1], int(np.prod(shape[:-1])))
+        return tuple(reversed(shape))
 
     def to_hf(self, array: np.ndarray) -> np.ndarray:
         """Our layout -> HF layout."""
@@ -129,6 +143,23 @@ def tensor_mappings(cfg: ModelConfig) -> Iterator[TensorMapping]:
     if not cfg.tie_word_embeddings:
         yield TensorMapping("lm_head.weight", ("lm_head",), "linear")
     yield TensorMapping("final_logits_bias", ("final_logits_bias",), "row")
+
+
+def hf_aliases(cfg: ModelConfig) -> dict[str, str]:
+    """HF key -> the key holding the same tensor, for `cfg`'s embedding sharing and tying.
+
+    The encoder's token embedding is `model.shared`; with share_embeddings the decoder's is too;
+    with tie_word_embeddings `lm_head.weight` is the decoder's token embedding ([vocab, embed]).
+    Chains are resolved: every value is a key of `tensor_mappings(cfg)`.
+    """
+    aliases = dict(ALIASES)
+    decoder_embedding = "model.decoder.embed_tokens.weight"
+    if cfg.share_embeddings:
+        aliases[decoder_embedding] = "model.shared.weight"
+        decoder_embedding = "model.shared.weight"
+    if cfg.tie_word_embeddings:
+        aliases["lm_head.weight"] = decoder_embedding
+    return aliases
 
 
 def hf_config_to_model_config(hf: dict[str, Any], **overrides: Any) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""The model configuration: one frozen dataclass, bound by gin in `alexatm_jax.gin_bindings`."""
+"""The model configuration: one frozen dataclass, bound by gin in `alexatm_jax.gin_registry`."""
 
 from __future__ import annotations
 

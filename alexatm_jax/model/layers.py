@@ -112,9 +112,13 @@ class MLP(nn.Module):
         return Dense(cfg, (cfg.d_model,), ("mlp", "embed"), name="wo")(h)
 
 
-def _attention_weights_einsum(q: Array, k: Array, mask: Array | None, scale: float) -> Array:
-    """Softmax((q k^T) * scale + mask) in float32, shape [batch, heads, q_len, kv_len]."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+def _attention_weights_einsum(q: Array, k: Array, mask: Array | None, scale: float,
+                              equation: str = "bqhd,bkhd->bhqk") -> Array:
+    """Softmax((q k^T) * scale + mask) in float32, shape [batch, heads, q_len, kv_len].
+
+    `equation` names the key layout (head-major decode caches use "bqhd,bhkd->bhqk").
+    """
+    scores = jnp.einsum(equation, q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(scores, axis=-1)
@@ -129,6 +133,11 @@ class Attention(nn.Module):
         steps; the causal mask comes from the cache index (the `mask` argument is ignored).
       * `decode=True`, cross-attention (`cache_kv=True`): keys/values are projected from
         `inputs_kv` on the first call and read from the cache afterwards.
+
+    Decode caches are head-major, [batch, heads, length, head_dim], so that every step's q.k and
+    weights.v contract them in place; a [batch, length, heads, head_dim] cache would be re-laid
+    out in full at every step (on CPU that copy cost more than the rest of the step). Decode
+    steps therefore always use the einsum path.
     """
 
     config: ModelConfig
@@ -157,7 +166,10 @@ class Attention(nn.Module):
 
         scale = head_dim ** -0.5
         dtype = jnp.dtype(cfg.dtype)
-        if cfg.attention_impl == "dot_product":
+        if self.decode:
+            weights = _attention_weights_einsum(query, key, mask, scale, "bqhd,bhkd->bhqk")
+            out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(dtype), value)
+        elif cfg.attention_impl == "dot_product":
             out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale)
         else:
             weights = _attention_weights_einsum(query, key, mask, scale)
@@ -170,7 +182,8 @@ class Attention(nn.Module):
     def _cross_kv_from_cache(self, proj, inputs_kv: Array) -> tuple[Array, Array]:
         initialized = self.has_variable("cache", "cross_key")
         if not initialized:
-            key, value = proj("key")(inputs_kv), proj("value")(inputs_kv)
+            head_major = lambda x: jnp.swapaxes(x, 1, 2)
+            key, value = head_major(proj("key")(inputs_kv)), head_major(proj("value")(inputs_kv))
             self.variable("cache", "cross_key", lambda: key)
             self.variable("cache", "cross_value", lambda: value)
             return key, value
@@ -178,14 +191,15 @@ class Attention(nn.Module):
 
     def _append_to_cache(self, key: Array, value: Array) -> tuple[Array, Array, Array]:
         batch, length, heads, head_dim = key.shape
-        shape = (batch, self.max_decode_length, heads, head_dim)
+        shape = (batch, heads, self.max_decode_length, head_dim)
         cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
         index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         start = index.value
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
-                                                          (0, start, 0, 0))
+        cached_key.value = jax.lax.dynamic_update_slice(
+            cached_key.value, jnp.swapaxes(key, 1, 2), (0, 0, start, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(
+            cached_value.value, jnp.swapaxes(value, 1, 2), (0, 0, start, 0))
         index.value = start + length
         query_pos = start + jnp.arange(length)
         key_pos = jnp.arange(self.max_decode_length)

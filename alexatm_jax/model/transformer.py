@@ -51,7 +51,12 @@ class Embed(nn.Module):
             (self.num_embeddings, cfg.d_model), jnp.dtype(cfg.param_dtype))
 
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(jnp.dtype(self.config.dtype))
+        # Unshard the table's embed dimension (in the compute dtype) before the lookup, as ZeRO-3
+        # gathers a module's parameters before use: a lookup in an embed-sharded table makes
+        # XLA replicate the batch-sharded activations instead.
+        table = constrain(self.embedding.astype(jnp.dtype(self.config.dtype)),
+                          (self.axes[0], None))
+        return jnp.take(table, ids, axis=0)
 
     def attend(self, x: Array) -> Array:
         """x . embedding^T, in float32 accumulation: [..., embed] -> [..., num_embeddings]."""

@@ -1,0 +1,92 @@
+"""`alexatm-convert`: HuggingFace-format AlexaTM <-> alexatm-jax model checkpoint.
+
+    alexatm-convert hf-to-jax --hf_dir DIR --out CKPT [--scan_layers] [--dtype float32|bfloat16]
+    alexatm-convert jax-to-hf --checkpoint CKPT --out DIR [--dtype ...] [--max_shard_size 5GB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Sequence
+
+DTYPES = ("float32", "bfloat16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with the two conversion directions as subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="alexatm-convert",
+        description="Convert between HuggingFace-format AlexaTM directories and alexatm-jax "
+                    "model checkpoints, streaming tensor by tensor.")
+    sub = parser.add_subparsers(dest="direction", required=True)
+
+    to_jax = sub.add_parser("hf-to-jax", help="HuggingFace directory -> model checkpoint")
+    to_jax.add_argument("--hf_dir", required=True,
+                        help="directory with config.json and model.safetensors / "
+                             "pytorch_model.bin (sharded index files accepted)")
+    to_jax.add_argument("--out", required=True, help="model checkpoint directory to create")
+    to_jax.add_argument("--scan_layers", action="store_true",
+                        help="store layers stacked (scanned layout) instead of layers_0, ...")
+    to_jax.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="parameter dtype of the checkpoint (default: the source's)")
+    to_jax.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+    to_hf = sub.add_parser("jax-to-hf", help="model checkpoint -> HuggingFace directory")
+    to_hf.add_argument("--checkpoint", required=True, help="model checkpoint directory")
+    to_hf.add_argument("--out", required=True, help="HuggingFace directory to create")
+    to_hf.add_argument("--dtype", choices=DTYPES, default=None,
+                       help="dtype of the written tensors (default: the checkpoint's)")
+    to_hf.add_argument("--max_shard_size", default="5GB",
+                       help="largest safetensors shard, e.g. 5GB (10**9 bytes), 500MB, 2GiB")
+    to_hf.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return parser
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from alexatm_jax.checkpoints.atomic_dir import check_output_dir
+    from alexatm_jax.checkpoints.model_checkpoint import is_model_checkpoint
+    from alexatm_jax.conversion.jax_to_hf import parse_size
+
+    if args.direction == "hf-to-jax":
+        if not (pathlib.Path(args.hf_dir) / "config.json").is_file():
+            parser.error(f"--hf_dir {args.hf_dir} has no config.json: point it at a HuggingFace "
+                         "AlexaTM directory")
+    else:
+        if not is_model_checkpoint(args.checkpoint):
+            parser.error(f"--checkpoint {args.checkpoint} is not a model checkpoint (no "
+                         "alexatm_checkpoint.json): create one with `alexatm-convert hf-to-jax`")
+        try:
+            if parse_size(args.max_shard_size) <= 0:
+                parser.error("--max_shard_size must be positive")
+        except ValueError as error:
+            parser.error(f"--max_shard_size: {error}")
+    try:
+        check_output_dir(args.out, args.overwrite)
+    except FileExistsError as error:
+        parser.error(f"--out: {error}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one conversion; prints where the result went. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(args, parser)
+    if args.direction == "hf-to-jax":
+        from alexatm_jax.conversion.hf_to_jax import convert_hf_to_checkpoint
+        out = convert_hf_to_checkpoint(args.hf_dir, args.out, scan_layers=args.scan_layers,
+                                       dtype=args.dtype, overwrite=args.overwrite)
+        print(f"wrote model checkpoint {out} (load it with alexatm_jax.load({str(out)!r}))")
+    else:
+        from alexatm_jax.conversion.jax_to_hf import export_checkpoint_to_hf
+        out = export_checkpoint_to_hf(args.checkpoint, args.out, dtype=args.dtype,
+                                      max_shard_size=args.max_shard_size,
+                                      overwrite=args.overwrite)
+        print(f"wrote HuggingFace directory {out} (load it with "
+              f"AlexaTMSeq2SeqForConditionalGeneration.from_pretrained({str(out)!r}))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
