@@ -1,0 +1,245 @@
+"""Train-step throughput of alexatm-jax, side by side with the PyTorch reference on CPU.
+
+    python benchmarks/train_step.py --gin_file gin/models/small.gin --batch 8 \
+        --input_len 256 --target_len 256 --steps 3
+
+Times our jitted, sharded AdamW train step (compile and warm-up steps excluded) and reports step
+time, tokens/s (input + target tokens of the global batch per second), model FLOP/s and MFU
+(against the chip's peak from `alexatm_jax.training.flops`, or --cpu_peak_flops on CPU). On CPU
+it also trains the reference implementation (`alexa_teacher_models`, same shapes, same batch,
+torch.optim.AdamW, model.train(), same dropout) and prints the ratio ours / reference. The two
+are timed in alternating rounds so that load from other processes hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--gin_file", default=None,
+                        help="model gin file (e.g. gin/models/small.gin); default: that file")
+    source.add_argument("--model_config_json", default=None,
+                        help="a ModelConfig JSON file instead of a gin file")
+    parser.add_argument("--gin_param", action="append", default=[],
+                        help="extra gin binding, e.g. ModelConfig.num_encoder_layers=2")
+    parser.add_argument("--batch", type=int, default=8, help="global batch size (examples)")
+    parser.add_argument("--input_len", type=int, default=256, help="encoder length (tokens)")
+    parser.add_argument("--target_len", type=int, default=256, help="decoder length (tokens)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating rounds (ours, reference); the median step is reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype (parameters stay float32)")
+    parser.add_argument("--rules", default="fsdp", help="logical axis rule set")
+    parser.add_argument("--remat", default=None, help="override ModelConfig.remat_policy")
+    parser.add_argument("--attention_impl", default=None,
+                        help="override ModelConfig.attention_impl (einsum, dot_product)")
+    parser.add_argument("--no_reference", action="store_true",
+                        help="skip the PyTorch reference (always skipped off CPU)")
+    parser.add_argument("--cpu_peak_flops", type=float, default=None,
+                        help="peak FLOP/s of this CPU, for an MFU figure on CPU")
+    parser.add_argument("--output_json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    for name in ("batch", "input_len", "target_len", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    if args.model_config_json and not pathlib.Path(args.model_config_json).is_file():
+        parser.error(f"--model_config_json {args.model_config_json} does not exist")
+    if args.gin_file is None and args.model_config_json is None:
+        args.gin_file = str(REPO_ROOT / "gin" / "models" / "small.gin")
+    return args
+
+
+def load_model_config(args: argparse.Namespace):
+    """The ModelConfig named by --gin_file/--gin_param or --model_config_json, with overrides."""
+    from alexatm_jax.model import ModelConfig
+    if args.model_config_json:
+        cfg = ModelConfig.from_dict(json.loads(pathlib.Path(args.model_config_json).read_text()))
+    else:
+        from alexatm_jax.gin_registry import model_config_from_gin, parse_gin
+        parse_gin([args.gin_file], args.gin_param)
+        cfg = model_config_from_gin()
+    overrides = {"dtype": args.dtype}
+    if args.remat:
+        overrides["remat_policy"] = args.remat
+    if args.attention_impl:
+        overrides["attention_impl"] = args.attention_impl
+    return cfg.replace(**overrides)
+
+
+def synthetic_batch(cfg, batch: int, input_len: int, target_len: int) -> dict[str, np.ndarray]:
+    """Random tokens, every position real (segment id 1), all targets weighted."""
+    rng = np.random.default_rng(0)
+    low = 3
+    return {
+        "encoder_input_tokens": rng.integers(low, cfg.vocab_size, (batch, input_len), np.int32),
+        "decoder_input_tokens": rng.integers(low, cfg.vocab_size, (batch, target_len), np.int32),
+        "decoder_target_tokens": rng.integers(low, cfg.vocab_size, (batch, target_len), np.int32),
+        "decoder_loss_weights": np.ones((batch, target_len), np.float32),
+        "encoder_segment_ids": np.ones((batch, input_len), np.int32),
+        "decoder_segment_ids": np.ones((batch, target_len), np.int32),
+    }
+
+
+class OurTrainer:
+    """Our jitted train step on all local devices."""
+
+    def __init__(self, cfg, host_batch: dict[str, np.ndarray], rules: str) -> None:
+        import jax
+        from alexatm_jax.partitioning import MeshConfig, Partitioner
+        from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
+                                          make_train_step)
+        self.jax = jax
+        partitioner = Partitioner(MeshConfig(), rules)
+        tx = make_optimizer(OptimizerConfig(), 10_000)
+        self.state = create_train_state(cfg, tx, partitioner, jax.random.key(0))
+        self.step_fn = make_train_step(cfg, tx, partitioner)
+        self.batch = partitioner.shard_batch(host_batch)
+        self.rng = jax.random.key(1)
+        self.num_devices = partitioner.mesh.size
+        start = time.perf_counter()
+        self.step()
+        self.compile_s = time.perf_counter() - start
+
+    def step(self) -> float:
+        self.state, metrics = self.step_fn(self.state, self.batch, self.rng)
+        return float(self.jax.block_until_ready(metrics["loss"]))
+
+
+class ReferenceTrainer:
+    """The PyTorch reference (alexa_teacher_models) with torch.optim.AdamW, same batch."""
+
+    def __init__(self, cfg, host_batch: dict[str, np.ndarray]) -> None:
+        import torch
+        import alexa_teacher_models as atm
+        from alexatm_jax.conversion.hf_names import model_config_to_hf_config
+        torch.set_num_threads(os.cpu_count())
+        torch.manual_seed(0)
+        hf = {k: v for k, v in model_config_to_hf_config(cfg).items()
+              if k not in ("architectures", "model_type")}
+        self.torch = torch
+        self.model = atm.AlexaTMSeq2SeqForConditionalGeneration(
+            atm.AlexaTMSeq2SeqConfig(**hf)).train()
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            is_norm = "layer_norm" in name or "layernorm" in name
+            (no_decay if name.endswith("bias") or is_norm else decay).append(param)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
+        self.inputs = {
+            "input_ids": torch.from_numpy(host_batch["encoder_input_tokens"]).long(),
+            "attention_mask": torch.from_numpy(host_batch["encoder_segment_ids"]).long(),
+            "decoder_input_ids": torch.from_numpy(host_batch["decoder_input_tokens"]).long(),
+            "decoder_attention_mask": torch.from_numpy(host_batch["decoder_segment_ids"]).long(),
+        }
+        self.targets = torch.from_numpy(host_batch["decoder_target_tokens"]).long()
+        self.weights = torch.from_numpy(host_batch["decoder_loss_weights"])
+        start = time.perf_counter()
+        self.step()
+        self.compile_s = time.perf_counter() - start
+
+    def step(self) -> float:
+        torch = self.torch
+        logits = self.model(**self.inputs).logits.float()
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), reduction="none")
+        loss = (token_loss * self.weights.reshape(-1)).sum() / self.weights.sum().clamp(min=1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+def time_steps(trainer, steps: int) -> list[float]:
+    """Seconds per step for `steps` consecutive steps."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import jax
+    from tqdm import tqdm
+    from alexatm_jax.model import count_params, param_shapes
+    from alexatm_jax.training.flops import mfu, peak_flops_per_device, train_flops_per_step
+
+    cfg = load_model_config(args)
+    device = jax.devices()[0]
+    on_cpu = device.platform == "cpu"
+    run_reference = on_cpu and not args.no_reference
+    host_batch = synthetic_batch(cfg, args.batch, args.input_len, args.target_len)
+    num_params = count_params(param_shapes(cfg))
+    print(f"model: {num_params / 1e6:.1f}M parameters, d_model={cfg.d_model}, layers="
+          f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers}, vocab={cfg.vocab_size}, "
+          f"dtype={cfg.dtype}; batch {args.batch} x ({args.input_len} + {args.target_len}) "
+          f"tokens on {jax.device_count()} x {device.device_kind}", flush=True)
+
+    trainers = {"ours": OurTrainer(cfg, host_batch, args.rules)}
+    if run_reference:
+        trainers["reference"] = ReferenceTrainer(cfg, host_batch)
+    for name, trainer in trainers.items():
+        print(f"{name}: first step (compile/warm-up) {trainer.compile_s:.1f}s", flush=True)
+        for _ in range(args.warmup):
+            trainer.step()
+
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    with tqdm(total=args.rounds * args.steps * len(trainers), desc="timed steps") as bar:
+        for _ in range(args.rounds):
+            for name, trainer in trainers.items():
+                for seconds in time_steps(trainer, args.steps):
+                    times[name].append(seconds)
+                    bar.update(1)
+
+    tokens_per_step = args.batch * (args.input_len + args.target_len)
+    flops_per_step = train_flops_per_step(cfg, args.batch, args.input_len, args.target_len)
+    peak = peak_flops_per_device(device.device_kind, args.dtype, args.cpu_peak_flops)
+    results = {"config": cfg.to_dict(), "batch": args.batch, "input_len": args.input_len,
+               "target_len": args.target_len, "device": device.device_kind,
+               "num_devices": jax.device_count(), "flops_per_step": flops_per_step,
+               "peak_flops_per_device": peak}
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        entry = {"step_time_s": median, "tokens_per_s": tokens_per_step / median,
+                 "model_flops_per_s": flops_per_step / median, "all_step_times_s": seconds}
+        if peak:
+            num_devices = trainers["ours"].num_devices if name == "ours" else 1
+            entry["mfu"] = mfu(flops_per_step, median, num_devices, peak)
+        results[name] = entry
+        mfu_text = f", MFU {entry['mfu'] * 100:.1f}%" if "mfu" in entry else ""
+        print(f"{name:>9}: {median:.3f} s/step, {entry['tokens_per_s']:.0f} tokens/s, "
+              f"{entry['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu_text}")
+    if "reference" in results:
+        ratio = results["ours"]["tokens_per_s"] / results["reference"]["tokens_per_s"]
+        results["ratio_ours_over_reference"] = ratio
+        print(f"ours / reference tokens/s: {ratio:.2f}x")
+    if args.output_json:
+        pathlib.Path(args.output_json).write_text(json.dumps(results, indent=2))
+        print(f"results written to {args.output_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
