@@ -1,0 +1,76 @@
+"""alexatm-score: teacher-forced log-probabilities of targets given inputs.
+
+Reads JSONL lines `{"input": ..., "target": ...}` and writes one JSONL line per pair with
+`score_sum` (sum of the target tokens' natural-log probabilities), `score_mean` (per token) and
+`num_tokens` (target tokens scored, EOS included, and BOS when the vocabulary has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from alexatm_jax.cli import inference_arguments as common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of alexatm-score."""
+    parser = argparse.ArgumentParser(
+        prog="alexatm-score", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_model_arguments(parser)
+    parser.add_argument("--input_file", required=True, help="JSONL with `input` and `target`")
+    parser.add_argument("--output", help="write JSONL scores here (default: stdout)")
+    return parser
+
+
+def read_pairs(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, str]]:
+    """(input, target) pairs of the JSONL file; exits naming a bad line."""
+    if not os.path.isfile(path):
+        common.fail(parser, f"--input_file {path} does not exist")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                common.fail(parser, f"{path}:{number} is not valid JSON ({e})")
+            if not isinstance(record, dict) or "input" not in record or "target" not in record:
+                common.fail(parser, f"{path}:{number} needs `input` and `target` fields")
+            pairs.append((record["input"], record["target"]))
+    if not pairs:
+        common.fail(parser, f"{path} holds no pairs")
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    common.check_model_arguments(parser, args)
+    pairs = read_pairs(parser, args.input_file)
+    text_model = common.load_model(parser, args)
+    try:
+        scores = text_model.score([p[0] for p in pairs], [p[1] for p in pairs])
+    except ValueError as e:
+        common.fail(parser, str(e))
+    lines = [json.dumps({"input": i, "target": t, "score_sum": s.score_sum,
+                         "score_mean": s.score_mean, "num_tokens": s.num_tokens},
+                        ensure_ascii=False) for (i, t), s in zip(pairs, scores)]
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        common.note(f"wrote {len(lines)} scores to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

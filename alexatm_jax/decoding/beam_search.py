@@ -1,0 +1,158 @@
+"""Beam search with a length penalty, as one jitted `lax.while_loop` over cached decoder steps.
+
+Per input, K live beams and up to K finished hypotheses are kept. Each step scores the K*V
+extensions of the live beams by total log-probability and takes the best 2K: those ending in EOS
+and ranked within the first K compete for the finished slots with score sum(log p) /
+norm(length) (see `length_normalizer`); the best K not ending in EOS become the new live beams,
+and the KV cache rows follow their source beams. An input is done when it has K finished hypotheses and no live beam can still beat the worst
+of them (their log-probability can only fall; the bound takes the most favourable length). At the
+end, inputs that are not done also rank their live beams, normalised at their current length.
+With one beam and length_penalty 0 this is exactly greedy search.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from alexatm_jax.decoding import model_steps
+from alexatm_jax.decoding.logits_processing import ban_bad_words
+from alexatm_jax.decoding.options import (
+    DecodeOptions,
+    SearchKnobs,
+    StaticSearch,
+    length_normalizer,
+    split_options,
+)
+from alexatm_jax.decoding.sampling import SearchOutput, initial_history, last_token, recent_tokens
+from alexatm_jax.model import ModelConfig
+
+Params = Any
+
+
+class _BeamState(NamedTuple):
+    step: jax.Array            # tokens generated so far by every live beam, scalar int32
+    live_history: jax.Array    # [batch, beams, prefix + max_new_tokens]
+    live_log_probs: jax.Array  # [batch, beams], sorted best first
+    done_tokens: jax.Array     # [batch, beams, max_new_tokens]
+    done_scores: jax.Array     # [batch, beams], sorted best first, -inf = empty slot
+    cache: Any
+
+
+def _gather_beams(x: jax.Array, beam_indices: jax.Array) -> jax.Array:
+    """x[b, beam_indices[b, j], ...] for every b, j."""
+    index = beam_indices.reshape(beam_indices.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=1)
+
+
+def _top(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """The k best scores of each row (best first) and their indices."""
+    return jax.lax.top_k(scores, k)
+
+
+def beam_search(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: jax.Array, *,
+                config: ModelConfig, options: DecodeOptions) -> SearchOutput:
+    """Beam search for a batch of padded prompts ([batch, input_len] tokens and segment ids).
+
+    Returns a `SearchOutput` with tokens [batch, beams, max_new_tokens] and length-normalised
+    scores [batch, beams], best first.
+    """
+    if 2 * options.num_beams > config.vocab_size:
+        raise ValueError(f"num_beams={options.num_beams} needs a vocabulary of at least "
+                         f"{2 * options.num_beams} ids")
+    static, knobs = split_options(options)
+    return _beam_search(params, encoder_tokens, encoder_segment_ids, knobs, config=config,
+                        static=static)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "static"))
+def _beam_search(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: jax.Array,
+                 knobs: SearchKnobs, *, config: ModelConfig, static: StaticSearch) -> SearchOutput:
+    batch = encoder_tokens.shape[0]
+    beams, steps, window = static.num_beams, static.max_new_tokens, static.bad_word_window
+    alpha, kind = knobs.length_penalty, knobs.gnmt
+    eos = config.eos_token_id
+
+    encoded = model_steps.encode(config, params, encoder_tokens, encoder_segment_ids)
+    rows = batch * beams
+    segments = jnp.repeat(encoder_segment_ids, beams, axis=0)
+
+    def flat(x: jax.Array) -> jax.Array:
+        return x.reshape((rows,) + x.shape[2:])
+
+    def choose(state: _BeamState, logits: jax.Array, cache) -> _BeamState:
+        step = state.step
+        history = flat(state.live_history)
+        log_probs = ban_bad_words(jax.nn.log_softmax(logits, axis=-1),
+                                  recent_tokens(history, step, window), knobs.bad_prefixes,
+                                  knobs.bad_last_ids)
+        vocab = log_probs.shape[-1]
+        totals = state.live_log_probs[:, :, None] + log_probs.reshape(batch, beams, vocab)
+        top_totals, top_index = _top(totals.reshape(batch, beams * vocab), 2 * beams)
+        source, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+        candidates = _gather_beams(state.live_history, source)
+        candidates = jax.lax.dynamic_update_slice_in_dim(candidates, token[:, :, None],
+                                                         window + 1 + step, axis=2)
+        ends = token == eos
+        length = step + 1
+
+        in_top_k = jnp.arange(2 * beams)[None] < beams
+        normalised = top_totals / length_normalizer(length, alpha, kind)
+        ended_scores = jnp.where(ends & in_top_k, normalised, -jnp.inf)
+        pool_scores = jnp.concatenate([state.done_scores, ended_scores], axis=1)
+        pool_tokens = jnp.concatenate([state.done_tokens, candidates[:, :, window + 1:]], axis=1)
+        done_scores, keep = _top(pool_scores, beams)
+        done_tokens = _gather_beams(pool_tokens, keep)
+
+        live_log_probs, pick = _top(jnp.where(ends, -jnp.inf, top_totals), beams)
+        live_history = _gather_beams(candidates, pick)
+        source_rows = jnp.arange(batch)[:, None] * beams + jnp.take_along_axis(source, pick, 1)
+        cache = model_steps.reorder_cache(cache, source_rows.reshape(-1), config)
+        return _BeamState(length, live_history, live_log_probs, done_tokens, done_scores, cache)
+
+    def inputs_done(s: _BeamState) -> jax.Array:
+        best_live = s.live_log_probs[:, 0]
+        bound = jnp.maximum(best_live / length_normalizer(s.step + 1, alpha, kind),
+                            best_live / length_normalizer(steps, alpha, kind))
+        worst_done = s.done_scores[:, -1]
+        return (worst_done > -jnp.inf) & (worst_done >= bound)
+
+    first_live = jnp.where(jnp.arange(beams) == 0, 0.0, -jnp.inf)
+    history = initial_history(batch, static, config.decoder_start_token_id, config.pad_token_id)
+    state = _BeamState(
+        step=jnp.array(0, jnp.int32),
+        live_history=jnp.broadcast_to(history[:, None], (batch, beams, history.shape[1])),
+        live_log_probs=jnp.broadcast_to(first_live, (batch, beams)).astype(jnp.float32),
+        done_tokens=jnp.full((batch, beams, steps), config.pad_token_id, jnp.int32),
+        done_scores=jnp.full((batch, beams), -jnp.inf, jnp.float32),
+        cache=None,
+    )
+
+    # The first step is the same for every beam: run it once per input (this projects the cross
+    # K/V once per input and creates the cache), then give each beam its own copy of the rows.
+    start_tokens = jnp.full((batch,), config.decoder_start_token_id, jnp.int32)
+    logits, cache = model_steps.decoder_step(config, params, None, encoded, encoder_segment_ids,
+                                             start_tokens, state.step, steps)
+    state = choose(state, jnp.repeat(logits, beams, axis=0),
+                   model_steps.repeat_cache_rows(cache, beams, config))
+    encoded = jnp.repeat(encoded, beams, axis=0)  # unused by cached steps; keeps shapes aligned
+
+    def advance(s: _BeamState) -> _BeamState:
+        logits, cache = model_steps.decoder_step(
+            config, params, s.cache, encoded, segments,
+            last_token(flat(s.live_history), s.step, window), s.step, steps)
+        return choose(s, logits, cache)
+
+    keep_going = lambda s: (s.step < steps) & ~jnp.all(inputs_done(s))
+    state = jax.lax.while_loop(keep_going, advance, state)
+
+    open_inputs = ~inputs_done(state)[:, None]
+    live_scores = state.live_log_probs / length_normalizer(state.step, alpha, kind)
+    live_scores = jnp.where(open_inputs, live_scores, -jnp.inf)
+    scores, keep = _top(jnp.concatenate([state.done_scores, live_scores], axis=1), beams)
+    tokens = _gather_beams(
+        jnp.concatenate([state.done_tokens, state.live_history[:, :, window + 1:]], axis=1), keep)
+    return SearchOutput(tokens, scores)
