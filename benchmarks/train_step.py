@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rules", default="fsdp", help="logical axis rule set")
     parser.add_argument("--remat", default=None, help="override ModelConfig.remat_policy")
     parser.add_argument("--attention_impl", default=None,
-                        help="override ModelConfig.attention_impl (einsum, dot_product)")
+                        help="override ModelConfig.attention_impl (einsum, dot_product, cudnn)")
     parser.add_argument("--no_reference", action="store_true",
                         help="skip the PyTorch reference (always skipped off CPU)")
     parser.add_argument("--cpu_peak_flops", type=float, default=None,

@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
-ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
+# einsum: explicit softmax (attention dropout supported); dot_product: jax.nn.dot_product_attention,
+# XLA picks the kernel; cudnn: the same call forced onto cuDNN flash attention (GPU, bf16/fp16).
+ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -69,8 +71,8 @@ class ModelConfig:
         for name in ("dropout_rate", "attention_dropout_rate", "activation_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.attention_impl == "dot_product" and self.attention_dropout_rate > 0:
-            problems.append("attention_impl='dot_product' has no attention-probability dropout: "
+        if self.attention_impl != "einsum" and self.attention_dropout_rate > 0:
+            problems.append(f"attention_impl={self.attention_impl!r} has no attention-probability dropout: "
                             "set attention_dropout_rate=0 or attention_impl='einsum'")
         if problems:
             raise ValueError("Invalid ModelConfig: " + "; ".join(problems))

@@ -169,8 +169,10 @@ class Attention(nn.Module):
         if self.decode:
             weights = _attention_weights_einsum(query, key, mask, scale, "bqhd,bhkd->bhqk")
             out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(dtype), value)
-        elif cfg.attention_impl == "dot_product":
-            out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale)
+        elif cfg.attention_impl in ("dot_product", "cudnn"):
+            implementation = "cudnn" if cfg.attention_impl == "cudnn" else None
+            out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale,
+                                               implementation=implementation)
         else:
             weights = _attention_weights_einsum(query, key, mask, scale)
             weights = nn.Dropout(cfg.attention_dropout_rate)(weights,

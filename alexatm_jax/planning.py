@@ -1,0 +1,325 @@
+"""Ahead-of-time planning of a training job: per-device memory, FLOPs and step time, allocating
+nothing.
+
+The train step of a job (`TrainJob`: what `train()` is configured with) is traced, lowered and
+compiled against abstract arrays (`jax.ShapeDtypeStruct`s carrying the job's shardings) on the
+devices JAX has, which for planning are N emulated CPU devices (`alexatm-plan --devices N`).
+From the compiled program come per-device buffer sizes (`compiled.memory_analysis()`) and XLA's
+FLOP count (`compiled.cost_analysis()`); from the traced program the matmul FLOPs of a whole
+step; from the shapes and shardings the exact per-device bytes of parameters and optimizer state;
+from `training/flops.py` the model FLOPs that MFU is defined against.
+
+What the numbers are and are not:
+* The buffer sizes are XLA:CPU's buffer assignment for the partitioned program. A TPU or GPU
+  compiler fuses, lays out, schedules and rematerialises differently, so its temporaries can be
+  smaller or larger; parameters, optimizer state and batch arguments are exact.
+* XLA's cost analysis visits a while-loop body once: with `scan_layers` each layer stack counts as
+  one layer, so its FLOPs are then not a step total. The traced matmul count multiplies scan bodies
+  by their length and includes remat recomputation (2·M·N·K per dot_general; everything that is
+  not a matmul is left out, as in the analytic model FLOPs).
+* Extrapolation (`extrapolate_from_layers=k`): the step is compiled with (k, k), (2k, k) and
+  (k, 2k) encoder/decoder layers and every compiled quantity is extended linearly in the two
+  depths to the configured depth. Parameters/optimizer bytes and model FLOPs are always computed
+  for the configured depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from alexatm_jax.data.synthetic import SyntheticHostBatches
+from alexatm_jax.model.config import ModelConfig
+from alexatm_jax.model.params import count_params, param_shapes
+from alexatm_jax.partitioning import MeshConfig, Partitioner
+from alexatm_jax.training.flops import train_flops_per_step
+from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
+from alexatm_jax.training.state import (abstract_train_state, train_state_shardings,
+                                        training_model_config)
+from alexatm_jax.training.step import make_train_step
+
+Depths = tuple[int, int]
+ProgressCallback = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """The arguments of `train()` that decide the compiled train step."""
+
+    model_config: ModelConfig
+    mesh_config: MeshConfig
+    rules: Any
+    batch_size: int
+    sequence_length: Mapping[str, int]
+    optimizer_config: OptimizerConfig
+    train_steps: int
+    grad_accum_steps: int = 1
+    z_loss: float = 0.0
+
+    @property
+    def depths(self) -> Depths:
+        """(encoder layers, decoder layers)."""
+        return self.model_config.num_encoder_layers, self.model_config.num_decoder_layers
+
+    def with_depths(self, depths: Depths) -> "TrainJob":
+        """This job with another number of encoder and decoder layers."""
+        config = self.model_config.replace(num_encoder_layers=depths[0],
+                                           num_decoder_layers=depths[1])
+        return dataclasses.replace(self, model_config=config)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    """Per-device buffer bytes of the compiled step, its XLA FLOPs per device and the traced
+    matmul FLOPs of the whole step (all devices). Floats, because extrapolated values are."""
+
+    argument_bytes: float
+    output_bytes: float
+    alias_bytes: float
+    temp_bytes: float
+    generated_code_bytes: float
+    xla_flops_per_device: float
+    matmul_flops: float
+
+    @property
+    def total_bytes(self) -> float:
+        """Arguments + outputs not aliased to (donated) arguments + temporaries + code."""
+        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+                + self.generated_code_bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything `alexatm-plan` reports about one job on one mesh (bytes are per device)."""
+
+    job: TrainJob
+    num_devices: int
+    device_kind: str
+    mesh_shape: dict[str, int]
+    rules_name: str
+    num_params: int
+    params_bytes: int
+    optimizer_state_bytes: int
+    batch_bytes: int
+    compiled: CompiledStep
+    compiled_points: tuple[tuple[Depths, CompiledStep], ...]
+    extrapolated: bool
+    warnings: tuple[str, ...]
+    model_flops_per_step: float
+    compile_seconds: float
+
+    @property
+    def compiled_depths(self) -> tuple[Depths, ...]:
+        """The (encoder, decoder) depths that were actually compiled."""
+        return tuple(depth for depth, _ in self.compiled_points)
+
+    @property
+    def batch_shards(self) -> int:
+        """How many ways the global batch is split."""
+        return math.prod(self.mesh_shape[axis] for axis in ("replica", "data", "fsdp"))
+
+    @property
+    def positions_per_step(self) -> int:
+        """Input + target positions of one global batch (padding included)."""
+        lengths = self.job.sequence_length
+        return self.job.batch_size * (int(lengths["inputs"]) + int(lengths["targets"]))
+
+    def step_time_s(self, peak_flops_per_device: float, mfu: float) -> float:
+        """Seconds per step if the devices run the model FLOPs at `mfu` of their peak FLOP/s."""
+        if peak_flops_per_device <= 0 or not 0 < mfu <= 1:
+            raise ValueError("peak_flops_per_device must be > 0 and mfu in (0, 1]")
+        return self.model_flops_per_step / (self.num_devices * peak_flops_per_device * mfu)
+
+
+def abstract_batch(job: TrainJob, partitioner: Partitioner) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch the trainer feeds (features of SeqIO's packed EncDec converter, as the
+    synthetic source makes them), as batch-sharded ShapeDtypeStructs."""
+    example = SyntheticHostBatches(
+        vocab_size=job.model_config.vocab_size, sequence_length=dict(job.sequence_length),
+        per_host_batch_size=1).next_batch()
+    return {name: jax.ShapeDtypeStruct((job.batch_size,) + row.shape[1:], row.dtype,
+                                       sharding=partitioner.batch_sharding(row.ndim))
+            for name, row in example.items()}
+
+
+def check_batch_layout(job: TrainJob, partitioner: Partitioner) -> None:
+    """Raises ValueError naming the fix when the global batch does not split evenly."""
+    shards = partitioner.num_batch_shards
+    if job.batch_size % shards:
+        raise ValueError(f"batch_size {job.batch_size} is not divisible by the {shards} batch "
+                         f"shards of mesh {dict(partitioner.mesh.shape)}; choose a multiple of "
+                         f"{shards} (--gin.BATCH_SIZE=...)")
+    if job.batch_size % job.grad_accum_steps:
+        raise ValueError(f"batch_size {job.batch_size} is not divisible by grad_accum_steps="
+                         f"{job.grad_accum_steps}")
+
+
+def _shard_bytes(tree: Any, shardings: Any) -> int:
+    leaves = jax.tree.leaves(tree)
+    specs = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    return sum(math.prod(s.shard_shape(tuple(x.shape))) * np.dtype(x.dtype).itemsize
+               for x, s in zip(leaves, specs))
+
+
+def state_bytes_per_device(job: TrainJob, partitioner: Partitioner) -> tuple[int, int]:
+    """(parameter bytes, optimizer-state bytes) one device holds: shard shapes x itemsize."""
+    optimizer = make_optimizer(job.optimizer_config, job.train_steps)
+    abstract = abstract_train_state(job.model_config, optimizer)
+    shardings = train_state_shardings(job.model_config, optimizer, partitioner)
+    return (_shard_bytes(abstract.params, shardings.params),
+            _shard_bytes(abstract.opt_state, shardings.opt_state))
+
+
+def matmul_flops(jaxpr: Any) -> float:
+    """2·M·N·K summed over the dot_generals of a jaxpr: scan bodies times their length, the
+    larger branch of a cond, other sub-jaxprs (jit, remat, custom_vjp, while bodies) once."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs_shape = eqn.invars[0].aval.shape
+            contracted = math.prod(lhs_shape[i] for i in lhs_contract)
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * contracted
+        elif name == "scan":
+            total += eqn.params["length"] * matmul_flops(eqn.params["jaxpr"].jaxpr)
+        elif name == "cond":
+            total += max(matmul_flops(branch.jaxpr) for branch in eqn.params["branches"])
+        else:
+            total += sum(matmul_flops(sub) for sub in _sub_jaxprs(eqn.params))
+    return total
+
+
+def _sub_jaxprs(params: Mapping[str, Any]) -> list[Any]:
+    found = []
+    for value in params.values():
+        for item in (value if isinstance(value, (tuple, list)) else (value,)):
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                found.append(item.jaxpr)
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                found.append(item)
+    return found
+
+
+def compile_train_step(job: TrainJob, partitioner: Partitioner,
+                       progress: ProgressCallback = lambda stage: None
+                       ) -> tuple[CompiledStep, float]:
+    """Trace, lower and compile the job's train step on abstract inputs.
+
+    Returns (its CompiledStep, seconds spent compiling). Calls `progress` after each stage.
+    """
+    optimizer = make_optimizer(job.optimizer_config, job.train_steps)
+    freeze = job.optimizer_config
+    step = make_train_step(job.model_config, optimizer, partitioner,
+                           grad_accum_steps=job.grad_accum_steps, z_loss=job.z_loss,
+                           freeze_prefixes=freeze.freeze_prefixes, freeze_steps=freeze.freeze_steps)
+    shardings = train_state_shardings(job.model_config, optimizer, partitioner)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         abstract_train_state(job.model_config, optimizer), shardings)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype,
+                               sharding=NamedSharding(partitioner.mesh, PartitionSpec()))
+    start = time.perf_counter()
+    with partitioner.activate():
+        traced = step.jitted.trace(state, abstract_batch(job, partitioner), rng)
+        flops = matmul_flops(traced.jaxpr.jaxpr)
+        progress("traced")
+        lowered = traced.lower()
+        progress("lowered")
+        compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    progress("compiled")
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return CompiledStep(
+        argument_bytes=float(memory.argument_size_in_bytes),
+        output_bytes=float(memory.output_size_in_bytes),
+        alias_bytes=float(memory.alias_size_in_bytes),
+        temp_bytes=float(memory.temp_size_in_bytes),
+        generated_code_bytes=float(memory.generated_code_size_in_bytes),
+        xla_flops_per_device=float((cost or {}).get("flops", float("nan"))),
+        matmul_flops=flops), seconds
+
+
+def extrapolation_depths(k: int) -> tuple[Depths, Depths, Depths]:
+    """The three (encoder, decoder) depths compiled to extrapolate from k layers."""
+    if k < 1:
+        raise ValueError(f"extrapolate_from_layers must be >= 1, got {k}")
+    return (k, k), (2 * k, k), (k, 2 * k)
+
+
+def extrapolate_linearly(measured: Mapping[Depths, CompiledStep], k: int,
+                         target: Depths) -> CompiledStep:
+    """Every field of the CompiledSteps at `extrapolation_depths(k)` extended linearly in the
+    encoder and decoder depth to `target`: base + slope_enc·(E - k) + slope_dec·(D - k)."""
+    base_depth, enc_depth, dec_depth = extrapolation_depths(k)
+    base, enc, dec = measured[base_depth], measured[enc_depth], measured[dec_depth]
+    values = {}
+    for field in dataclasses.fields(CompiledStep):
+        b, e, d = (getattr(x, field.name) for x in (base, enc, dec))
+        values[field.name] = (b + (e - b) / k * (target[0] - k)
+                              + (d - b) / k * (target[1] - k))
+    return CompiledStep(**values)
+
+
+def _extrapolation_warnings(measured: Mapping[Depths, CompiledStep],
+                            extrapolated: CompiledStep) -> tuple[str, ...]:
+    """Say so when a deeper model is predicted to need less than a shallower one compiled."""
+    found = []
+    for name in ("argument_bytes", "temp_bytes"):
+        smallest = min(getattr(step, name) for step in measured.values())
+        if getattr(extrapolated, name) < smallest:
+            found.append(f"extrapolated {name} ({getattr(extrapolated, name):.4g}) is below the "
+                         f"smallest compiled value ({smallest:.4g}): memory is not linear in "
+                         "depth at these depths; extrapolate from more layers or compile the "
+                         "full depth")
+    return tuple(found)
+
+
+def make_plan(job: TrainJob, *, extrapolate_from_layers: int | None = None,
+              progress: ProgressCallback = lambda stage: None) -> Plan:
+    """Plan `job` on the current JAX devices: compile at the configured depth, or at the three
+    shallow depths of `extrapolate_from_layers` and extrapolate. Raises ValueError when the mesh
+    or batch does not fit the devices."""
+    partitioner = Partitioner(job.mesh_config, job.rules)
+    check_batch_layout(job, partitioner)
+    params_bytes, optimizer_bytes = state_bytes_per_device(job, partitioner)
+    batch = abstract_batch(job, partitioner)
+    batch_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+                      for x in batch.values())
+    if extrapolate_from_layers is None:
+        depths: tuple[Depths, ...] = (job.depths,)
+    else:
+        depths = extrapolation_depths(extrapolate_from_layers)
+        too_deep = [d for d in depths if d[0] > job.depths[0] or d[1] > job.depths[1]]
+        if too_deep:
+            raise ValueError(f"extrapolate_from_layers={extrapolate_from_layers} needs depths "
+                             f"{list(depths)}, deeper than the configured {job.depths}; "
+                             "choose a smaller value or plan without extrapolation")
+    measured, seconds = {}, 0.0
+    for depth in depths:
+        measured[depth], spent = compile_train_step(job.with_depths(depth), partitioner,
+                                                    lambda stage, d=depth: progress(f"{d}: {stage}"))
+        seconds += spent
+    compiled = (measured[job.depths] if extrapolate_from_layers is None
+                else extrapolate_linearly(measured, extrapolate_from_layers, job.depths))
+    warnings = _extrapolation_warnings(measured, compiled) if extrapolate_from_layers else ()
+    lengths = job.sequence_length
+    return Plan(
+        job=job, num_devices=partitioner.mesh.size,
+        device_kind=partitioner.mesh.devices.flat[0].device_kind,
+        mesh_shape=dict(partitioner.mesh.shape), rules_name=partitioner.rules_name,
+        num_params=count_params(param_shapes(training_model_config(job.model_config))),
+        params_bytes=params_bytes, optimizer_state_bytes=optimizer_bytes,
+        batch_bytes=batch_bytes, compiled=compiled, compiled_points=tuple(measured.items()),
+        extrapolated=extrapolate_from_layers is not None, warnings=warnings,
+        model_flops_per_step=train_flops_per_step(job.model_config, job.batch_size,
+                                                  int(lengths["inputs"]), int(lengths["targets"])),
+        compile_seconds=seconds)
