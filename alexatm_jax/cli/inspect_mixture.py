@@ -1,0 +1,247 @@
+"""`alexatm-inspect`: look at the examples a pretraining mixture produces, and measure them.
+
+  alexatm-inspect --mixture alexatm_pretrain_local --data_dir data/sample -n 3
+  alexatm-inspect --mixture alexatm_pretrain_local --data_dir D --stats 2000 --format json
+
+Text mode decodes inputs and targets, marking deleted spans of the targets (ANSI colour on a
+terminal, ⟦…⟧ otherwise). JSON mode prints one object per example and a final summary object;
+the schema is in tasks/README_SECTION.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+_ANSI = ("\033[41;97m", "\033[0m")
+_BRACKETS = ("⟦", "⟧")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alexatm-inspect",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[2:]),
+    )
+    parser.add_argument(
+        "--mixture", required=True, help="mixture or task name, e.g. alexatm_pretrain_local"
+    )
+    parser.add_argument(
+        "--data_dir",
+        help="DATA_DIR of the local mixture (default $ALEXATM_DATA_DIR, then data/sample)",
+    )
+    parser.add_argument(
+        "--vocab", help="SentencePiece model (default: $ALEXATM_VOCAB, then the demo vocabulary)"
+    )
+    parser.add_argument("-n", type=int, default=5, help="examples to show (default 5)")
+    parser.add_argument(
+        "--stats", type=int, default=0, metavar="N", help="measure N examples (default: no stats)"
+    )
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("train", "validation"), default="train")
+    parser.add_argument("--inputs_length", type=int, default=1024, help="encoder length in tokens")
+    parser.add_argument("--targets_length", type=int, default=1024, help="decoder length in tokens")
+    parser.add_argument(
+        "--counts", help="language counts JSON (default tasks/language_counts.json)"
+    )
+    parser.add_argument(
+        "--ngrams", help="n-gram file from alexatm-decontaminate (enables decontamination)"
+    )
+    parser.add_argument(
+        "--gin_file", action="append", default=[], help="gin file(s) to parse first"
+    )
+    parser.add_argument(
+        "--gin_param",
+        action="append",
+        default=[],
+        help="gin binding(s), e.g. MixtureConfig.clm_share=0.3",
+    )
+    return parser
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.n < 1:
+        parser.error("-n must be >= 1")
+    if args.stats < 0:
+        parser.error("--stats must be >= 0")
+    if min(args.inputs_length, args.targets_length) < 8:
+        parser.error("--inputs_length and --targets_length must be >= 8")
+    for flag in ("data_dir",):
+        value = getattr(args, flag)
+        if value and not os.path.isdir(value):
+            parser.error(f"--{flag} {value} is not a directory")
+    for flag in ("vocab", "counts", "ngrams", "gin_file"):
+        values = getattr(args, flag)
+        for value in values if isinstance(values, list) else [values]:
+            if value and not os.path.isfile(value):
+                parser.error(f"--{flag} {value} does not exist")
+
+
+def render(processor, ids: list[int], mask: list[int] | None, marks: tuple[str, str]) -> str:
+    """Readable text of token ids, with runs where `mask` is 1 wrapped in `marks`."""
+    out, pending_bytes, inside = [], bytearray(), False
+
+    def flush():
+        if pending_bytes:
+            out.append(pending_bytes.decode("utf-8", "replace"))
+            pending_bytes.clear()
+
+    for position, token in enumerate(ids):
+        marked = bool(mask[position]) if mask else False
+        if marked != inside:
+            flush()
+            out.append(marks[0] if marked else marks[1])
+            inside = marked
+        if processor.is_byte(token):
+            pending_bytes.append(int(processor.id_to_piece(token)[3:5], 16))
+            continue
+        flush()
+        out.append(processor.id_to_piece(token).replace("▁", " "))
+    flush()
+    if inside:
+        out.append(marks[1])
+    return "".join(out).strip()
+
+
+def _print_text(records, processor, stats: dict | None) -> None:
+    marks = _ANSI if sys.stdout.isatty() else _BRACKETS
+    for i, r in enumerate(records):
+        print(
+            f"--- example {i}: task={r.objective} language={r.language} source={r.source} "
+            f"inputs={len(r.inputs)} targets={len(r.targets)} tokens"
+        )
+        print("inputs: ", render(processor, r.inputs, None, marks))
+        print("targets:", render(processor, r.targets, r.noise_mask, marks))
+    if stats:
+        print("--- summary")
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+
+
+def _intended(mixture: str) -> tuple[dict[str, float], float]:
+    """(language -> intended share, intended CLM share) from the registered mixture's rates."""
+    import tasks
+
+    languages: dict[str, float] = {}
+    clm = 0.0
+    for name, rate in tasks.mixture_rates(mixture).items():
+        language, objective = name.split("_")[-2:]
+        languages[language] = languages.get(language, 0.0) + rate
+        clm += rate if objective == "clm" else 0.0
+    return languages, clm
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `alexatm-inspect`."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _validate(args, parser)
+
+    import gin
+    import sentencepiece as spm
+    import seqio
+    import tensorflow as tf
+
+    import tasks
+    from tasks import inspection, pretraining
+
+    if args.gin_file or args.gin_param:
+        gin.parse_config_files_and_bindings(args.gin_file, args.gin_param, finalize_config=False)
+    overrides = {
+        k: v
+        for k, v in (
+            ("vocab_path", args.vocab),
+            ("counts_path", args.counts),
+            ("ngrams_path", args.ngrams),
+        )
+        if v
+    }
+    lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+    try:
+        config = dataclasses.replace(pretraining.MixtureConfig(), **overrides)
+        layout = None
+        if args.mixture == tasks.LOCAL_MIXTURE or args.mixture.startswith("alexatm_local_"):
+            layout = tasks.register_local_mixture(
+                **({"data_dir": args.data_dir} if args.data_dir else {}), config=config
+            )
+        ds = tasks.get_dataset(
+            args.mixture,
+            sequence_length=lengths,
+            split=args.split,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            feature_converter=False,
+            config=config,
+        )
+        vocab_path = config.vocab_path or tasks.vocabulary_path()
+        ids = tasks.read_special_ids(vocab_path)
+        count = max(args.n, args.stats)
+        records = inspection.collect_examples(ds, count)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        known = sorted(n for n in seqio.MixtureRegistry.names() if n.startswith("alexatm"))
+        sys.exit(f"alexatm-inspect: {e}\n(known mixtures: {', '.join(known)})")
+    if not records:
+        sys.exit(f"alexatm-inspect: {args.mixture} produced no {args.split} examples")
+
+    stats = None
+    if args.stats:
+        languages, clm_share = _intended(args.mixture)
+        stats = inspection.summarize(
+            records,
+            clm_id=ids.clm,
+            lengths=lengths,
+            intended_languages=languages,
+            intended_clm_share=clm_share,
+            rate=config.noise_rate,
+            poisson_lambda=config.poisson_lambda,
+        )
+        stats["requested"] = count
+        stats["counters"] = tasks.pipeline_counters()
+        stats["config"] = {
+            "mixture": args.mixture,
+            "split": args.split,
+            "seed": args.seed,
+            "sequence_length": lengths,
+            "vocab": vocab_path,
+            "special_ids": dataclasses.asdict(ids),
+        }
+        if layout:
+            stats["corpus"] = {
+                "data_dir": layout.data_dir,
+                "languages": sorted(layout.files),
+                "left_out": layout.missing_languages + layout.empty_dirs,
+                "unknown_dirs": layout.unknown_dirs,
+                "bad_files": layout.bad_files,
+            }
+
+    if args.format == "json":
+        for r in records:
+            line = {
+                "task": r.objective,
+                "language": r.language,
+                "source": r.source,
+                "inputs": r.inputs,
+                "targets": r.targets,
+            }
+            if r.objective == "denoise":
+                line["deleted_spans"] = [list(span) for span in r.deleted_spans]
+            else:
+                line["clm_split"] = {
+                    "document_tokens": r.clm_document_length,
+                    "split_point": r.clm_split_point,
+                }
+            print(json.dumps(line))
+        print(json.dumps({"summary": stats or {"examples": len(records)}}, ensure_ascii=False))
+    else:
+        processor = spm.SentencePieceProcessor(model_file=vocab_path)
+        _print_text(records[: args.n], processor, stats)
+    if len(records) < count:
+        print(f"note: the {args.split} split ended after {len(records)} examples", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

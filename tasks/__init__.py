@@ -1,0 +1,63 @@
+"""SeqIO registries of the AlexaTM pretraining data; importing this package registers them.
+
+Registered on import: the per-language Wikipedia/mC4 denoising and CLM tasks with the mixture
+`alexatm_pretrain`, and `alexatm_pretrain_local` over $ALEXATM_DATA_DIR (or, when unset, the
+repository's data/sample corpus). The trainer calls `get_dataset`, which re-registers for the
+data dir / vocabulary / gin config in effect. See tasks/README_SECTION.md.
+"""
+
+import logging as _logging
+
+from tasks.counters import COUNTERS
+from tasks.dataset import DEFAULT_LENGTHS, MODEL_FEATURES, get_dataset, register_for
+from tasks.languages import LANGUAGES
+from tasks.pretraining import (
+    INFO_FEATURES,
+    LOCAL_MIXTURE,
+    PRETRAIN_MIXTURE,
+    MixtureConfig,
+    mixture_rates,
+    register_local_mixture,
+    register_pretrain_mixture,
+)
+from tasks.vocab_training import demo_vocabulary_path
+from tasks.vocabularies import SpecialIds, read_special_ids, vocabulary_path
+
+
+def pipeline_counters() -> dict[str, dict[str, int]]:
+    """Skipped/repaired-input counters so far, as {scope (task or source): {counter: count}}."""
+    return COUNTERS.snapshot()
+
+
+def log_pipeline_counters() -> None:
+    """Logs the non-zero pipeline counters summed over tasks (call it at the end of a run)."""
+    totals = {name: value for name, value in COUNTERS.totals().items() if value}
+    _logging.info("data pipeline counters: %s", totals or "all zero")
+
+
+register_pretrain_mixture()
+try:
+    register_local_mixture()
+except (OSError, ValueError) as _error:  # resolved again, loudly, when a dataset is requested
+    _logging.warning("alexatm_pretrain_local not registered at import: %s", _error)
+
+__all__ = [
+    "DEFAULT_LENGTHS",
+    "INFO_FEATURES",
+    "LANGUAGES",
+    "LOCAL_MIXTURE",
+    "MODEL_FEATURES",
+    "PRETRAIN_MIXTURE",
+    "MixtureConfig",
+    "SpecialIds",
+    "demo_vocabulary_path",
+    "get_dataset",
+    "log_pipeline_counters",
+    "mixture_rates",
+    "pipeline_counters",
+    "read_special_ids",
+    "register_for",
+    "register_local_mixture",
+    "register_pretrain_mixture",
+    "vocabulary_path",
+]

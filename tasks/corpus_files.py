@@ -1,0 +1,141 @@
+"""Layout of a local corpus DATA_DIR/<lang>/**/*.{txt,jsonl}[.gz], and a Python reader for it.
+
+txt files hold documents separated by blank lines; jsonl files hold one JSON object per line
+with the document in its `text` field. The TF pipeline reads the same files in graph mode
+(tasks/file_readers.py); this module lists them and serves Python-side consumers (vocabulary
+training, decontamination tooling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+
+from tasks.languages import LANGUAGES
+
+FILE_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
+DATA_DIR_ENV = "ALEXATM_DATA_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusLayout:
+    """What was found under a DATA_DIR: usable files per language and what was skipped."""
+
+    data_dir: str
+    files: dict[str, list[str]]  # language code -> sorted file paths
+    unknown_dirs: list[str]  # subdirectories whose name is not one of the 12 codes
+    empty_dirs: list[str]  # language directories without a readable file
+    missing_languages: list[str]  # of the 12, those with no directory at all
+    bad_files: list[str]  # unreadable files, or .gz files that are not gzip: skipped
+
+
+def _readable(path: str) -> bool:
+    """Whether `path` can be opened and, for .gz, starts with the gzip magic bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return not path.endswith(".gz") or head in (b"", b"\x1f\x8b")
+
+
+def corpus_layout(data_dir: str) -> CorpusLayout:
+    """Scans DATA_DIR for language directories and their data files.
+
+    Raises FileNotFoundError / ValueError naming the fix when DATA_DIR does not exist or holds no
+    usable language directory; unknown codes and empty directories are logged and skipped.
+    """
+    if not data_dir:
+        raise ValueError(
+            f"no data directory given: pass --data_dir, set ${DATA_DIR_ENV}, or bind the gin "
+            "macro DATA_DIR (register_local_mixture.data_dir)"
+        )
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+    files, unknown, empty, bad = {}, [], [], []
+    for name in sorted(os.listdir(data_dir)):
+        path = os.path.join(data_dir, name)
+        if not os.path.isdir(path):
+            continue
+        if name not in LANGUAGES:
+            unknown.append(name)
+            continue
+        found = sorted(
+            p
+            for suffix in FILE_SUFFIXES
+            for p in glob.glob(os.path.join(path, "**", "*" + suffix), recursive=True)
+            if os.path.isfile(p)
+        )
+        bad += [p for p in found if not _readable(p)]
+        found = [p for p in found if p not in bad]
+        if found:
+            files[name] = found
+        else:
+            empty.append(name)
+    for name in unknown:
+        logging.warning(
+            "skipping %s: %r is not a language code of the mixture (%s)",
+            os.path.join(data_dir, name),
+            name,
+            ", ".join(sorted(LANGUAGES)),
+        )
+    for path in bad:
+        logging.warning("skipping %s: unreadable, or named .gz but not gzip data", path)
+    for name in empty:
+        logging.warning(
+            "skipping language %s: %s has no %s files",
+            name,
+            os.path.join(data_dir, name),
+            "/".join(FILE_SUFFIXES),
+        )
+    if not files:
+        raise ValueError(
+            f"data directory {data_dir} has no usable language directory: expected "
+            f"DATA_DIR/<lang>/*{{{','.join(FILE_SUFFIXES)}}} with <lang> one of "
+            f"{', '.join(sorted(LANGUAGES))} (found subdirectories: "
+            f"{sorted(unknown + empty) or 'none'})"
+        )
+    missing = [code for code in LANGUAGES if code not in files and code not in empty]
+    return CorpusLayout(data_dir, files, unknown, empty, missing, bad)
+
+
+def language_files(data_dir: str) -> dict[str, list[str]]:
+    """Language code -> sorted data files under DATA_DIR (see `corpus_layout`)."""
+    return corpus_layout(data_dir).files
+
+
+def _open_text(path: str):
+    opener = gzip.open if path.endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8", errors="replace")
+
+
+def iter_documents(paths: Iterable[str]) -> Iterator[str]:
+    """Yields the documents of txt/jsonl(.gz) files in order; undecodable bytes become U+FFFD.
+
+    jsonl lines that are not JSON objects with a string `text` field are skipped.
+    """
+    for path in paths:
+        with _open_text(path) as f:
+            if ".jsonl" in os.path.basename(path):
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and isinstance(record.get("text"), str):
+                        yield record["text"]
+            else:
+                lines: list[str] = []
+                for line in f:
+                    if line.strip():
+                        lines.append(line.rstrip("\n"))
+                    elif lines:
+                        yield "\n".join(lines)
+                        lines = []
+                if lines:
+                    yield "\n".join(lines)

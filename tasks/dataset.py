@@ -1,0 +1,101 @@
+"""The one entry point the trainer needs: a deterministic tf.data.Dataset of EncDec features."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import seqio
+import tensorflow as tf
+
+from tasks import pretraining
+
+DEFAULT_LENGTHS = {"inputs": 1024, "targets": 1024}
+MODEL_FEATURES = (
+    "encoder_input_tokens",
+    "encoder_segment_ids",
+    "encoder_positions",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+    "decoder_segment_ids",
+    "decoder_positions",
+)
+
+
+def _is_local(name: str) -> bool:
+    return name == pretraining.LOCAL_MIXTURE or name.startswith("alexatm_local_")
+
+
+def register_for(
+    name: str, *, data_dir: str | None = None, config: pretraining.MixtureConfig | None = None
+) -> seqio.DatasetProviderBase:
+    """(Re)registers what `name` needs (local or TFDS mixture) and returns its seqio provider."""
+    config = config or pretraining.MixtureConfig()
+    if _is_local(name):
+        pretraining.register_local_mixture(
+            **({"data_dir": data_dir} if data_dir else {}), config=config
+        )
+    elif name.startswith("alexatm_"):
+        pretraining.register_pretrain_mixture(config)
+    return seqio.get_mixture_or_task(name)
+
+
+def get_dataset(
+    mixture_or_task_name: str,
+    *,
+    sequence_length: Mapping[str, int] | None = None,
+    split: str = "train",
+    seed: int = 0,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    data_dir: str | None = None,
+    vocab_path: str | None = None,
+    pack: bool = True,
+    feature_converter: bool = True,
+    shuffle: bool | None = None,
+    num_epochs: int | None = -1,
+    decoder_start_id: int = 0,
+    config: pretraining.MixtureConfig | None = None,
+) -> tf.data.Dataset:
+    """Examples of a pretraining mixture or task, deterministic for (seed, shard_index, num_shards).
+
+    sequence_length: {"inputs": L_in, "targets": L_t} in tokens (default 1024 each).
+    split: "train" or "validation" (held-out documents, see README).
+    seed: one integer for every host; the shard index is folded into per-example randomness.
+    data_dir: DATA_DIR of the local mixture (else gin / $ALEXATM_DATA_DIR).
+    vocab_path: SentencePiece model (else MixtureConfig.vocab_path / $ALEXATM_VOCAB / demo).
+    shuffle: default True for train, False otherwise. num_epochs: default (-1) repeats train
+      forever and reads other splits once; None repeats forever.
+    feature_converter: True -> EncDec model features (MODEL_FEATURES, int32 [L], packed when
+      `pack`); False -> task features "inputs"/"targets" (+ the descriptive INFO_FEATURES).
+    decoder_start_id: first decoder input id (0 for our vocabularies; the released model's
+      decoder_start_token_id otherwise).
+    """
+    lengths = dict(sequence_length or DEFAULT_LENGTHS)
+    config = config or pretraining.MixtureConfig()
+    if vocab_path:
+        config = dataclasses.replace(config, vocab_path=vocab_path)
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"need 0 <= shard_index < num_shards, got {shard_index}, {num_shards}")
+    provider = register_for(mixture_or_task_name, data_dir=data_dir, config=config)
+    shuffle = split == "train" if shuffle is None else shuffle
+    if num_epochs == -1:
+        num_epochs = None if split == "train" else 1
+    kwargs = dict(
+        split=split,
+        shuffle=shuffle,
+        seed=seed,
+        num_epochs=num_epochs,
+        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+    )
+    if isinstance(provider, seqio.Mixture) and not feature_converter:
+        kwargs["passthrough_features"] = list(pretraining.INFO_FEATURES)
+    ds = provider.get_dataset(lengths, **kwargs)
+    if feature_converter:
+        ds = ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
+        converter = seqio.EncDecFeatureConverter(pack=pack, bos_id=decoder_start_id)
+        ds = converter(ds, task_feature_lengths=lengths)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)

@@ -1,0 +1,133 @@
+"""SentencePiece vocabularies for the pretraining tasks and the special ids read from them.
+
+Our vocabularies follow the SeqIO convention (pad=0, eos=1, unk=2, no bos) and carry the
+user-defined pieces `[CLM]`, `[DOC]` and K reserved tag pieces `[TAG_0]`..`[TAG_{K-1}]`. The
+released `20b_tokenizer.model` uses other ids; every id is read from the model, never assumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import gin
+import sentencepiece as spm
+import seqio
+
+CLM_PIECE = "[CLM]"
+DOC_PIECE = "[DOC]"
+PAD_PIECE = "[PAD]"  # the released tokenizer's padding piece (it has no SentencePiece pad id)
+VOCAB_ENV = "ALEXATM_VOCAB"
+
+
+def reserved_tag_piece(index: int) -> str:
+    """The text of reserved tag piece number `index` (0-based), e.g. `[TAG_0]`."""
+    return f"[TAG_{index}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """Token ids of the pieces the pipeline needs, read from one SentencePiece model."""
+
+    pad: int
+    eos: int
+    unk: int
+    clm: int
+    doc: int
+    vocab_size: int
+
+
+def _piece_id(processor: spm.SentencePieceProcessor, piece: str) -> int | None:
+    """Id of `piece`, or None when the model lacks it (piece_to_id silently returns unk)."""
+    index = processor.piece_to_id(piece)
+    return index if processor.id_to_piece(index) == piece else None
+
+
+def _require_piece(processor: spm.SentencePieceProcessor, piece: str, path: str) -> int:
+    index = _piece_id(processor, piece)
+    if index is None:
+        raise ValueError(
+            f"the SentencePiece model {path} has no {piece} piece, which the pretraining "
+            f"objectives need. Train a vocabulary with `alexatm-vocab train` (it adds {CLM_PIECE} "
+            f"and {DOC_PIECE}), or use the released 20b_tokenizer.model which has them."
+        )
+    return index
+
+
+@functools.lru_cache(maxsize=16)
+def read_special_ids(path: str) -> SpecialIds:
+    """Reads pad/eos/unk/[CLM]/[DOC] ids and the piece count from the SentencePiece model at `path`.
+
+    pad is the model's pad id, or the id of a `[PAD]` piece when the model defines no pad id (as
+    the released tokenizer does). Raises ValueError naming the fix when a needed piece is missing.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"SentencePiece model {path} does not exist; train one with `alexatm-vocab train` "
+            f"or point {VOCAB_ENV} / vocabulary_path.path at an existing .model file"
+        )
+    processor = spm.SentencePieceProcessor(model_file=path)
+    pad = processor.pad_id()
+    if pad < 0:
+        pad = _piece_id(processor, PAD_PIECE)
+    if pad is None:
+        raise ValueError(f"the SentencePiece model {path} defines neither a pad id nor {PAD_PIECE}")
+    if processor.eos_id() < 0:
+        raise ValueError(f"the SentencePiece model {path} defines no eos id")
+    return SpecialIds(
+        pad=pad,
+        eos=processor.eos_id(),
+        unk=processor.unk_id(),
+        clm=_require_piece(processor, CLM_PIECE, path),
+        doc=_require_piece(processor, DOC_PIECE, path),
+        vocab_size=processor.get_piece_size(),
+    )
+
+
+@gin.configurable
+def vocabulary_path(path: str | None = None) -> str:
+    """The SentencePiece model to use: `path` (gin), else $ALEXATM_VOCAB, else the demo vocabulary.
+
+    The demo vocabulary is trained on data/sample the first time it is needed.
+    """
+    if path:
+        return path
+    if os.environ.get(VOCAB_ENV):
+        return os.environ[VOCAB_ENV]
+    from tasks.vocab_training import demo_vocabulary_path  # late: vocab_training imports us
+
+    return demo_vocabulary_path()
+
+
+class DeferredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+    """A seqio SentencePiece vocabulary whose model path is resolved on first use.
+
+    Tasks are registered when `tasks` is imported, before gin files are parsed; the path is looked
+    up through `vocabulary_path()` only when the model is first needed.
+    """
+
+    def __init__(self):
+        super().__init__(sentencepiece_model_file="")
+
+    def _model_context(self):
+        if not self._sentencepiece_model_file:
+            self._sentencepiece_model_file = vocabulary_path()
+        return super()._model_context()
+
+    @property
+    def sentencepiece_model_file(self) -> str:
+        self._model_context()
+        return self._sentencepiece_model_file
+
+
+def make_vocabulary(path: str | None = None) -> seqio.SentencePieceVocabulary:
+    """A seqio vocabulary for `path`, or one resolved later by `vocabulary_path()` if None."""
+    if path is None:
+        return DeferredSentencePieceVocabulary()
+    return seqio.SentencePieceVocabulary(path)
+
+
+def special_ids(vocabulary: seqio.SentencePieceVocabulary) -> SpecialIds:
+    """The special ids of a seqio SentencePiece vocabulary (loads its model if needed)."""
+    return read_special_ids(vocabulary.sentencepiece_model_file)
