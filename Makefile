@@ -16,6 +16,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps alexa-teacher-models==1.0.1
 	touch $(STAMP)
 
+# Demo tokenizer + tiny-model pretraining on data/sample + generation (alexatm_jax/cli/demo.py).
+demo: $(STAMP)
+	$(VENV)/bin/alexatm-demo
+
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 

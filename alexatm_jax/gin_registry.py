@@ -3,7 +3,10 @@
 Core modules (model, partitioning, training step) never import gin; they take plain
 dataclasses and arguments. This module makes those objects configurable:
 
-    ModelConfig   -> builds an `alexatm_jax.model.ModelConfig` (bind `ModelConfig.d_model = 512`)
+    ModelConfig     -> builds an `alexatm_jax.model.ModelConfig` (bind `ModelConfig.d_model = 512`)
+    MeshConfig      -> `alexatm_jax.partitioning.MeshConfig` (mesh axis sizes)
+    OptimizerConfig -> `alexatm_jax.training.optimizer.OptimizerConfig`
+    train           -> the run function `alexatm_jax.training.trainer.train` (alexatm-train)
 
 Gin files are looked up as given, then relative to the current directory, the repository root
 and its `gin/` folder (so `--gin_file=models/tiny.gin` works from anywhere in the checkout).

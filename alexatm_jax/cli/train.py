@@ -1,0 +1,168 @@
+"""`alexatm-train`: run a gin-configured training job (see gin/experiments/ and the README).
+
+    alexatm-train --gin_file=gin/experiments/smoke_cpu.gin --gin.TRAIN_STEPS=20 \\
+        [--model_dir DIR] [--num_cpu_devices 8]
+
+Gin files are layered in order (later files and then --gin.KEY=VALUE bindings override earlier
+ones; values use gin syntax, so strings need quotes: --gin.MODEL_DIR="'/tmp/run'"). The job
+resumes from MODEL_DIR's latest checkpoint when there is one. SIGTERM/SIGINT save a checkpoint
+and exit 0. Exit codes: 0 done or stopped cleanly, 1 training failed, 2 bad arguments/config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+from typing import Sequence
+
+NUM_CPU_DEVICES_ENV = "ALEXATM_NUM_CPU_DEVICES"
+COORDINATOR_ENV = "ALEXATM_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "ALEXATM_NUM_PROCESSES"
+PROCESS_ID_ENV = "ALEXATM_PROCESS_ID"
+GOOGLE_PCI_VENDOR = "0x1ae0"
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (gin bindings `--gin.KEY=VALUE` are taken from the leftovers)."""
+    parser = argparse.ArgumentParser(
+        prog="alexatm-train",
+        description="Train an AlexaTM-style encoder-decoder as configured by gin files. Extra "
+                    "arguments --gin.KEY=VALUE are gin bindings applied after the files, e.g. "
+                    "--gin.TRAIN_STEPS=20 --gin.MESH_FSDP=2 --gin.train.log_every=1.")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable; searched as given, in the current directory, "
+                             "the repository root and gin/), e.g. "
+                             "gin/experiments/smoke_cpu.gin")
+    parser.add_argument("--gin_search_path", action="append", default=[],
+                        help="extra directory to search for gin files and their includes")
+    parser.add_argument("--model_dir", default=None,
+                        help="where checkpoints, metrics and configs go (same as "
+                             "--gin.MODEL_DIR=\"'DIR'\"; this flag wins)")
+    parser.add_argument("--num_cpu_devices", type=int, default=_env_int(NUM_CPU_DEVICES_ENV),
+                        help=f"emulate N CPU devices (env {NUM_CPU_DEVICES_ENV}); for testing "
+                             "meshes on a laptop")
+    parser.add_argument("--coordinator_address", default=os.environ.get(COORDINATOR_ENV),
+                        help=f"host:port of process 0 for multi-process runs (env "
+                             f"{COORDINATOR_ENV}); on Cloud TPU VMs processes find each other "
+                             "automatically")
+    parser.add_argument("--num_processes", type=int, default=_env_int(NUM_PROCESSES_ENV),
+                        help=f"number of processes of a multi-process run (env {NUM_PROCESSES_ENV})")
+    parser.add_argument("--process_id", type=int, default=_env_int(PROCESS_ID_ENV),
+                        help=f"this process's index, 0..num_processes-1 (env {PROCESS_ID_ENV})")
+    parser.add_argument("--log_level", default="WARNING",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="Python logging level (default WARNING)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Parsed options and gin bindings; exits with a usage error naming what was wrong."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    bindings = []
+    for arg in rest:
+        if not arg.startswith("--gin.") or "=" not in arg:
+            parser.error(f"unrecognised argument {arg!r}: gin bindings are written "
+                         "--gin.KEY=VALUE (e.g. --gin.TRAIN_STEPS=20)")
+        bindings.append(arg[len("--gin."):])
+    if not args.gin_file:
+        parser.error("give at least one --gin_file, e.g. "
+                     "--gin_file=gin/experiments/smoke_cpu.gin")
+    if args.num_cpu_devices is not None and args.num_cpu_devices < 1:
+        parser.error(f"--num_cpu_devices must be >= 1, got {args.num_cpu_devices}")
+    multi = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(v is not None for v in multi) and any(v is None for v in multi):
+        parser.error("multi-process runs need all of --coordinator_address, --num_processes and "
+                     f"--process_id (or {COORDINATOR_ENV}, {NUM_PROCESSES_ENV}, {PROCESS_ID_ENV})")
+    if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+        parser.error(f"--process_id must be in [0, {args.num_processes}), got {args.process_id}")
+    if args.model_dir is not None:
+        bindings.append(f"MODEL_DIR = {os.path.abspath(os.path.expanduser(args.model_dir))!r}")
+    return args, bindings
+
+
+def on_cloud_tpu_vm() -> bool:
+    """True when a Google TPU PCI device is present (a Cloud TPU VM), checked without JAX."""
+    for vendor_file in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor_file) as f:
+                if f.read().strip() == GOOGLE_PCI_VENDOR:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def initialize_jax(args: argparse.Namespace) -> None:
+    """Device emulation and multi-process set-up; must run before any other JAX call."""
+    import jax
+
+    if args.num_cpu_devices is not None:
+        jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
+    if args.coordinator_address is not None:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    elif on_cloud_tpu_vm():
+        jax.distributed.initialize()
+
+
+def _register_data_configurables() -> None:
+    """Import `tasks` (SeqIO registries, their gin configurables) before gin is parsed.
+
+    Without TensorFlow/SeqIO installed only `train.data_source = 'synthetic'` runs work.
+    """
+    try:
+        import tasks  # noqa: F401
+    except ImportError as error:
+        logging.warning("the SeqIO data pipeline is unavailable (%s); only "
+                        "train.data_source='synthetic' works", error)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `alexatm-train`; returns the process exit code."""
+    args, bindings = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(levelname)s %(name)s: %(message)s")
+    initialize_jax(args)
+
+    _register_data_configurables()
+    from alexatm_jax import gin_registry
+    from alexatm_jax.training.checkpointing import IncompatibleCheckpointError
+    from alexatm_jax.training.model_dir import ArchitectureMismatchError
+    from alexatm_jax.training.trainer import InvalidTrainArguments, NonFiniteLossError
+
+    try:
+        gin_registry.parse_gin(args.gin_file, bindings, args.gin_search_path)
+    except (FileNotFoundError, ValueError, SyntaxError) as error:
+        print(f"alexatm-train: error: gin configuration: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = gin_registry.gin_train()
+    except (ArchitectureMismatchError, IncompatibleCheckpointError,
+            InvalidTrainArguments) as error:
+        print(f"alexatm-train: error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # configuration values the run cannot use (mesh, batch, ...)
+        logging.debug("traceback of the configuration error", exc_info=True)
+        print(f"alexatm-train: error: {error}\n(--log_level DEBUG shows the traceback)",
+              file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"alexatm-train: error: {error}", file=sys.stderr)
+        return 1
+    print(f"alexatm-train: finished at step {result.final_step}"
+          + (f" (stopped by {result.stopped_by_signal})" if result.stopped_by_signal else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
