@@ -216,7 +216,11 @@ def compile_train_step(job: TrainJob, partitioner: Partitioner,
     """
     optimizer = make_optimizer(job.optimizer_config, job.train_steps)
     freeze = job.optimizer_config
-    step = make_train_step(job.model_config, optimizer, partitioner,
+    # The plan compiles for CPU devices, where cuDNN attention does not exist: plan it as XLA's
+    # attention, which materialises the scores, so the planned memory is an upper bound.
+    model_config = (job.model_config.replace(attention_impl="dot_product")
+                    if job.model_config.attention_impl == "cudnn" else job.model_config)
+    step = make_train_step(model_config, optimizer, partitioner,
                            grad_accum_steps=job.grad_accum_steps, z_loss=job.z_loss,
                            freeze_prefixes=freeze.freeze_prefixes, freeze_steps=freeze.freeze_steps)
     shardings = train_state_shardings(job.model_config, optimizer, partitioner)

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Sequence
 
+from alexatm_jax.storage import absolute
+
 NUM_CPU_DEVICES_ENV = "ALEXATM_NUM_CPU_DEVICES"
 COORDINATOR_ENV = "ALEXATM_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "ALEXATM_NUM_PROCESSES"
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gin_search_path", action="append", default=[],
                         help="extra directory to search for gin files and their includes")
     parser.add_argument("--model_dir", default=None,
-                        help="where checkpoints, metrics and configs go (same as "
+                        help="where checkpoints, metrics and configs go: a local path or a URL "
+                             "such as gs://bucket/run (same as "
                              "--gin.MODEL_DIR=\"'DIR'\"; this flag wins)")
     parser.add_argument("--num_cpu_devices", type=int, default=_env_int(NUM_CPU_DEVICES_ENV),
                         help=f"emulate N CPU devices (env {NUM_CPU_DEVICES_ENV}); for testing "
@@ -85,7 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
         parser.error(f"--process_id must be in [0, {args.num_processes}), got {args.process_id}")
     if args.model_dir is not None:
-        bindings.append(f"MODEL_DIR = {os.path.abspath(os.path.expanduser(args.model_dir))!r}")
+        bindings.append(f"MODEL_DIR = {absolute(args.model_dir)!r}")
     return args, bindings
 
 

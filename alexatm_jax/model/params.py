@@ -28,6 +28,9 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _boxed_init(config: ModelConfig, rng: jax.Array) -> Params:
+    # Parameters do not depend on the attention kernel; einsum traces on every backend (cuDNN
+    # attention cannot even be traced on CPU, where alexatm-info and alexatm-plan run).
+    config = config.replace(attention_impl="einsum", attention_dropout_rate=0.0)
     tokens = jnp.zeros((1, 1), jnp.int32)
     return AlexaTM(config).init({"params": rng}, tokens, tokens)["params"]
 

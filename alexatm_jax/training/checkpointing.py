@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import param_shapes
+from alexatm_jax.storage import absolute, as_path
 from alexatm_jax.training.model_dir import (
     CHECKPOINTS_DIR,
     UNREADABLE_CHECKPOINTS_DIR,
@@ -108,12 +108,12 @@ class TrainingCheckpointer:
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
         self.model_dir = model_dir
-        self.directory = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_DIR)
+        self.directory = os.path.join(absolute(model_dir), CHECKPOINTS_DIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(
-            self.directory, item_handlers=_manager_item_handlers(), options=options)
+            as_path(self.directory), item_handlers=_manager_item_handlers(), options=options)
 
     def steps(self) -> list[int]:
         """The steps of the finalized checkpoints, ascending."""
@@ -170,15 +170,15 @@ class TrainingCheckpointer:
     def _quarantine(self, step: int, error: Exception) -> None:
         """Move checkpoint `step` out of the managed directory (so the step can be saved again)."""
         source = os.path.join(self.directory, str(step))
-        target_root = os.path.join(os.path.abspath(self.model_dir), UNREADABLE_CHECKPOINTS_DIR)
+        target_root = os.path.join(absolute(self.model_dir), UNREADABLE_CHECKPOINTS_DIR)
         target = os.path.join(target_root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         message = (f"checkpoint {source} could not be restored ({type(error).__name__}: "
                    f"{str(error).splitlines()[0][:300]}); moving it to {target} and falling "
                    "back to the previous checkpoint")
         logger.warning(message)
         if jax.process_index() == 0:
-            os.makedirs(target_root, exist_ok=True)
-            shutil.move(source, target)
+            as_path(target_root).mkdir(parents=True, exist_ok=True)
+            as_path(source).rename(as_path(target))
         _sync_processes(f"alexatm_quarantine_{step}")
         self._manager.reload()
 
@@ -201,9 +201,9 @@ def restore_params_from_model_dir(
     Returns (params, the run's ModelConfig from model_config.json, the step restored).
     """
     model_config = read_model_config(model_dir)
-    checkpoints_dir = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_DIR)
-    steps = (sorted(ocp.step.checkpoint_steps(checkpoints_dir))
-             if os.path.isdir(checkpoints_dir) else [])
+    checkpoints_dir = os.path.join(absolute(model_dir), CHECKPOINTS_DIR)
+    steps = (sorted(ocp.step.checkpoint_steps(as_path(checkpoints_dir)))
+             if as_path(checkpoints_dir).is_dir() else [])
     if not steps:
         raise FileNotFoundError(f"no finalized checkpoint under {checkpoints_dir}")
     if step is None:
@@ -218,7 +218,7 @@ def restore_params_from_model_dir(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         shapes, shardings)}
     restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(checkpoints_dir, str(step), STATE_ITEM),
+        as_path(checkpoints_dir) / str(step) / STATE_ITEM,
         args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))

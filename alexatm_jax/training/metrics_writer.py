@@ -4,6 +4,11 @@ Only the process that owns logging (process 0) writes; the others get a writer t
 On resume, lines of `metrics.jsonl` past the restored step are dropped first, so the file always
 describes the history that the restored checkpoint continues (a killed run may have logged steps
 after its last checkpoint).
+
+A remote MODEL_DIR (e.g. gs://bucket/run) cannot be appended to, so the writer then stages both
+sinks in a local temporary directory (after downloading the existing metrics.jsonl) and
+`sync()` uploads whatever changed as whole files; the trainer calls it after every checkpoint
+save, and `close()` calls it last. A local MODEL_DIR is written in place.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Mapping
+
+from alexatm_jax.storage import as_path, copy_file, is_remote
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -44,15 +53,16 @@ def truncate_metrics_after(path: str, step: int) -> int:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """All records of a `metrics.jsonl` file, in file order."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All records of a `metrics.jsonl` file (local or remote), in file order."""
+    lines = as_path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 class MetricsWriter:
     """Writes scalar metrics to `<model_dir>/metrics.jsonl` and `<model_dir>/tensorboard/`.
 
-    `enabled=False` (non-zero processes) turns every method into a no-op.
+    `enabled=False` (non-zero processes) turns every method into a no-op. For a remote
+    `model_dir` the files are staged locally and reach `model_dir` on `sync()` / `close()`.
     """
 
     def __init__(self, model_dir: str, *, enabled: bool, resume_step: int = 0) -> None:
@@ -61,13 +71,23 @@ class MetricsWriter:
         self.tensorboard_dir = os.path.join(model_dir, TENSORBOARD_DIR)
         self._jsonl = None
         self._summary = None
+        self._staging_dir: str | None = None
+        self._uploaded: dict[str, tuple[int, int]] = {}  # staged file -> (size, mtime_ns) sent
         if not enabled:
             return
-        os.makedirs(model_dir, exist_ok=True)
-        truncate_metrics_after(self.jsonl_path, resume_step)
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        if is_remote(model_dir):
+            self._staging_dir = tempfile.mkdtemp(prefix="alexatm-metrics-")
+            local_jsonl = os.path.join(self._staging_dir, METRICS_FILE)
+            local_tensorboard = os.path.join(self._staging_dir, TENSORBOARD_DIR)
+            if as_path(self.jsonl_path).exists():
+                copy_file(self.jsonl_path, local_jsonl)
+        else:
+            os.makedirs(model_dir, exist_ok=True)
+            local_jsonl, local_tensorboard = self.jsonl_path, self.tensorboard_dir
+        truncate_metrics_after(local_jsonl, resume_step)
+        self._jsonl = open(local_jsonl, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
-        self._summary = SummaryWriter(self.tensorboard_dir, purge_step=resume_step + 1)
+        self._summary = SummaryWriter(local_tensorboard, purge_step=resume_step + 1)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         """Append one record `{"step": step, **scalars}` and the same scalars to TensorBoard."""
@@ -90,9 +110,42 @@ class MetricsWriter:
         if self.enabled:
             self._summary.flush()
 
+    def sync(self) -> int:
+        """Flush both sinks and, for a remote model dir, upload the staged files that changed
+        since the last upload (whole-file copies). Returns the number of files uploaded (always
+        0 for a local model dir)."""
+        if not self.enabled:
+            return 0
+        self._jsonl.flush()
+        self._summary.flush()
+        return self._upload_changed()
+
+    def _upload_changed(self) -> int:
+        if self._staging_dir is None:
+            return 0
+        remote_root = os.path.dirname(self.jsonl_path)
+        uploaded = 0
+        for folder, _, names in os.walk(self._staging_dir):
+            for name in sorted(names):
+                local = os.path.join(folder, name)
+                info = os.stat(local)
+                signature = (info.st_size, info.st_mtime_ns)
+                if self._uploaded.get(local) == signature:
+                    continue
+                remote = as_path(remote_root) / os.path.relpath(local, self._staging_dir)
+                remote.parent.mkdir(parents=True, exist_ok=True)
+                copy_file(local, remote)
+                self._uploaded[local] = signature
+                uploaded += 1
+        return uploaded
+
     def close(self) -> None:
-        """Flush and close both sinks."""
+        """Flush and close both sinks; a remote model dir gets the final upload and the local
+        staging directory is removed."""
         if self.enabled:
             self._jsonl.close()
             self._summary.close()
+            self._upload_changed()
+            if self._staging_dir is not None:
+                shutil.rmtree(self._staging_dir, ignore_errors=True)
             self.enabled = False

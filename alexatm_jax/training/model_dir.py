@@ -17,6 +17,7 @@ import json
 import os
 
 from alexatm_jax.model.config import ModelConfig
+from alexatm_jax.storage import as_path
 
 MODEL_CONFIG_FILE = "model_config.json"
 GIN_CONFIG_FILE = "config.gin"
@@ -31,18 +32,18 @@ class ArchitectureMismatchError(ValueError):
 
 
 def is_training_model_dir(path: str) -> bool:
-    """True when `path` looks like a training MODEL_DIR (model_config.json + checkpoints/)."""
-    return (os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE))
-            and os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)))
+    """True when `path` (local or remote) looks like a training MODEL_DIR (model_config.json +
+    checkpoints/)."""
+    directory = as_path(path)
+    return (directory / MODEL_CONFIG_FILE).is_file() and (directory / CHECKPOINTS_DIR).is_dir()
 
 
 def read_model_config(model_dir: str) -> ModelConfig:
     """The ModelConfig saved in `model_dir/model_config.json`."""
-    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = as_path(model_dir) / MODEL_CONFIG_FILE
+    if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {model_dir} is not a training model dir")
-    with open(path, encoding="utf-8") as f:
-        return ModelConfig.from_dict(json.load(f))
+    return ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _describe_differences(saved: dict, configured: dict) -> str:
@@ -58,7 +59,7 @@ def check_architecture(model_dir: str, model_config: ModelConfig) -> None:
     launches; `ModelConfig.architecture()` decides what must match. A dir without
     model_config.json passes.
     """
-    if not os.path.isfile(os.path.join(model_dir, MODEL_CONFIG_FILE)):
+    if not (as_path(model_dir) / MODEL_CONFIG_FILE).is_file():
         return
     saved = read_model_config(model_dir)
     if saved.architecture() == model_config.architecture():
@@ -78,11 +79,11 @@ def write_model_config(model_dir: str, model_config: ModelConfig) -> str:
 
 
 def write_text_file(model_dir: str, name: str, text: str) -> str:
-    """Write `model_dir/name` atomically (temp file + rename); returns its path."""
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, name)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    """Write `model_dir/name` (local or remote) atomically (temp + rename); returns its path."""
+    directory = as_path(model_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    tmp = directory / f"{name}.tmp.{os.getpid()}"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return str(path)

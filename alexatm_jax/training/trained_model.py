@@ -11,10 +11,12 @@ import pathlib
 from typing import Any, Mapping
 
 import jax
+from etils import epath
 
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.layout import convert_layout
 from alexatm_jax.model.params import param_shapes
+from alexatm_jax.storage import absolute, as_path, is_remote
 from alexatm_jax.training.checkpointing import restore_params_from_model_dir
 from alexatm_jax.training.model_dir import (CHECKPOINTS_DIR, TOKENIZER_DIR, is_training_model_dir,
                                             read_model_config)
@@ -22,8 +24,10 @@ from alexatm_jax.training.model_dir import (CHECKPOINTS_DIR, TOKENIZER_DIR, is_t
 
 def locate_training_checkpoint(path: str | os.PathLike) -> tuple[str, int | None] | None:
     """(MODEL_DIR, step or None for the newest) when `path` is a training dir or one of its
-    checkpoints, else None."""
-    path = os.path.abspath(os.path.expanduser(str(path)))
+    checkpoints, else None. `path` may be local or a URL such as gs://bucket/run."""
+    path = absolute(path)
+    if is_remote(path):
+        path = path.rstrip("/")
     if is_training_model_dir(path):
         return path, None
     parent = os.path.dirname(path)
@@ -52,7 +56,7 @@ def _apply_overrides(stored: ModelConfig, overrides: Mapping[str, Any]) -> Model
 
 def restore_trained_model(path: str | os.PathLike, sharding: Any = None,
                           overrides: Mapping[str, Any] | None = None,
-                          ) -> tuple[ModelConfig, Any, pathlib.Path | None, int]:
+                          ) -> tuple[ModelConfig, Any, pathlib.Path | epath.Path | None, int]:
     """(config, params, tokenizer dir or None, step) of a training checkpoint.
 
     `sharding`: one jax Sharding for every parameter or a tree of them in the target layout
@@ -77,6 +81,7 @@ def restore_trained_model(path: str | os.PathLike, sharding: Any = None,
         if sharding is not None:
             params = jax.device_put(params, sharding)
     params = jax.tree.map(lambda x: x.astype(config.param_dtype), params)
-    tokenizer = pathlib.Path(model_dir) / TOKENIZER_DIR
+    root = as_path(model_dir) if is_remote(model_dir) else pathlib.Path(model_dir)
+    tokenizer = root / TOKENIZER_DIR
     return config, params, (tokenizer if tokenizer.is_dir() else None), step
 

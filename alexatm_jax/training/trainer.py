@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from typing import Any, Mapping
@@ -33,6 +32,7 @@ from alexatm_jax.data.sources import DATA_SOURCES, make_host_source
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import abstract_params
 from alexatm_jax.partitioning import MeshConfig, Partitioner
+from alexatm_jax.storage import absolute, as_path, copy_file
 from alexatm_jax.training.checkpointing import TrainingCheckpointer
 from alexatm_jax.training.flops import peak_flops_per_device as lookup_peak_flops
 from alexatm_jax.training.flops import train_flops_per_step
@@ -114,12 +114,12 @@ def _checked_vocabulary(model_config: ModelConfig, vocab_path: str | None) -> st
 def _record_tokenizer(model_dir: str, vocab_file: str) -> None:
     """Copy the vocabulary to MODEL_DIR/tokenizer/ (so `alexatm_jax.load(MODEL_DIR)` and the
     decoding tools find it), replacing an older one."""
-    target = os.path.join(model_dir, TOKENIZER_DIR)
-    os.makedirs(target, exist_ok=True)
-    for stale in os.listdir(target):
-        if stale != os.path.basename(vocab_file):
-            os.remove(os.path.join(target, stale))
-    shutil.copyfile(vocab_file, os.path.join(target, os.path.basename(vocab_file)))
+    target = as_path(model_dir) / TOKENIZER_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in target.iterdir():
+        if stale.name != os.path.basename(vocab_file):
+            stale.unlink()
+    copy_file(vocab_file, target / os.path.basename(vocab_file))
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -177,7 +177,7 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
     """
     _validate(**locals())
     sequence_length = {k: int(v) for k, v in sequence_length.items()}
-    model_dir = os.path.abspath(os.path.expanduser(model_dir))
+    model_dir = absolute(model_dir)
     is_chief = jax.process_index() == 0
     check_architecture(model_dir, model_config)
     vocab_file = _checked_vocabulary(model_config, vocab_path) if data_source == "seqio" else None
@@ -295,6 +295,7 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
                 if step % checkpoint_period == 0 or step == train_steps or stop_now:
                     checkpointer.save(step, state, {"data_iterator": train_batches.state(),
                                                     "skipped_steps": int(skipped_total)})
+                    writer.sync()  # a remote MODEL_DIR gets the staged metrics/TensorBoard files
                     last_saved = step
                 if stop_now:
                     stopped_by = stop_request.signal_name or "a stop request on another process"
