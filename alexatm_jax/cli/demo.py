@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from typing import Sequence
+from alexatm_jax.cli.gin_flags import gin_bindings
 
 DEMO_GIN = "gin/experiments/demo.gin"
 DEFAULT_MODEL_DIR = "artifacts/demo_run"
@@ -42,11 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     """Options and gin bindings; exits with a usage error naming a bad argument."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if not arg.startswith("--gin.") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}; gin bindings are --gin.KEY=VALUE")
-        bindings.append(arg[len("--gin."):])
+    bindings = gin_bindings(parser, rest, "--gin.TRAIN_STEPS=100")
     if args.max_new_tokens < 1:
         parser.error(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
     args.model_dir = os.path.abspath(os.path.expanduser(args.model_dir))

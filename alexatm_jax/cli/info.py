@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 import numpy as np
+from alexatm_jax.cli.gin_flags import gin_bindings
 
 GIB = 2**30
 
@@ -32,12 +33,7 @@ def parse_args(argv: Sequence[str] | None
     parser.add_argument("--gin_search_path", action="append", default=[],
                         help="extra directory to search for gin files")
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if not arg.startswith("--gin.") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}: gin bindings are written "
-                         "--gin.Configurable.parameter=value")
-        bindings.append(arg[len("--gin."):])
+    bindings = gin_bindings(parser, rest, "--gin.ModelConfig.d_model=1024")
     return parser, args, bindings
 
 

@@ -17,6 +17,7 @@ import os
 import pathlib
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
+from alexatm_jax.cli.gin_flags import gin_bindings
 
 if TYPE_CHECKING:  # importing planning imports JAX, which must wait for emulate_cpu_devices
     from alexatm_jax.planning import Plan, TrainJob
@@ -74,12 +75,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     """Parsed options and gin bindings; exits with a usage error naming what was wrong."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if not arg.startswith("--gin.") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}: gin bindings are written "
-                         "--gin.KEY=VALUE (e.g. --gin.BATCH_SIZE=1024)")
-        bindings.append(arg[len("--gin."):])
+    bindings = gin_bindings(parser, rest, "--gin.BATCH_SIZE=1024")
     if not args.gin_file:
         parser.error("give at least one --gin_file, e.g. "
                      "--gin_file=gin/experiments/alexatm_20b_v5p256.gin")

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Sequence
 
+from alexatm_jax.cli.gin_flags import gin_bindings
 from alexatm_jax.storage import absolute
 
 NUM_CPU_DEVICES_ENV = "ALEXATM_NUM_CPU_DEVICES"
@@ -70,12 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     """Parsed options and gin bindings; exits with a usage error naming what was wrong."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if not arg.startswith("--gin.") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}: gin bindings are written "
-                         "--gin.KEY=VALUE (e.g. --gin.TRAIN_STEPS=20)")
-        bindings.append(arg[len("--gin."):])
+    bindings = gin_bindings(parser, rest, "--gin.TRAIN_STEPS=20")
     if not args.gin_file:
         parser.error("give at least one --gin_file, e.g. "
                      "--gin_file=gin/experiments/smoke_cpu.gin")
