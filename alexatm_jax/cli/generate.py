@@ -72,13 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         common.fail(parser, str(e))
     lines = [json.dumps({"input": g.prompt, "output": g.text}, ensure_ascii=False)
              if args.format == "jsonl" else g.text.replace("\n", " ") for g in generations]
-    text = "\n".join(lines) + "\n"
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-        common.note(f"wrote {len(lines)} outputs to {args.output}")
-    else:
-        sys.stdout.write(text)
+    common.write_lines(lines, args.output, "outputs")
     return 0
 
 

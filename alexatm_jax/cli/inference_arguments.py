@@ -116,3 +116,14 @@ def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tex
 def note(message: str) -> None:
     """A status line on stderr (stdout may carry the results)."""
     print(message, file=sys.stderr)
+
+
+def write_lines(lines: list[str], output: str | None, what: str) -> None:
+    """Write one result per line to `output` (saying where, on stderr), or to stdout when None."""
+    text = "\n".join(lines) + "\n"
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        note(f"wrote {len(lines)} {what} to {output}")
+    else:
+        sys.stdout.write(text)

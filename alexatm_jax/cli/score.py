@@ -62,13 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [json.dumps({"input": i, "target": t, "score_sum": s.score_sum,
                          "score_mean": s.score_mean, "num_tokens": s.num_tokens},
                         ensure_ascii=False) for (i, t), s in zip(pairs, scores)]
-    text = "\n".join(lines) + "\n"
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-        common.note(f"wrote {len(lines)} scores to {args.output}")
-    else:
-        sys.stdout.write(text)
+    common.write_lines(lines, args.output, "scores")
     return 0
 
 
