@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import pathlib
 import sys
 from typing import Sequence
 
 from alexatm_jax.cli import inference_arguments as common
+from alexatm_jax.evaluation.data import iter_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,20 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_pairs(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, str]]:
     """(input, target) pairs of the JSONL file; exits naming a bad line."""
-    if not os.path.isfile(path):
-        common.fail(parser, f"--input_file {path} does not exist")
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                common.fail(parser, f"{path}:{number} is not valid JSON ({e})")
-            if not isinstance(record, dict) or "input" not in record or "target" not in record:
-                common.fail(parser, f"{path}:{number} needs `input` and `target` fields")
-            pairs.append((record["input"], record["target"]))
+    try:
+        pairs = [(record["input"], record["target"])
+                 for record in iter_jsonl(pathlib.Path(path), ("input", "target"))]
+    except (OSError, ValueError) as e:
+        common.fail(parser, f"--input_file: {e}")
     if not pairs:
         common.fail(parser, f"{path} holds no pairs")
     return pairs
