@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.threads == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false"
-                                   " intra_op_parallelism_threads=1").strip()
+                                   " --xla_cpu_multi_thread_eigen=false").strip()
     sys.path.insert(0, str(REPO_ROOT))
     import jax
     import torch

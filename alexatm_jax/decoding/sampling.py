@@ -14,7 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from alexatm_jax.decoding import model_steps
-from alexatm_jax.decoding.logits_processing import BEFORE_START, ban_bad_words, sampling_logits
+from alexatm_jax.decoding.logits_processing import (
+    BEFORE_START,
+    ban_bad_words,
+    first_argmax,
+    sampling_logits,
+    token_log_probs,
+)
 from alexatm_jax.decoding.options import DecodeOptions, SearchKnobs, StaticSearch, split_options
 from alexatm_jax.model import ModelConfig
 
@@ -82,16 +88,15 @@ def _greedy_or_sample(params: Params, encoder_tokens: jax.Array, encoder_segment
 
     def choose(state: _LoopState, logits: jax.Array, cache) -> _LoopState:
         step = state.step
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
         allowed = ban_bad_words(logits, recent_tokens(state.history, step, window),
                                 knobs.bad_prefixes, knobs.bad_last_ids)
         if static.sample:
             filtered = sampling_logits(allowed, knobs.temperature, knobs.top_k, knobs.top_p)
             token = jax.random.categorical(jax.random.fold_in(rng, step), filtered, axis=-1)
         else:
-            token = jnp.argmax(allowed, axis=-1)
+            token = first_argmax(allowed)
         token = jnp.where(state.finished, config.pad_token_id, token.astype(jnp.int32))
-        token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+        token_log_prob = token_log_probs(logits, token)
         scores = state.scores + jnp.where(state.finished, 0.0, token_log_prob)
         history = jax.lax.dynamic_update_slice_in_dim(state.history, token[:, None],
                                                       window + 1 + step, axis=1)

@@ -154,13 +154,20 @@ class Attention(nn.Module):
         proj = lambda name: Dense(cfg, (self.num_heads, head_dim), ("embed", "heads", "kv"),
                                   name=name)
         qkv_axes = ("batch", "length", "heads", "kv")
-        query = constrain(proj("query")(inputs_q), qkv_axes)
-
-        if self.decode and self.cache_kv:
-            key, value = self._cross_kv_from_cache(proj, inputs_kv)
+        if self.decode and not self.cache_kv and not self.is_initializing():
+            # One decode step of self-attention: a single product with the stacked q/k/v
+            # kernels (three separate small matmuls take ~1.7x as long on CPU). The stack is
+            # loop-invariant, so XLA hoists it out of the decode loop.
+            query, key, value = self._fused_self_projection(proj, inputs_q)
         else:
-            key = constrain(proj("key")(inputs_kv), qkv_axes)
-            value = constrain(proj("value")(inputs_kv), qkv_axes)
+            query = proj("query")(inputs_q)
+            if self.decode and self.cache_kv:
+                key, value = self._cross_kv_from_cache(proj, inputs_kv)
+            else:
+                key, value = proj("key")(inputs_kv), proj("value")(inputs_kv)
+        query = constrain(query, qkv_axes)
+        if not (self.decode and self.cache_kv):
+            key, value = constrain(key, qkv_axes), constrain(value, qkv_axes)
             if self.decode:
                 key, value, mask = self._append_to_cache(key, value)
 
@@ -180,6 +187,16 @@ class Attention(nn.Module):
             out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), value)
         out = constrain(out.astype(dtype), qkv_axes)
         return Dense(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in_axes=2, name="out")(out)
+
+    def _fused_self_projection(self, proj, x: Array) -> tuple[Array, Array, Array]:
+        """(query, key, value) [batch, length, heads, head_dim] of `x` from one dot_general with
+        the three kernels stacked on a new, unsharded axis (heads stay where the rules put them)."""
+        params = [proj(name).variables["params"] for name in ("query", "key", "value")]
+        dtype = jnp.dtype(self.config.dtype)
+        kernel = jnp.stack([p["kernel"] for p in params], axis=1).astype(dtype)
+        bias = jnp.stack([p["bias"] for p in params], axis=0).astype(dtype)
+        y = jax.lax.dot_general(x.astype(dtype), kernel, (((x.ndim - 1,), (0,)), ((), ()))) + bias
+        return y[..., 0, :, :], y[..., 1, :, :], y[..., 2, :, :]
 
     def _cross_kv_from_cache(self, proj, inputs_kv: Array) -> tuple[Array, Array]:
         initialized = self.has_variable("cache", "cross_key")
