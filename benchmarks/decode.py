@@ -8,7 +8,8 @@ same prompts greedily for exactly `--new_tokens` steps (EOS is banned on both si
 stops early):
 
 * ours: `greedy_or_sample`, one jitted lax.while_loop with the decoder KV cache (compile time is
-  reported separately and excluded);
+  reported separately and excluded), with the LM head built once per model as `InferenceEngine`
+  does;
 * reference: its encoder once, then `forward(decoder_input_ids=last token,
   past_key_values=..., use_cache=True)` step by step under torch.no_grad().
 
@@ -120,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import torch
 
-    from alexatm_jax.decoding import DecodeOptions, greedy_or_sample
+    from alexatm_jax.decoding import DecodeOptions, greedy_or_sample, model_steps
 
     if args.threads == 1:
         torch.set_num_threads(1)
     reference, config, params = build_models(args)
     params = jax.device_put(params)
+    # Built once per loaded model, as InferenceEngine does (the transposed table when tied).
+    head = model_steps.output_head(config, params)
     rng = np.random.default_rng(0)
     rows = []
     for batch in args.batch_sizes:
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         def ours(steps: int) -> np.ndarray:
             options = DecodeOptions(max_new_tokens=steps, bad_words=((config.eos_token_id,),))
             return np.asarray(greedy_or_sample(params, prompts, segments, jax.random.key(0),
-                                               config=config, options=options).tokens)
+                                               config=config, options=options,
+                                               head=head).tokens)
 
         def theirs(steps: int) -> np.ndarray:
             return reference_generate(reference, prompts, steps, config.decoder_start_token_id,

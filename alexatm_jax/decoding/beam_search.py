@@ -54,29 +54,33 @@ def _top(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
 
 def beam_search(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: jax.Array, *,
-                config: ModelConfig, options: DecodeOptions) -> SearchOutput:
+                config: ModelConfig, options: DecodeOptions,
+                head: model_steps.OutputHead | None = None) -> SearchOutput:
     """Beam search for a batch of padded prompts ([batch, input_len] tokens and segment ids).
 
-    Returns a `SearchOutput` with tokens [batch, beams, max_new_tokens] and length-normalised
+    head: `model_steps.output_head(config, params)`, computed once by callers that decode many
+    batches (else it is rebuilt per call). Returns a `SearchOutput` with tokens [batch, beams, max_new_tokens] and length-normalised
     scores [batch, beams], best first.
     """
     if 2 * options.num_beams > config.vocab_size:
         raise ValueError(f"num_beams={options.num_beams} needs a vocabulary of at least "
                          f"{2 * options.num_beams} ids")
     static, knobs = split_options(options)
-    return _beam_search(params, encoder_tokens, encoder_segment_ids, knobs, config=config,
+    return _beam_search(params, head, encoder_tokens, encoder_segment_ids, knobs, config=config,
                         static=static)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "static"))
-def _beam_search(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: jax.Array,
-                 knobs: SearchKnobs, *, config: ModelConfig, static: StaticSearch) -> SearchOutput:
+def _beam_search(params: Params, head: model_steps.OutputHead | None, encoder_tokens: jax.Array,
+                 encoder_segment_ids: jax.Array, knobs: SearchKnobs, *, config: ModelConfig,
+                 static: StaticSearch) -> SearchOutput:
     batch = encoder_tokens.shape[0]
     beams, steps, window = static.num_beams, static.max_new_tokens, static.bad_word_window
     alpha, kind = knobs.length_penalty, knobs.gnmt
     eos = config.eos_token_id
 
     encoded = model_steps.encode(config, params, encoder_tokens, encoder_segment_ids)
+    head = model_steps.output_head(config, params) if head is None else head
     rows = batch * beams
     segments = jnp.repeat(encoder_segment_ids, beams, axis=0)
 
@@ -134,15 +138,15 @@ def _beam_search(params: Params, encoder_tokens: jax.Array, encoder_segment_ids:
     # The first step is the same for every beam: run it once per input (this projects the cross
     # K/V once per input and creates the cache), then give each beam its own copy of the rows.
     start_tokens = jnp.full((batch,), config.decoder_start_token_id, jnp.int32)
-    logits, cache = model_steps.decoder_step(config, params, None, encoded, encoder_segment_ids,
-                                             start_tokens, state.step, steps)
+    logits, cache = model_steps.decoder_step(config, params, head, None, encoded,
+                                             encoder_segment_ids, start_tokens, state.step, steps)
     state = choose(state, jnp.repeat(logits, beams, axis=0),
                    model_steps.repeat_cache_rows(cache, beams, config))
     encoded = jnp.repeat(encoded, beams, axis=0)  # unused by cached steps; keeps shapes aligned
 
     def advance(s: _BeamState) -> _BeamState:
         logits, cache = model_steps.decoder_step(
-            config, params, s.cache, encoded, segments,
+            config, params, head, s.cache, encoded, segments,
             last_token(flat(s.live_history), s.step, window), s.step, steps)
         return choose(s, logits, cache)
 

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from alexatm_jax.decoding import model_steps
 from alexatm_jax.decoding.beam_search import beam_search
 from alexatm_jax.decoding.options import DecodeOptions
 from alexatm_jax.decoding.sampling import greedy_or_sample
@@ -96,6 +97,9 @@ class InferenceEngine:
         if partitioner is not None:
             params = jax.device_put(params, partitioner.params_shardings(config))
         self.params = params
+        # Built once here, not per batch: with tied embeddings this is the transposed table.
+        with self._context():
+            self.head = model_steps.output_head(config, params)
 
     # ------------------------------------------------------------------ public API
     def generate_ids(self, prompts: Sequence[Sequence[int]], options: DecodeOptions,
@@ -156,9 +160,10 @@ class InferenceEngine:
         config = self.config
         if options.num_beams > 1:
             return lambda params, tok, seg: tuple(beam_search(params, tok, seg, config=config,
-                                                              options=options))
+                                                              options=options, head=self.head))
         return lambda params, tok, seg: tuple(greedy_or_sample(params, tok, seg, rng,
-                                                               config=config, options=options))
+                                                               config=config, options=options,
+                                                               head=self.head))
 
     def _check_lengths(self, rows: Sequence[Sequence[int]], what: str) -> None:
         limit = self.config.max_positions

@@ -8,12 +8,13 @@ With `scan_layers` every cache leaf carries a leading layers axis, so the batch 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from alexatm_jax.model import AlexaTM, ModelConfig
+from alexatm_jax.model.transformer import project_to_vocab
 
 Params = Any
 Cache = Any
@@ -28,20 +29,33 @@ def encode(config: ModelConfig, params: Params, tokens: jax.Array,
                                  method=AlexaTM.encode)
 
 
-def decoder_step(config: ModelConfig, params: Params, cache: Cache | None, encoded: jax.Array,
-                 encoder_segment_ids: jax.Array, tokens: jax.Array, step: jax.Array,
-                 max_decode_length: int) -> tuple[jax.Array, Cache]:
+class OutputHead(NamedTuple):
+    """The LM head, materialised once per decode loop: kernel [embed, vocab], bias [vocab]."""
+
+    kernel: jax.Array
+    bias: jax.Array
+
+
+def output_head(config: ModelConfig, params: Params) -> OutputHead:
+    """The LM head of `params` (the transposed embedding when embeddings are tied)."""
+    return OutputHead(*AlexaTM(config).apply({"params": params}, method=AlexaTM.output_head))
+
+
+def decoder_step(config: ModelConfig, params: Params, head: OutputHead, cache: Cache | None,
+                 encoded: jax.Array, encoder_segment_ids: jax.Array, tokens: jax.Array,
+                 step: jax.Array, max_decode_length: int) -> tuple[jax.Array, Cache]:
     """Float32 logits [batch, vocab] for decoder inputs `tokens` [batch] at position `step`.
 
-    Returns the updated cache; pass `cache=None` on the first step (it creates the cache).
+    `head` comes from `output_head`, computed outside the loop. Returns the updated cache; pass
+    `cache=None` on the first step (it creates the cache).
     """
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}
     positions = jnp.full((tokens.shape[0], 1), step, jnp.int32)
-    logits, mutated = AlexaTM(config).apply(
+    hidden, mutated = AlexaTM(config).apply(
         variables, encoded, encoder_segment_ids, tokens[:, None], None, positions,
         decode=True, max_decode_length=max_decode_length, mutable=["cache"],
-        method=AlexaTM.decode)
-    return logits[:, 0], mutated["cache"]
+        method=AlexaTM.decode_hidden)
+    return project_to_vocab(hidden, head.kernel, head.bias)[:, 0], mutated["cache"]
 
 
 def cache_batch_axis(config: ModelConfig) -> int:

@@ -67,24 +67,28 @@ def last_token(history: jax.Array, step: jax.Array, window: int) -> jax.Array:
 
 
 def greedy_or_sample(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: jax.Array,
-                     rng: jax.Array, *, config: ModelConfig,
-                     options: DecodeOptions) -> SearchOutput:
+                     rng: jax.Array, *, config: ModelConfig, options: DecodeOptions,
+                     head: model_steps.OutputHead | None = None) -> SearchOutput:
     """Greedy search (options.sample False) or sampling, for a batch of padded prompts.
 
     encoder_tokens / encoder_segment_ids: [batch, input_len] int32, segment 1 = real, 0 = pad.
-    rng: a PRNG key (unused by greedy search). Returns a `SearchOutput` with [batch] scores.
+    rng: a PRNG key (unused by greedy search). head: `model_steps.output_head(config, params)`,
+    computed once by callers that decode many batches (else it is rebuilt per call).
+    Returns a `SearchOutput` with [batch] scores.
     """
     static, knobs = split_options(options)
-    return _greedy_or_sample(params, encoder_tokens, encoder_segment_ids, rng, knobs,
+    return _greedy_or_sample(params, head, encoder_tokens, encoder_segment_ids, rng, knobs,
                              config=config, static=static)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "static"))
-def _greedy_or_sample(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: jax.Array,
-                      rng: jax.Array, knobs: SearchKnobs, *, config: ModelConfig,
+def _greedy_or_sample(params: Params, head: model_steps.OutputHead | None,
+                      encoder_tokens: jax.Array, encoder_segment_ids: jax.Array, rng: jax.Array,
+                      knobs: SearchKnobs, *, config: ModelConfig,
                       static: StaticSearch) -> SearchOutput:
     batch, steps, window = encoder_tokens.shape[0], static.max_new_tokens, static.bad_word_window
     encoded = model_steps.encode(config, params, encoder_tokens, encoder_segment_ids)
+    head = model_steps.output_head(config, params) if head is None else head
 
     def choose(state: _LoopState, logits: jax.Array, cache) -> _LoopState:
         step = state.step
@@ -105,7 +109,7 @@ def _greedy_or_sample(params: Params, encoder_tokens: jax.Array, encoder_segment
 
     def advance(state: _LoopState) -> _LoopState:
         logits, cache = model_steps.decoder_step(
-            config, params, state.cache, encoded, encoder_segment_ids,
+            config, params, head, state.cache, encoded, encoder_segment_ids,
             last_token(state.history, state.step, window), state.step, steps)
         return choose(state, logits, cache)
 

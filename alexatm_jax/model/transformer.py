@@ -58,11 +58,6 @@ class Embed(nn.Module):
                           (self.axes[0], None))
         return jnp.take(table, ids, axis=0)
 
-    def attend(self, x: Array) -> Array:
-        """x . embedding^T, in float32 accumulation: [..., embed] -> [..., num_embeddings]."""
-        return jnp.einsum("...d,vd->...v", x, self.embedding.astype(x.dtype),
-                          preferred_element_type=jnp.float32)
-
 
 class EncoderLayer(nn.Module):
     """Pre-LN self-attention block then pre-LN feed-forward block, each with a residual."""
@@ -177,6 +172,13 @@ class Decoder(nn.Module):
         return LayerNorm(cfg, name="final_norm")(x)
 
 
+def project_to_vocab(hidden: Array, kernel: Array, bias: Array) -> Array:
+    """Float32 logits [batch, length, vocab] = hidden . kernel + bias, accumulated in float32."""
+    logits = jnp.einsum("bld,dv->blv", hidden, kernel.astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    return constrain(logits + bias.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
 def _default_positions(tokens: Array) -> Array:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
@@ -224,20 +226,38 @@ class AlexaTM(nn.Module):
         With `decode=True` the call extends the decoder's KV cache (collection `cache`, which must
         be mutable); `decoder_positions` must then be the absolute step indices.
         """
+        hidden = self.decode_hidden(encoded, encoder_segment_ids, decoder_input_tokens,
+                                    decoder_segment_ids, decoder_positions,
+                                    deterministic=deterministic, decode=decode,
+                                    max_decode_length=max_decode_length)
+        kernel, bias = self.output_head()
+        return project_to_vocab(hidden, kernel, bias)
+
+    def decode_hidden(self, encoded: Array, encoder_segment_ids: Array | None,
+                      decoder_input_tokens: Array, decoder_segment_ids: Array | None = None,
+                      decoder_positions: Array | None = None, *, deterministic: bool = True,
+                      decode: bool = False, max_decode_length: int = 0) -> Array:
+        """The decoder's final hidden states [batch, decoder_len, embed] (`decode` minus the head)."""
         tokens = decoder_input_tokens
         length = tokens.shape[1]
         positions = _default_positions(tokens) if decoder_positions is None else decoder_positions
         self_mask = None if decode else masks.decoder_self_mask(decoder_segment_ids, length)
         cross = masks.cross_mask(decoder_segment_ids, encoder_segment_ids, length)
-        hidden = self.decoder(self._decoder_embedder()(tokens), positions, encoded, self_mask,
-                              cross, deterministic, decode, max_decode_length)
+        return self.decoder(self._decoder_embedder()(tokens), positions, encoded, self_mask,
+                            cross, deterministic, decode, max_decode_length)
+
+    def output_head(self) -> tuple[Array, Array]:
+        """The LM head as (kernel [embed, vocab], bias [vocab]).
+
+        With tied embeddings the kernel is the decoder embedding transposed: a decode loop calls
+        this once, outside the loop, so that every step multiplies by a [embed, vocab] matrix in
+        place (on CPU the transposed product is ~25% slower).
+        """
         if self.config.tie_word_embeddings:
-            logits = self._decoder_embedder().attend(hidden)
+            kernel = constrain(self._decoder_embedder().embedding.T, ("embed", "vocab"))
         else:
-            logits = jnp.einsum("bld,dv->blv", hidden, self.lm_head.astype(hidden.dtype),
-                                preferred_element_type=jnp.float32)
-        logits = logits + self.final_logits_bias.astype(jnp.float32)
-        return constrain(logits, ("batch", "length", "vocab"))
+            kernel = self.lm_head
+        return kernel, self.final_logits_bias
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  encoder_segment_ids: Array | None = None,
