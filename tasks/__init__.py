@@ -3,7 +3,7 @@
 Registered on import: the per-language Wikipedia/mC4 denoising and CLM tasks with the mixture
 `alexatm_pretrain`, and `alexatm_pretrain_local` over $ALEXATM_DATA_DIR (or, when unset, the
 repository's data/sample corpus). The trainer calls `get_dataset`, which re-registers for the
-data dir / vocabulary / gin config in effect. See tasks/README_SECTION.md.
+data dir / vocabulary / gin config in effect. See README.md, "Pretraining data".
 """
 
 import logging as _logging

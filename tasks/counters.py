@@ -13,7 +13,7 @@ import threading
 
 import tensorflow as tf
 
-# Counter names, one per kind of event (documented in tasks/README_SECTION.md).
+# Counter names, one per kind of event (documented in README.md, "Pretraining data").
 DOCUMENTS = "documents"  # records that reached the cleaning step
 EMPTY = "empty_documents"  # empty or whitespace-only records, dropped
 INVALID_UTF8 = "invalid_utf8_documents"  # records with invalid UTF-8, bytes replaced by U+FFFD

@@ -266,7 +266,7 @@ def register_pretrain_mixture(config: MixtureConfig | None = None) -> str:
     """Registers the TFDS tasks (Wikipedia and mC4 per language) and `alexatm_pretrain`.
 
     Idempotent for an equal config; returns the mixture name. No data is touched until a
-    dataset is requested (TFDS data must then be prepared, see tasks/README_SECTION.md).
+    dataset is requested (TFDS data must then be prepared, see README.md, "Pretraining data").
     """
     config = config or MixtureConfig()
     if _installed.get(PRETRAIN_MIXTURE, (None,))[0] == config:

@@ -1,13 +1,14 @@
 """SeqIO data sources of raw documents: local files, Wikipedia and mC4 through TFDS.
 
-Every source yields {"text": tf.string, "rng": int64 [seed, shard index], "shuffle": tf.bool}:
-the seeded preprocessors derive per-example seeds from `rng` (tasks/preprocessors/seeds.py), so
-shards draw different noise under one seed, and `shuffle` tells the document shuffle whether the
-caller asked for shuffling. Local sources shuffle nothing themselves beyond the file order (chosen
-in Python when the dataset is built): every random choice in the stream is stateless, so
-iterating the same dataset twice gives the same examples (TFDS sources: up to TFDS's own file
-shuffling). Sources without a native validation split (local files, Wikipedia) assign a fixed
-share of documents to `validation` by a keyed hash of the document text.
+Every source yields {"text": tf.string, "rng": int64 [seed, shard index]}, plus the marker
+`SHUFFLE_FEATURE` (tf.bool, True) when the caller asked for shuffling: the seeded preprocessors
+derive per-example seeds from `rng` (tasks/preprocessors/seeds.py), so shards draw different noise
+under one seed, and the document shuffle permutes only marked streams (an unmarked stream passes
+through without waiting for a window of documents). Local sources shuffle nothing themselves
+beyond the file order (chosen in Python when the dataset is built): every random choice in the
+stream is stateless, so iterating the same dataset twice gives the same examples (TFDS sources:
+up to TFDS's own file shuffling). Sources without a native validation split (local files,
+Wikipedia) assign a fixed share of documents to `validation` by a keyed hash of the document text.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from tasks.counters import ScopedCounters
 from tasks.file_readers import read_documents
+from tasks.preprocessors.documents import SHUFFLE_FEATURE
 from tasks.preprocessors.seeds import source_rng
 
 SPLITS = ("train", "validation")
@@ -48,11 +50,11 @@ def _hash_split(ds: tf.data.Dataset, split: str, validation_per_mille: int) -> t
 def _with_rng(
     ds: tf.data.Dataset, seed: int | None, shard_index: int, shuffle: bool
 ) -> tf.data.Dataset:
-    rng, flag = source_rng(seed, shard_index), tf.constant(shuffle)
+    """Texts -> {"text", "rng"}, plus the `SHUFFLE_FEATURE` marker when `shuffle`."""
+    rng = source_rng(seed, shard_index)
+    marker = {SHUFFLE_FEATURE: tf.constant(True)} if shuffle else {}
     return ds.map(
-        tf.autograph.experimental.do_not_convert(
-            lambda text: {"text": text, "rng": rng, "shuffle": flag}
-        )
+        tf.autograph.experimental.do_not_convert(lambda text: {"text": text, "rng": rng, **marker})
     )
 
 
@@ -189,7 +191,7 @@ class TfdsTextSource(seqio.DataSource):
             name = self._tfds.tfds_dataset.name
             raise ValueError(
                 f"TFDS dataset {name} is not available ({e}). Prepare it once with "
-                f"`tfds build {name.split(':')[0]}` (see tasks/README_SECTION.md, 'Preparing "
+                f"`tfds build {name.split(':')[0]}` (see README.md, 'Preparing "
                 "the TFDS data') and point TFDS_DATA_DIR or MixtureConfig.tfds_data_dir at it, or "
                 "train on local files with alexatm_pretrain_local."
             ) from e

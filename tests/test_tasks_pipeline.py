@@ -1,11 +1,17 @@
 """End to end over a local corpus: objective statistics, invariants, determinism, features."""
 
+import os
+import random
+
 import numpy as np
 import pytest
-from data_fixtures import vocab_path, write_corpus
+import seqio
+import tensorflow as tf
+from data_fixtures import document, vocab_path, write_corpus
 
 import tasks
 from tasks.inspection import collect_examples, is_subsequence, runs_of_ones
+from tasks.sources import is_validation
 
 LENGTHS = {"inputs": 128, "targets": 128}
 
@@ -107,3 +113,56 @@ def test_model_features_are_packed_and_reiteration_repeats_them(corpus):
 def test_validation_split_reads_once(corpus):
     records = _examples(corpus, 10_000, split="validation")
     assert 0 < len(records) < 200  # ~2% of the documents, read once, not repeated
+
+
+def _texts(ds) -> list[bytes]:
+    """The `text` feature of a source dataset."""
+    return [ex["text"] for ex in ds.as_numpy_iterator()]
+
+
+def _write_split_corpus(root: str, held_out: dict[str, int], train: int = 30) -> str:
+    """DATA_DIR/<lang>/part0.txt with exactly `held_out[lang]` validation documents (by the
+    text hash at the default 20 per mille) and `train` training documents per language."""
+    rng = random.Random(0)
+    for language, wanted in held_out.items():
+        picked = {True: [], False: []}
+        while len(picked[True]) < wanted or len(picked[False]) < train:
+            texts = [document(rng, language) for _ in range(500)]
+            for text, held in zip(texts, is_validation(tf.constant(texts), 20).numpy()):
+                picked[bool(held)].append(text)
+        docs = picked[True][:wanted] + picked[False][:train]
+        rng.shuffle(docs)
+        os.makedirs(os.path.join(root, language))
+        with open(os.path.join(root, language, "part0.txt"), "w", encoding="utf-8") as f:
+            f.write("\n\n".join(docs) + "\n")
+    return root
+
+
+def test_repeated_validation_mixes_every_language_with_held_out_documents(tmp_path):
+    """The trainer's evaluation stream (validation, repeated, documents not shuffled): a language
+    with a single held-out document does not stall it and one with none is just absent."""
+    held_out = {"en": 1, "fr": 0, "hi": 3}
+    data_dir = _write_split_corpus(str(tmp_path), held_out)
+    config = tasks.MixtureConfig(vocab_path=vocab_path(), languages=tuple(held_out))
+    records = collect_examples(
+        tasks.get_dataset(
+            tasks.LOCAL_MIXTURE,
+            sequence_length=LENGTHS,
+            split="validation",
+            num_epochs=None,
+            data_dir=data_dir,
+            config=config,
+            feature_converter=False,
+        ),
+        60,
+    )
+    assert len(records) == 60
+    assert {r.language for r in records} == {"en", "hi"}
+    for language, count in held_out.items():
+        source = seqio.get_mixture_or_task(f"alexatm_local_{language}_denoise").source
+        texts = {
+            split: set(_texts(source.get_dataset(split, shuffle=False)))
+            for split in ("train", "validation")
+        }
+        assert len(texts["validation"]) == count and len(texts["train"]) == 30
+        assert not texts["train"] & texts["validation"]

@@ -14,7 +14,12 @@ from tasks import counters as names
 from tasks.corpus_files import corpus_layout, iter_documents
 from tasks.counters import COUNTERS, ScopedCounters
 from tasks.file_readers import read_documents
-from tasks.preprocessors.documents import prepare_documents, tokenize_documents
+from tasks.preprocessors.documents import (
+    SHUFFLE_FEATURE,
+    prepare_documents,
+    shuffle_documents,
+    tokenize_documents,
+)
 from tasks.sources import LocalTextSource
 from tasks.vocabularies import make_vocabulary, read_special_ids
 
@@ -170,3 +175,39 @@ def test_validation_split_is_a_stable_disjoint_share(tmp_path):
     assert 20 <= len(split["validation"]) <= 65  # 10% of 400 documents, by hash
     again = set(_texts(source.get_dataset("validation", shuffle=False).map(lambda ex: ex["text"])))
     assert again == split["validation"]
+
+
+def _documents_then_failure(texts: list[str], shuffle: bool) -> tf.data.Dataset:
+    """Source-like {"text", "rng"[, shuffle marker]} elements of `texts`, then one element whose
+    reading fails: a stand-in for documents that are slow or not yet available."""
+
+    @tf.autograph.experimental.do_not_convert
+    def fail(text):
+        never = tf.debugging.assert_less(tf.strings.length(text), 0, message="read too far")
+        with tf.control_dependencies([never]):
+            return tf.identity(text)
+
+    ds = tf.data.Dataset.from_tensor_slices(texts).concatenate(
+        tf.data.Dataset.from_tensors("unreadable").map(fail)
+    )
+    marker = {SHUFFLE_FEATURE: tf.constant(True)} if shuffle else {}
+    rng = tf.constant([0, 0], tf.int64)
+    return ds.map(lambda text: {"text": text, "rng": rng, **marker})
+
+
+def test_unshuffled_documents_pass_through_without_waiting_for_a_window():
+    texts = ["a", "b", "c"]
+    kept = shuffle_documents(_documents_then_failure(texts, shuffle=False), window=1024, salt=1)
+    assert set(kept.element_spec) == {"text", "rng"}
+    assert _texts(kept.take(3).map(lambda ex: ex["text"])) == texts
+    shuffled = shuffle_documents(_documents_then_failure(texts, shuffle=True), window=1024, salt=1)
+    assert set(shuffled.element_spec) == {"text", "rng"}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="read too far"):
+        next(iter(shuffled))  # a shuffled stream needs its whole window first
+
+
+def test_only_shuffled_source_streams_carry_the_shuffle_marker(tmp_path):
+    data_dir = write_corpus(str(tmp_path), languages=("en",), documents=5)
+    source = _source(corpus_layout(data_dir).files["en"])
+    assert SHUFFLE_FEATURE in source.get_dataset("train", shuffle=True, seed=0).element_spec
+    assert SHUFFLE_FEATURE not in source.get_dataset("validation", shuffle=False).element_spec

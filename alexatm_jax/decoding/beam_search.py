@@ -59,8 +59,8 @@ def beam_search(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: 
     """Beam search for a batch of padded prompts ([batch, input_len] tokens and segment ids).
 
     head: `model_steps.output_head(config, params)`, computed once by callers that decode many
-    batches (else it is rebuilt per call). Returns a `SearchOutput` with tokens [batch, beams, max_new_tokens] and length-normalised
-    scores [batch, beams], best first.
+    batches (else it is rebuilt per call). Returns a `SearchOutput` with tokens
+    [batch, beams, max_new_tokens] and length-normalised scores [batch, beams], best first.
     """
     if 2 * options.num_beams > config.vocab_size:
         raise ValueError(f"num_beams={options.num_beams} needs a vocabulary of at least "

@@ -237,7 +237,8 @@ class AlexaTM(nn.Module):
                       decoder_input_tokens: Array, decoder_segment_ids: Array | None = None,
                       decoder_positions: Array | None = None, *, deterministic: bool = True,
                       decode: bool = False, max_decode_length: int = 0) -> Array:
-        """The decoder's final hidden states [batch, decoder_len, embed] (`decode` minus the head)."""
+        """The decoder's final hidden states [batch, decoder_len, embed]: `decode` minus the
+        LM head."""
         tokens = decoder_input_tokens
         length = tokens.shape[1]
         positions = _default_positions(tokens) if decoder_positions is None else decoder_positions

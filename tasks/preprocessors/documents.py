@@ -24,6 +24,8 @@ _AUTOTUNE = tf.data.AUTOTUNE
 # Leading/trailing ASCII or Unicode whitespace (RE2's \s alone is ASCII-only).
 _EDGE_SPACE = r"^[\s\p{Z}]+|[\s\p{Z}]+$"
 MIN_DOCUMENT_BYTES_LIMIT = 1024
+# Source feature (tf.bool, True) present only on document streams that are to be shuffled.
+SHUFFLE_FEATURE = "shuffle"
 
 
 def repair_and_strip(text: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -78,8 +80,11 @@ def _tokenizer(model_path: str, model: bytes) -> Callable[[tf.Tensor], tf.Tensor
 
 
 def shuffle_documents(ds: tf.data.Dataset, *, window: int, salt: int) -> tf.data.Dataset:
-    """Stateless document shuffle: each window of `window` consecutive documents is permuted with
-    a seed from (rng, salt, window index), when the source's `shuffle` flag is set.
+    """Stateless document shuffle of streams marked with `SHUFFLE_FEATURE` (the source's caller
+    asked for shuffling): each window of `window` consecutive documents is permuted with a seed
+    from (rng, salt, window index). Unmarked streams keep their order and pass through at once,
+    without waiting for a window (a repeated validation split of a language with one held-out
+    document would otherwise re-read its files `window` times before the first document).
 
     It runs after SeqIO's repeat, so windows keep moving across epochs and every epoch has another
     order, yet the stream is a pure function of the seed: iterating it again repeats it.
@@ -87,16 +92,14 @@ def shuffle_documents(ds: tf.data.Dataset, *, window: int, salt: int) -> tf.data
     """
     if window < 1:
         raise ValueError(f"shuffle window must be >= 1, got {window}")
+    if SHUFFLE_FEATURE not in ds.element_spec:
+        return ds
 
     @tf.autograph.experimental.do_not_convert
     def permute(index, batch):
         size = tf.shape(batch["text"])[0]
         seed = example_seed(batch["rng"][0], salt, index)
-        order = tf.cond(
-            batch["shuffle"][0],
-            lambda: tf.argsort(tf.random.stateless_uniform([size], seed=seed)),
-            lambda: tf.range(size),
-        )
+        order = tf.argsort(tf.random.stateless_uniform([size], seed=seed))
         return {"text": tf.gather(batch["text"], order), "rng": tf.gather(batch["rng"], order)}
 
     return ds.batch(window).enumerate().map(permute, num_parallel_calls=_AUTOTUNE).unbatch()
