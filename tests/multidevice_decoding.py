@@ -61,9 +61,17 @@ def _main() -> dict:
     sharded = run(config.replace(scan_layers=True), scan_params(params), partitioner)
     specs = {jax.tree_util.keystr(path): str(leaf.sharding.spec)
              for path, leaf in jax.tree_util.tree_leaves_with_path(sharded[3].params)}
+    # Tied embeddings: the engine's LM head is the transposed table, built once and sharded.
+    tied = config.replace(tie_word_embeddings=True, share_embeddings=True)
+    tied_params = {k: v for k, v in params.items()
+                   if k not in ("lm_head", "decoder_token_embedder")}
+    tied_plain = run(tied, tied_params, None)
+    tied_sharded = run(tied, tied_params, partitioner)
     return {
         "greedy_equal": plain[0] == sharded[0],
         "beam_equal": plain[1] == sharded[1],
+        "tied_greedy_and_beam_equal": tied_plain[:2] == tied_sharded[:2],
+        "tied_head_spec": str(tied_sharded[3].head.kernel.sharding.spec),
         "score_max_diff": float(np.max(np.abs(np.subtract(plain[2], sharded[2])))),
         "num_greedy_tokens": sum(map(len, plain[0])),
         "tensor_sharded_params": sum("tensor" in s for s in specs.values()),

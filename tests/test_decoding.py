@@ -256,4 +256,6 @@ def test_decoding_under_a_partitioner_matches_one_device():
     assert result["tensor_sharded_params"] > 0 and result["fsdp_sharded_params"] > 0
     assert result["num_greedy_tokens"] > 0
     assert result["greedy_equal"] and result["beam_equal"]
+    assert result["tied_greedy_and_beam_equal"]
+    assert result["tied_head_spec"] == "P('fsdp', 'tensor')"  # [embed, vocab]
     assert result["score_max_diff"] < 1e-4
