@@ -63,8 +63,10 @@ def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
         match = re.match(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
         if match:
             op_name = re.search(r'op_name="([^"]*)"', line)
-            found[match.group(1)] = (match.group(2),
-                                     op_name.group(1) if op_name else match.group(3))
+            shape = match.group(2).split("{")[0]
+            # Ops without metadata (e.g. the attention products) are told apart by shape.
+            found[match.group(1)] = (shape, op_name.group(1) if op_name
+                                     else f"{match.group(3)} {shape} (no op_name)")
     return found
 
 
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         shape, op_name = instructions.get(name, ("?", name))
         label = group_label(op_name)
         groups[label] += micros / 1e3 / (args.new_tokens - 1)
-        shapes.setdefault(label, shape.split("{")[0])
+        shapes.setdefault(label, shape)
     step_ms = (wall[args.new_tokens] - wall[1]) / (args.new_tokens - 1) * 1e3
     print(f"batch {args.batch}, {config.num_decoder_layers} decoder layers, vocab {args.vocab}, "
           f"{args.dtype}: {step_ms:.2f} ms per step (wall clock), {sum(groups.values()):.2f} ms "
