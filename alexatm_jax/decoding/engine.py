@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -97,9 +98,13 @@ class InferenceEngine:
         if partitioner is not None:
             params = jax.device_put(params, partitioner.params_shardings(config))
         self.params = params
-        # Built once here, not per batch: with tied embeddings this is the transposed table.
+
+    @functools.cached_property
+    def head(self) -> model_steps.OutputHead:
+        """The LM head the decode loops use, built on first use and kept (not rebuilt per
+        batch); with tied embeddings it is the transposed table, one extra copy of it."""
         with self._context():
-            self.head = model_steps.output_head(config, params)
+            return model_steps.output_head(self.config, self.params)
 
     # ------------------------------------------------------------------ public API
     def generate_ids(self, prompts: Sequence[Sequence[int]], options: DecodeOptions,
