@@ -30,7 +30,7 @@ def encode(config: ModelConfig, params: Params, tokens: jax.Array,
 
 
 class OutputHead(NamedTuple):
-    """The LM head, materialised once per decode loop: kernel [embed, vocab], bias [vocab]."""
+    """The LM head, materialised outside the decode loop: kernel [embed, vocab], bias [vocab]."""
 
     kernel: jax.Array
     bias: jax.Array
