@@ -21,6 +21,11 @@ the same on both sides and bound the end-to-end ratio. The two are timed in alte
 default (on a loaded machine torch's OpenMP threads spin-wait and slow the reference down
 ten-fold; --threads 0 keeps each library's own threading). Prints both ratios ours / reference
 and whether the greedy tokens agree.
+
+`--ceiling` also times, in the same rounds, a loop that does nothing but the step's weight
+matmuls and attention products (the same shapes and XLA kernels, nothing else): reference ms per
+step / that loop's ms per step is the best decode-loop ratio those kernels allow on this machine,
+were norms, softmax, vocabulary passes and the loop itself free.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, choices=(0, 1),
                         help="1: both sides single-threaded (torch.set_num_threads(1) and XLA's "
                              "Eigen thread pool off); 0: each library's default threading")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also time our decode step's weight and attention products alone "
+                             "(same shapes, same XLA kernels): the best decode-loop ratio they "
+                             "allow if norms, softmax, vocabulary passes and the loop were free")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     for name in ("input_len", "new_tokens", "d_model", "layers", "heads", "ffn", "vocab",
@@ -111,6 +120,59 @@ def reference_generate(model, prompts: np.ndarray, new_tokens: int, start_id: in
     return torch.cat(out, dim=1).numpy()
 
 
+def step_weight_kernels(config, params, head) -> tuple[list[tuple], object]:
+    """The 2-D weight matrices one greedy decode step multiplies by: per decoder layer (fused self
+    q/k/v [embed, 3*embed], self out, cross query, cross out, FFN in, FFN out), and the LM head
+    [embed, vocab]."""
+    import jax.numpy as jnp
+
+    d = config.d_model
+    layers = []
+    for layer in range(config.num_decoder_layers):
+        p = params["decoder"][f"layers_{layer}"]
+        self_attn, cross = p["self_attention"], p["cross_attention"]
+        qkv = jnp.concatenate([self_attn[n]["kernel"].reshape(d, d)
+                               for n in ("query", "key", "value")], axis=1)
+        layers.append((qkv, self_attn["out"]["kernel"].reshape(d, d),
+                       cross["query"]["kernel"].reshape(d, d), cross["out"]["kernel"].reshape(d, d),
+                       p["mlp"]["wi"]["kernel"], p["mlp"]["wo"]["kernel"]))
+    return layers, head.kernel
+
+
+def products_alone(layers: list[tuple], head_kernel, batch: int, heads: int, cache_len: int,
+                   input_len: int):
+    """`run(steps)`: a jitted loop of `steps` steps that do only a greedy decode step's
+    products: the weight matmuls and the attention q.k / weights.v over full head-major
+    self-attention ([batch, heads, cache_len, head_dim]) and cross-attention caches, in the
+    step's order and shapes, each feeding the next (weights and caches cold in cache, as in
+    decoding)."""
+    import jax
+    import jax.numpy as jnp
+
+    d = head_kernel.shape[0]
+    head_dim = d // heads
+    kv = lambda length, seed: [jax.random.normal(jax.random.key(seed + i),
+                                                 (batch, heads, length, head_dim))
+                               for i in range(2 * len(layers))]
+    self_kv, cross_kv = kv(cache_len, 0), kv(input_len, 1000)
+
+    def attend(x, k, v):
+        q = x.reshape(batch, heads, head_dim)
+        weights = jax.nn.softmax(jnp.einsum("bhd,bhkd->bhk", q, k), axis=-1)
+        return jnp.einsum("bhk,bhkd->bhd", weights, v).reshape(batch, d)
+
+    def step(_, x):
+        for i, (qkv, out, cross_query, cross_out, ffn_in, ffn_out) in enumerate(layers):
+            x = x + attend((x @ qkv)[:, :d], self_kv[2 * i], self_kv[2 * i + 1]) @ out
+            x = x + attend(x @ cross_query, cross_kv[2 * i], cross_kv[2 * i + 1]) @ cross_out
+            x = x + jnp.maximum(x @ ffn_in, 0.0) @ ffn_out
+        return x + (x @ head_kernel)[:, :d]
+
+    loop = jax.jit(lambda x, steps: jax.lax.fori_loop(0, steps, step, x))
+    x = jnp.full((batch, d), 1e-3, jnp.float32)
+    return lambda steps: np.asarray(loop(x, steps))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -150,9 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         compile_s = time.perf_counter() - start
         ours(1)
         ref_tokens = theirs(args.new_tokens)
+        timed = [("ours", ours), ("reference", theirs)]
+        if args.ceiling:
+            products = products_alone(*step_weight_kernels(config, params, head), batch,
+                                      config.num_decoder_heads, args.new_tokens, args.input_len)
+            products(args.new_tokens)
+            timed.append(("products", products))
         best = {}
         for _ in range(args.rounds):
-            for name, fn in (("ours", ours), ("reference", theirs)):
+            for name, fn in timed:
                 for steps in (args.new_tokens, 1):
                     start = time.perf_counter()
                     fn(steps)
@@ -170,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         row["ratio"] = row["ours_tokens_per_s"] / row["reference_tokens_per_s"]
         row["decode_ratio"] = (row["ours_decode_tokens_per_s"]
                                / row["reference_decode_tokens_per_s"])
+        if args.ceiling:
+            for name in ("ours", "reference", "products"):
+                row[f"{name}_ms_per_step"] = (best[name, args.new_tokens] - best[name, 1]) / (
+                    args.new_tokens - 1) * 1e3
+            row["decode_ratio_ceiling"] = (row["reference_ms_per_step"]
+                                           / row["products_ms_per_step"])
         rows.append(row)
         print(f"batch {batch:3d}: end to end ours {row['ours_tokens_per_s']:8.1f} tok/s, reference "
               f"{row['reference_tokens_per_s']:8.1f} tok/s, ratio {row['ratio']:5.2f}x | decode "
@@ -179,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['ours_prompt_and_first_token_s']:.2f}s, reference "
               f"{row['reference_prompt_and_first_token_s']:.2f}s | compile+first run "
               f"{compile_s:.1f}s | identical rows {row['rows_identical']}/{batch}", flush=True)
+        if args.ceiling:
+            print(f"  ceiling: reference {row['reference_ms_per_step']:.1f} ms/step, ours "
+                  f"{row['ours_ms_per_step']:.1f} ms/step, of which the weight and attention "
+                  f"products alone take {row['products_ms_per_step']:.1f} ms => "
+                  f"decode-loop ratio <= {row['decode_ratio_ceiling']:.2f}x with these kernels",
+                  flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"args": vars(args), "results": rows},
                                                       indent=2) + "\n")
