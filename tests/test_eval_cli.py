@@ -59,6 +59,8 @@ def test_generate_cli_matches_library_and_applies_stop_strings(checkpoint, text_
     expected = text_model.generate(["[CLM] " + p for p in PROMPTS],
                                    DecodeOptions(max_new_tokens=8))
     assert [r["output"] for r in rows] == [g.text for g in expected]
+    assert [r["output_ids"] for r in rows] == [g.token_ids for g in expected]
+    assert [r["score"] for r in rows] == pytest.approx([g.score for g in expected], abs=1e-5)
     longest = max(rows, key=lambda r: len(r["output"]))["output"]
     assert len(longest) >= 4, "the random model should produce some text"
     stop = longest[2:4]

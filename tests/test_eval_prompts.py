@@ -161,6 +161,33 @@ def test_flores_prompts_cut_and_sacrebleu(tokenizer, data_dir):
         get_task("flores101:en-xx")
 
 
+def test_flores_reports_spbleu_when_the_flores_model_is_on_disk(tokenizer, data_dir, tmp_path,
+                                                              monkeypatch):
+    """With a SentencePiece model at sacrebleu's Flores path (a stand-in: the real one is a
+    download), the harness reports `spbleu`, equal to sacrebleu's own tokenize='flores101'."""
+    import shutil
+
+    import sacrebleu.tokenizers.tokenizer_spm as sacrebleu_spm
+    import sacrebleu.utils
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(tokenizer.path, models / "sacrebleu_tokenizer_spm.model")
+    monkeypatch.setattr(sacrebleu.utils, "SACREBLEU_DIR", str(tmp_path))
+    monkeypatch.setattr(sacrebleu_spm, "SACREBLEU_DIR", str(tmp_path))
+    assert eval_metrics.bleu_tokenizer() == "flores101"
+    shot = "Sentence:  Hello.; Translation in German: Hallo.; "
+    prompts = ["[CLM] " + shot + "Sentence:  Good day.; Translation in German:",
+               "[CLM] " + shot + "Sentence:  Yes.; Translation in German:"]
+    stub = StubModel(tokenizer, {prompts[0]: " Guten Tage.", prompts[1]: " Ja ja."})
+    result = evaluate(get_task("flores101:en-de"), stub, str(data_dir))
+    predictions = [r["prediction"] for r in result.records]
+    direct = sacrebleu.corpus_bleu(predictions, [["Guten Tag.", "Ja."]], tokenize="flores101")
+    assert "bleu_13a" not in result.metrics
+    assert result.metrics["spbleu"] == pytest.approx(direct.score)
+    assert 0 < result.metrics["spbleu"] < 100
+
+
 def test_squad_prompt_and_official_scores(tokenizer, data_dir):
     prompts = ["[CLM] Context: Paris is in France. Question: What is the last word in the "
                "passage? Answer: France; Question: Where is Paris? Answer:",

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input_file", help="prompts, one per line (default: stdin)")
     parser.add_argument("--output", help="write results here (default: stdout)")
     parser.add_argument("--format", choices=("text", "jsonl"), default="text",
-                        help="text: one output per line; jsonl: {input, output} per line")
+                        help="text: one output per line; jsonl: {input, output, output_ids, "
+                             "score} per line")
     parser.add_argument("--stop", nargs="*", default=[], metavar="STR",
                         help="cut each output before the first of these strings")
     common.add_decoding_arguments(parser, max_new_tokens=64)
@@ -70,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         generations = text_model.generate(prompts, options, stop=args.stop, seed=args.seed)
     except ValueError as e:
         common.fail(parser, str(e))
-    lines = [json.dumps({"input": g.prompt, "output": g.text}, ensure_ascii=False)
+    lines = [json.dumps({"input": g.prompt, "output": g.text, "output_ids": g.token_ids,
+                         "score": g.score}, ensure_ascii=False)
              if args.format == "jsonl" else g.text.replace("\n", " ") for g in generations]
     common.write_lines(lines, args.output, "outputs")
     return 0
