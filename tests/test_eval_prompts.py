@@ -21,6 +21,10 @@ from inference_helpers import train_tiny_sentencepiece
 
 LONG_WORDS = " ".join(["word"] * 200)
 SENTENCES = [f"Sentence number {i} is here." for i in range(40)]
+# The two en->de prompts the `data_dir` fixture's Flores files give (1 shot from dev).
+FLORES_SHOT = "Sentence:  Hello.; Translation in German: Hallo.; "
+FLORES_PROMPTS = ["[CLM] " + FLORES_SHOT + "Sentence:  Good day.; Translation in German:",
+                  "[CLM] " + FLORES_SHOT + "Sentence:  Yes.; Translation in German:"]
 
 
 class StubModel:
@@ -142,9 +146,7 @@ def test_xsum_zero_shot_and_mlsum_text_field(tokenizer, data_dir):
 
 
 def test_flores_prompts_cut_and_sacrebleu(tokenizer, data_dir):
-    shot = "Sentence:  Hello.; Translation in German: Hallo.; "
-    prompts = ["[CLM] " + shot + "Sentence:  Good day.; Translation in German:",
-               "[CLM] " + shot + "Sentence:  Yes.; Translation in German:"]
+    prompts = FLORES_PROMPTS
     stub = StubModel(tokenizer, {prompts[0]: " Guten Tag.; Sentence: x", prompts[1]: " Nein."})
     result = evaluate(get_task("flores101:en-de"), stub, str(data_dir))
     assert stub.prompts == prompts
@@ -176,9 +178,7 @@ def test_flores_reports_spbleu_when_the_flores_model_is_on_disk(tokenizer, data_
     monkeypatch.setattr(sacrebleu.utils, "SACREBLEU_DIR", str(tmp_path))
     monkeypatch.setattr(sacrebleu_spm, "SACREBLEU_DIR", str(tmp_path))
     assert eval_metrics.bleu_tokenizer() == "flores101"
-    shot = "Sentence:  Hello.; Translation in German: Hallo.; "
-    prompts = ["[CLM] " + shot + "Sentence:  Good day.; Translation in German:",
-               "[CLM] " + shot + "Sentence:  Yes.; Translation in German:"]
+    prompts = FLORES_PROMPTS
     stub = StubModel(tokenizer, {prompts[0]: " Guten Tage.", prompts[1]: " Ja ja."})
     result = evaluate(get_task("flores101:en-de"), stub, str(data_dir))
     predictions = [r["prediction"] for r in result.records]
