@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  continuation  input : {clm_prompt}\n                output: {clm.text}")
     print(f"  denoising     input : {noisy}\n                output: {rewrite.text}\n"
           f"                (original: {original})")
+    print("  (A 1M-parameter model after a few minutes of CPU training has learnt token "
+          "statistics, not\n   text yet, so greedy output repeats itself; "
+          "`alexatm-demo --gin.TRAIN_STEPS=2000` trains longer.)")
     print(f"\nDone in {time.perf_counter() - started:.0f} s.\n"
           f"  checkpoints : {os.path.join(args.model_dir, 'checkpoints')}\n"
           f"  metrics     : {os.path.join(args.model_dir, 'metrics.jsonl')}\n"
