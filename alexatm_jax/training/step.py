@@ -16,9 +16,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import model_inputs
-from alexatm_jax.model.transformer import AlexaTM
+from alexatm_jax.model.transformer import AlexaTM, head_is_vocab_major
 from alexatm_jax.partitioning import Partitioner
-from alexatm_jax.training.loss import token_statistics
+from alexatm_jax.training.loss import fused_head_statistics, token_statistics
 from alexatm_jax.training.optimizer import HeldState, applied_learning_rate, freeze_labels, FROZEN
 from alexatm_jax.training.state import (TrainState, abstract_train_state, training_model_config,
                                         train_state_shardings)
@@ -49,8 +49,8 @@ def _microbatches(batch: Batch, num: int, sharding: NamedSharding) -> Batch:
 def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransformation,
                     partitioner: Partitioner, *, grad_accum_steps: int = 1, z_loss: float = 0.0,
                     skip_nonfinite: bool = True, freeze_prefixes: tuple[str, ...] = (),
-                    freeze_steps: int = 0) -> Callable[[TrainState, Batch, jax.Array],
-                                                       tuple[TrainState, Metrics]]:
+                    freeze_steps: int = 0, fused_head: bool = True
+                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """train_step(state, batch, rng) -> (new_state, metrics); the input state is donated.
 
     The loss is token cross-entropy (+ optional z-loss) summed over the whole global batch and
@@ -58,8 +58,11 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
     same gradient as one full batch. A non-finite loss or gradient norm skips the update: params
     and floating-point optimizer statistics stay as they were, integer counters (schedule,
     freeze window) and `step` advance, and metrics['skipped'] is 1. Dropout uses
-    fold_in(rng, step). Metrics are float32 scalars: loss (nats/token), accuracy,
-    grad_norm (before clipping), learning_rate, num_target_tokens, skipped (+ z_loss).
+    fold_in(rng, step) (masks drawn per `model_config.dropout_rng_impl`). Metrics are float32
+    scalars: loss (nats/token), accuracy, grad_norm (before clipping), learning_rate,
+    num_target_tokens, skipped (+ z_loss). `fused_head=True` computes the LM head inside the
+    loss (`fused_head_statistics`: same values, less memory, faster on CPU); False applies the
+    model's own head and `token_statistics`.
 
     `freeze_prefixes`/`freeze_steps` (pass the values of OptimizerConfig, whose optimizer does
     the actual freezing) additionally stop gradients into those subtrees while
@@ -80,11 +83,21 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
                                 freeze_labels(freeze_prefixes)(abstract.params))
                    if freeze_prefixes and freeze_steps > 0 else None)
 
+    vocab_major = head_is_vocab_major(model_config)
+
     def micro_objective(params, micro, key, denominator):
-        logits = model.apply({"params": params}, **model_inputs(micro), deterministic=False,
-                             rngs={"dropout": key})
-        stats = token_statistics(logits, micro["decoder_target_tokens"],
-                                 micro["decoder_loss_weights"], z_loss)
+        rngs = {"dropout": key}
+        targets, weights = micro["decoder_target_tokens"], micro["decoder_loss_weights"]
+        if fused_head:
+            hidden, kernel, bias = model.apply({"params": params}, **model_inputs(micro),
+                                               deterministic=False, rngs=rngs,
+                                               method=AlexaTM.hidden_and_head)
+            stats = fused_head_statistics(hidden, kernel, bias, targets, weights, z_loss,
+                                          vocab_major=vocab_major)
+        else:
+            logits = model.apply({"params": params}, **model_inputs(micro), deterministic=False,
+                                 rngs=rngs)
+            stats = token_statistics(logits, targets, weights, z_loss)
         return (stats["loss_sum"] + stats["z_loss_sum"]) / denominator, stats
 
     grad_fn = jax.grad(micro_objective, has_aux=True)
