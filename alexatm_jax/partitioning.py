@@ -110,24 +110,9 @@ def _as_mesh_axes(target: Any) -> Any:
     return tuple(target) if isinstance(target, list) else target
 
 
-def _cpu_devices_for(mesh_config: MeshConfig, devices: list[jax.Device]) -> list[jax.Device]:
-    """The first k of `devices` when a fully specified mesh needs k fewer than are there and they
-    are the emulated CPU devices of one process (alexatm_jax.cpu_devices makes one per core):
-    a 1-device mesh (gin/meshes/cpu_1.gin) then runs on device 0 instead of failing."""
-    sizes = (mesh_config.replica, mesh_config.data, mesh_config.fsdp, mesh_config.tensor)
-    if -1 in sizes or any(size < 1 for size in sizes):
-        return devices
-    needed = math.prod(sizes)
-    if (needed < len(devices) and jax.process_count() == 1
-            and all(d.platform == "cpu" for d in devices)):
-        return devices[:needed]
-    return devices
-
-
 def build_mesh(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A Mesh with axes MESH_AXES (all `AxisType.Auto`) over `devices` (default: all)."""
     devices = list(jax.devices() if devices is None else devices)
-    devices = _cpu_devices_for(mesh_config, devices)
     shape = mesh_config.axis_sizes(len(devices))
     auto = (AxisType.Auto,) * len(MESH_AXES)
     num_slices = len({getattr(d, "slice_index", 0) for d in devices})

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=30, help="rows to print")
     parser.add_argument("--top_thunks", type=int, default=0,
                         help="also print the N most expensive individual thunks")
+    parser.add_argument("--num_cpu_devices", type=int, default=1,
+                        help="emulated CPU devices, data-parallel (default 1)")
     parser.add_argument("--out", help="directory for the trace and HLO dump (default: a temp dir)")
     args = parser.parse_args(argv)
     for name in ("batch", "input_len", "target_len", "steps", "top"):
@@ -84,6 +86,31 @@ def op_times(trace_file: pathlib.Path) -> tuple[dict[str, float], dict[str, int]
             total[event["name"]] += event["dur"]
             count[event["name"]] += 1
     return total, count
+
+
+def thread_concurrency(trace_file: pathlib.Path) -> float:
+    """Average number of XLA threads running an op (thunk) during the traced steps."""
+    events = json.load(gzip.open(trace_file))["traceEvents"]
+    names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    spans: dict = collections.defaultdict(list)
+    for e in events:
+        if (e.get("ph") == "X" and "dur" in e and e["name"].startswith("ThunkExecutor::Execute")
+                and "wait" not in e["name"]
+                and "XLAEigen" in names.get((e["pid"], e.get("tid")), "")):
+            spans[e["tid"]].append((e["ts"], e["ts"] + e["dur"]))
+    if not spans:
+        return float("nan")
+    busy = 0.0
+    for intervals in spans.values():  # union of each thread's (possibly nested) spans
+        intervals.sort()
+        end = -1.0
+        for start, stop in intervals:
+            if stop > end:
+                busy += stop - max(start, end)
+                end = stop
+    everything = [t for intervals in spans.values() for pair in intervals for t in pair]
+    return busy / max(max(everything) - min(everything), 1e-9)
 
 
 def group_label(op_name: str) -> str:
@@ -127,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                                f" --xla_dump_to={out}/hlo --xla_dump_hlo_module_re=train_step")
     monitor = LoadMonitor()
     import jax
+    if args.num_cpu_devices > 1:  # before the first JAX computation
+        jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
     import train_step as bench
 
     bench_args = bench.parse_args(["--gin_file", args.gin_file, "--batch", str(args.batch),
@@ -154,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for dump in dumps:
         instructions.update(hlo_instructions(dump.read_text()))
     totals, _ = op_times(traces[-1])
+    busy_threads = thread_concurrency(traces[-1])
     groups: collections.Counter = collections.Counter()
     kinds: collections.Counter = collections.Counter()
     shapes: dict[str, str] = {}
@@ -174,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.d_model=} layers {cfg.num_encoder_layers}+{cfg.num_decoder_layers} vocab "
           f"{cfg.vocab_size} dropout {cfg.dropout_rate}; batch {args.batch} x "
           f"({args.input_len} + {args.target_len}) on {jax.device_count()} device(s): "
-          f"{wall:.2f} s per step (wall clock), {total / 1e3:.2f} s per step in ops (profiled)")
+          f"{wall:.2f} s per step (wall clock), {total / 1e3:.2f} s per step in ops (profiled); "
+          f"on average {busy_threads:.2f} XLA threads busy while the step ran")
     print(monitor.describe(load))
     print(f"{'ms/step':>9}  {'share':>6}  {'result shape':<28} op")
     for label, ms in groups.most_common(args.top):

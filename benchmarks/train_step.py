@@ -11,15 +11,17 @@ same batch, torch.optim.AdamW, model.train(), same dropout, all cores) and print
 ours / reference. All trainers are timed in alternating rounds so that load from other
 processes hits them alike.
 
-On CPU our step runs data-parallel over one emulated device per core (the project's default,
-`alexatm_jax.cpu_devices`; --num_cpu_devices overrides it). `--variant NAME:KEY=VALUE,...`
-adds more of our trainers to the same rounds, e.g. to measure what one setting is worth:
+"ours" is the project's default train step: on CPU one device whose gradient is computed as
+one independent branch per core (`make_train_step(parallel_branches=None)`, see
+alexatm_jax/training/step.py). `--variant NAME:KEY=VALUE,...` adds more of our trainers to the
+same rounds, e.g. to measure what one setting is worth:
 
-    --variant threefry:dropout_rng_impl=threefry2x32 --variant 1dev:devices=1 \
-    --variant unfused:fused_head=0,cotangent_barriers=off
+    --variant 1branch:branches=1 --variant threefry:dropout_rng_impl=threefry2x32 \
+    --variant unfused:fused_head=0 --variant nobarrier:cotangent_barriers=off
 
-KEY is a ModelConfig field, `fused_head` (0/1: the LM head fused with the loss) or `devices`
-(use the first N devices). The machine's load average and core count are recorded before and
+KEY is a ModelConfig field, `fused_head` (0/1: the LM head fused with the loss), `branches`
+(parallel_branches) or `devices` (use the first N of --num_cpu_devices emulated devices,
+data-parallel). The machine's load average and core count are recorded before and
 after the run (benchmarks/machine_load.py); a busy machine gets a loud warning and
 `"machine_load": {"busy": true, ...}` in the JSON.
 """
@@ -66,9 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--remat", default=None, help="override ModelConfig.remat_policy")
     parser.add_argument("--attention_impl", default=None,
                         help="override ModelConfig.attention_impl (einsum, dot_product, cudnn)")
-    parser.add_argument("--num_cpu_devices", type=int, default=None,
-                        help="emulated CPU devices (default: one per core, the project's CPU "
-                             "default; 1 = a single device)")
+    parser.add_argument("--num_cpu_devices", type=int, default=1,
+                        help="emulated CPU devices, data-parallel (default 1; variants can use "
+                             "fewer with devices=N)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="another of our trainers, timed in the same rounds (see above)")
     parser.add_argument("--no_reference", action="store_true",
@@ -86,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--model_config_json {args.model_config_json} does not exist")
     if args.gin_file is None and args.model_config_json is None:
         args.gin_file = str(REPO_ROOT / "gin" / "models" / "small.gin")
-    if args.num_cpu_devices is not None and args.num_cpu_devices < 1:
+    if args.num_cpu_devices < 1:
         parser.error("--num_cpu_devices must be >= 1")
     try:
         args.variants = [parse_variant(text) for text in args.variant]
@@ -110,14 +112,14 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 
 def apply_variant(cfg, settings: dict[str, str]) -> tuple[object, dict]:
-    """(ModelConfig with the ModelConfig keys applied, {fused_head, devices} options)."""
+    """(ModelConfig with the ModelConfig keys applied, {fused_head, branches, devices})."""
     import dataclasses
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     changes, options = {}, {}
     for key, value in settings.items():
         if key == "fused_head":
             options[key] = value.lower() in ("1", "true", "yes")
-        elif key == "devices":
+        elif key in ("devices", "branches"):
             options[key] = int(value)
         elif key in fields:
             current = getattr(cfg, key)
@@ -126,8 +128,8 @@ def apply_variant(cfg, settings: dict[str, str]) -> tuple[object, dict]:
             else:
                 changes[key] = type(current)(value)
         else:
-            raise SystemExit(f"--variant: unknown key {key!r} (ModelConfig field, fused_head or "
-                             "devices)")
+            raise SystemExit(f"--variant: unknown key {key!r} (ModelConfig field, fused_head, "
+                             "branches or devices)")
     return cfg.replace(**changes), options
 
 
@@ -163,10 +165,12 @@ def synthetic_batch(cfg, batch: int, input_len: int, target_len: int) -> dict[st
 
 
 class OurTrainer:
-    """Our jitted train step, data-parallel over the first `devices` devices (default: all)."""
+    """Our jitted train step, data-parallel over the first `devices` devices (default: all)
+    with `branches` parallel gradient branches (default: make_train_step's)."""
 
     def __init__(self, cfg, host_batch: dict[str, np.ndarray], rules: str,
-                 devices: int | None = None, fused_head: bool = True) -> None:
+                 devices: int | None = None, fused_head: bool = True,
+                 branches: int | None = None) -> None:
         import jax
         from alexatm_jax.partitioning import MeshConfig, Partitioner
         from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
@@ -175,7 +179,8 @@ class OurTrainer:
         partitioner = Partitioner(MeshConfig(), rules, devices=jax.devices()[:devices])
         tx = make_optimizer(OptimizerConfig(), 10_000)
         self.state = create_train_state(cfg, tx, partitioner, jax.random.key(0))
-        self.step_fn = make_train_step(cfg, tx, partitioner, fused_head=fused_head)
+        self.step_fn = make_train_step(cfg, tx, partitioner, fused_head=fused_head,
+                                       parallel_branches=branches)
         self.batch = partitioner.shard_batch(host_batch)
         self.rng = jax.random.key(1)
         self.num_devices = partitioner.mesh.size
@@ -244,17 +249,12 @@ def time_steps(trainer, steps: int) -> list[tuple[float, float]]:
     return times
 
 
-def configure_devices(args: argparse.Namespace) -> None:
-    """One emulated CPU device per core unless --num_cpu_devices says otherwise (before JAX)."""
-    from alexatm_jax.cpu_devices import use_cpu_devices
-    use_cpu_devices(args.num_cpu_devices)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_devices(args)
     monitor = LoadMonitor()
     import jax
+    if args.num_cpu_devices > 1:  # before the first JAX computation
+        jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
     from tqdm import tqdm
     from alexatm_jax.model import count_params, param_shapes
     from alexatm_jax.training.flops import mfu, peak_flops_per_device, train_flops_per_step

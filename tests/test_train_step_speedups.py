@@ -1,7 +1,8 @@
 """The CPU train-step speed-ups change no numbers: the LM head fused with the loss, the
-backward-pass cotangent barriers, the packed Threefry dropout masks; plus the CPU device count
-and the benchmarks' load record."""
+backward-pass cotangent barriers, the packed Threefry dropout masks, the parallel gradient
+branches; plus the benchmarks' load record."""
 
+import os
 import sys
 
 import jax
@@ -9,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexatm_jax import cpu_devices
 from alexatm_jax.model import AlexaTM, ModelConfig, init_params
 from alexatm_jax.model.dropout import Dropout, keep_mask, packed_keep_mask
 from alexatm_jax.model.transformer import head_is_vocab_major
@@ -120,18 +120,50 @@ def test_unknown_dropout_rng_impl_is_rejected():
         SMALL.replace(cotangent_barriers="sometimes")
 
 
-def test_cpu_device_count_defaults_to_the_cores(monkeypatch):
-    monkeypatch.delenv(cpu_devices.NUM_CPU_DEVICES_ENV, raising=False)
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert cpu_devices.default_num_cpu_devices() == cpu_devices.available_cores()
-    monkeypatch.setenv(cpu_devices.NUM_CPU_DEVICES_ENV, "3")
-    assert cpu_devices.default_num_cpu_devices() == 3
-    monkeypatch.setenv(cpu_devices.NUM_CPU_DEVICES_ENV, "0")
-    with pytest.raises(ValueError, match="must be >= 1"):
-        cpu_devices.default_num_cpu_devices()
-    monkeypatch.delenv(cpu_devices.NUM_CPU_DEVICES_ENV)
-    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-    assert cpu_devices.default_num_cpu_devices() == 1
+def test_parallel_branches_give_the_same_step():
+    from alexatm_jax.partitioning import MeshConfig, Partitioner
+    from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
+                                      make_train_step)
+    from alexatm_jax.training.step import auto_parallel_branches
+
+    partitioner = Partitioner(MeshConfig(), "fsdp")
+    # eps=1 makes the first AdamW update ~linear in the gradient (not its sign).
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2, eps=1.0), 10)
+    batch, targets, weights = _inputs(2)
+    batch = dict(batch, decoder_target_tokens=targets, decoder_loss_weights=weights)
+    batch = {k: np.concatenate([v, v[::-1]]) for k, v in batch.items()}  # 6 rows
+    results = {}
+    config = SMALL.replace(dropout_rate=0.2)  # each branch draws the whole batch's masks
+    for branches in (1, 2, 3):
+        state = create_train_state(config, optimizer, partitioner, jax.random.key(0))
+        step = make_train_step(config, optimizer, partitioner, parallel_branches=branches)
+        state, metrics = step(state, partitioner.shard_batch(batch), jax.random.key(1))
+        results[branches] = (jax.device_get(state.params), jax.device_get(metrics))
+    for branches in (2, 3):
+        params, metrics = results[branches]
+        for name in ("loss", "accuracy", "grad_norm", "num_target_tokens"):
+            np.testing.assert_allclose(metrics[name], results[1][1][name], rtol=1e-5)
+        _assert_trees_close(results[1][0], params)
+    cores = len(os.sched_getaffinity(0))
+    assert auto_parallel_branches(12 * cores, partitioner) == cores
+    assert auto_parallel_branches(1, partitioner) == 1
+    with pytest.raises(ValueError, match="must be >= 1 and divide"):
+        make_train_step(config, optimizer, partitioner, parallel_branches=4)(
+            state, partitioner.shard_batch(batch), jax.random.key(1))
+
+
+@pytest.mark.parametrize("impl", ["threefry_packed", "threefry2x32"])
+def test_batch_blocks_draw_the_whole_batch_masks(impl):
+    from alexatm_jax.model.dropout import batch_block
+
+    key = jax.random.key(5)
+    whole = np.asarray(keep_mask(key, (6, 4, 8), 0.3, impl))
+    for blocks in (2, 3):
+        rows = 6 // blocks
+        for block in range(blocks):
+            with batch_block(block, blocks):
+                part = np.asarray(keep_mask(key, (rows, 4, 8), 0.3, impl))
+            np.testing.assert_array_equal(part, whole[block * rows:(block + 1) * rows])
 
 
 def test_benchmark_load_record_marks_a_busy_machine(monkeypatch, repo_root):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import os
 import shutil
 import sys
@@ -27,6 +28,7 @@ DEFAULT_MODEL_DIR = "artifacts/demo_run"
 # Shown first when they have held-out documents (data/sample has 12 languages).
 SHOWN_LANGUAGES = ("en", "fr", "hi", "ja", "de", "ar", "es", "ta")
 ACCURACY_GOAL = 0.60
+GOOGLE_PCI_VENDOR = "0x1ae0"
 PROBE_NOTE = ("(Lines from TensorFlow such as 'Could not find cuda drivers' are its start-up "
               "probes for a GPU this machine lacks: harmless.)")
 
@@ -50,9 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 48, spread over the languages)")
     parser.add_argument("--max_new_tokens", type=int, default=48,
                         help="tokens generated for the [CLM] continuation (default 48)")
-    parser.add_argument("--num_cpu_devices", type=int, default=None,
-                        help="emulated CPU devices (default: one per core on a machine without "
-                             "an accelerator)")
     return parser
 
 
@@ -66,10 +65,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.examples < 0:
         parser.error(f"--examples must be >= 0, got {args.examples}")
-    if args.num_cpu_devices is not None and args.num_cpu_devices < 1:
-        parser.error(f"--num_cpu_devices must be >= 1, got {args.num_cpu_devices}")
     args.model_dir = os.path.abspath(os.path.expanduser(args.model_dir))
     return args, bindings
+
+
+def accelerator_present() -> bool:
+    """True when JAX would (probably) find a GPU or TPU: JAX_PLATFORMS names one, or an NVIDIA,
+    AMD or Google TPU device is visible. Checked without initialising JAX."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").lower()
+    if platforms:
+        return any(p.strip() not in ("", "cpu") for p in platforms.split(","))
+    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or glob.glob("/dev/accel*"):
+        return True
+    for vendor_file in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor_file, encoding="ascii") as f:
+                if f.read().strip() == GOOGLE_PCI_VENDOR:
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def quiet_accelerator_probes() -> None:
@@ -77,8 +92,6 @@ def quiet_accelerator_probes() -> None:
     TPU_WORKER_HOSTNAMES error when the pip package is installed) and TensorFlow's failed
     cuInit is not logged. Call before importing JAX or TensorFlow; no-op where an accelerator
     is present or the variables are set."""
-    from alexatm_jax.cpu_devices import accelerator_present
-
     if not accelerator_present():
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -213,7 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, bindings = parse_args(argv)
     quiet_accelerator_probes()
     started = time.perf_counter()
-    from alexatm_jax.cpu_devices import use_cpu_devices
     from alexatm_jax.gin_registry import REPO_ROOT
 
     repo_root = str(REPO_ROOT)
@@ -221,7 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alexatm-demo: error: the sample corpus {repo_root}/data/sample is missing; run "
               "the demo from a checkout of the repository", file=sys.stderr)
         return 2
-    use_cpu_devices(args.num_cpu_devices)
     print(PROBE_NOTE, flush=True)
 
     print("[1/4] Demo tokenizer (SentencePiece, trained on data/sample on first use)", flush=True)

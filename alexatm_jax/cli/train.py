@@ -51,9 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "such as gs://bucket/run (same as "
                              "--gin.MODEL_DIR=\"'DIR'\"; this flag wins)")
     parser.add_argument("--num_cpu_devices", type=int, default=_env_int(NUM_CPU_DEVICES_ENV),
-                        help=f"emulate N CPU devices (env {NUM_CPU_DEVICES_ENV}); default: one "
-                             "per core on a machine without an accelerator; for testing meshes "
-                             "on a laptop")
+                        help=f"emulate N CPU devices (env {NUM_CPU_DEVICES_ENV}); for testing "
+                             "meshes on a laptop")
     parser.add_argument("--coordinator_address", default=os.environ.get(COORDINATOR_ENV),
                         help=f"host:port of process 0 for multi-process runs (env "
                              f"{COORDINATOR_ENV}); on Cloud TPU VMs processes find each other "
@@ -107,12 +106,6 @@ def initialize_jax(args: argparse.Namespace) -> None:
 
     if args.num_cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
-    elif args.coordinator_address is None:
-        # One CPU device per core on a machine without an accelerator (a no-op elsewhere): a
-        # mesh with a -1 axis (gin/meshes/data_parallel.gin) then uses every core; a fixed
-        # 1-device mesh (cpu_1.gin) uses the first device.
-        from alexatm_jax.cpu_devices import use_cpu_devices
-        use_cpu_devices()
     if args.coordinator_address is not None:
         jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                    num_processes=args.num_processes, process_id=args.process_id)

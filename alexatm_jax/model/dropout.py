@@ -19,7 +19,11 @@ jax 0.10: its `mulhi` has no StableHLO form.)
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import math
+from typing import Iterator
 
 import flax.linen as nn
 import jax
@@ -28,6 +32,24 @@ from jax.extend.random import threefry2x32_p
 
 PACKED = "threefry_packed"
 DRAW_BITS = 16
+# (block, blocks): the model runs on rows [block * n, (block + 1) * n) of a batch of blocks * n.
+_BATCH_BLOCK: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar(
+    "alexatm_dropout_batch_block", default=(0, 1))
+
+
+@contextlib.contextmanager
+def batch_block(block: int, blocks: int) -> Iterator[None]:
+    """While tracing inside this context, every dropout mask is the one the whole batch would
+    get, restricted to the rows of block `block` of `blocks` equal contiguous blocks of the
+    batch (axis 0): a model applied block by block (the train step's parallel branches) draws
+    exactly the masks of one application to the whole batch."""
+    if not 0 <= block < blocks:
+        raise ValueError(f"need 0 <= block < blocks, got {block}, {blocks}")
+    token = _BATCH_BLOCK.set((block, blocks))
+    try:
+        yield
+    finally:
+        _BATCH_BLOCK.reset(token)
 
 
 @functools.cache
@@ -54,9 +76,11 @@ def _flat_index(shape: tuple[int, ...]) -> jax.Array:
     return index
 
 
-def packed_keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+def packed_keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float,
+                     row_offset: int = 0) -> jax.Array:
     """Boolean keep-mask of `shape` (P(keep) = 1 - round(rate * 2^16) / 2^16) from one
-    Threefry-2x32 hash per four elements of the last axis."""
+    Threefry-2x32 hash per four elements of the last axis. `row_offset` shifts the row counter
+    (the flat index over the leading axes): rows [o, o + r) of a larger mask."""
     if not shape:
         return packed_keep_mask(key, (1,), rate)[0]
     key = key_as(key, "threefry2x32")
@@ -67,6 +91,7 @@ def packed_keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax
     # Counter = (index over the leading axes, word index along the last axis): unique per word
     # for any array with fewer than 2^32 rows and 2^32 words per row.
     rows = _flat_index(tuple(lead)) if lead else jnp.zeros((), jnp.uint32)
+    rows = rows + jnp.uint32(row_offset)
     counts_hi = jnp.broadcast_to(rows[..., None], word_shape)
     counts_lo = jax.lax.broadcasted_iota(jnp.uint32, word_shape, len(word_shape) - 1)
     hi, lo = threefry2x32_p.bind(k1, k2, counts_hi, counts_lo)
@@ -77,10 +102,25 @@ def packed_keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax
 
 
 def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float, impl: str) -> jax.Array:
-    """Boolean keep-mask of `shape` for dropout `rate`, drawn as `impl` says (module doc)."""
-    if impl == PACKED:
-        return packed_keep_mask(key, shape, rate)
-    return jax.random.bernoulli(key_as(key, impl), 1.0 - rate, shape)
+    """Boolean keep-mask of `shape` for dropout `rate`, drawn as `impl` says (module doc), for
+    the current `batch_block`."""
+    block, blocks = _BATCH_BLOCK.get()
+    if impl == PACKED and (blocks == 1 or len(shape) >= 2):
+        # Rows of the whole batch's mask directly: batch is the outermost leading axis.
+        offset = block * math.prod(shape[:-1]) if blocks > 1 else 0
+        return packed_keep_mask(key, shape, rate, row_offset=offset)
+
+    def draw(full_shape: tuple[int, ...]) -> jax.Array:
+        if impl == PACKED:
+            return packed_keep_mask(key, full_shape, rate)
+        return jax.random.bernoulli(key_as(key, impl), 1.0 - rate, full_shape)
+
+    if blocks == 1:
+        return draw(shape)
+    # The whole batch's mask, sliced (XLA merges the identical draws of all blocks into one).
+    rows = shape[0]
+    full = draw((rows * blocks, *shape[1:]))
+    return jax.lax.slice_in_dim(full, block * rows, (block + 1) * rows, axis=0)
 
 
 class Dropout(nn.Module):
