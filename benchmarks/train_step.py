@@ -11,13 +11,11 @@ same batch, torch.optim.AdamW, model.train(), same dropout, all cores) and print
 ours / reference. All trainers are timed in alternating rounds so that load from other
 processes hits them alike.
 
-"ours" is the project's default train step: on CPU one device whose gradient is computed as
-one independent branch per core (`make_train_step(parallel_branches=None)`, see
-alexatm_jax/training/step.py). `--variant NAME:KEY=VALUE,...` adds more of our trainers to the
-same rounds, e.g. to measure what one setting is worth:
+"ours" is the project's default train step on one device. `--variant NAME:KEY=VALUE,...` adds
+more of our trainers to the same rounds, e.g. to measure what one setting is worth:
 
-    --variant 1branch:branches=1 --variant threefry:dropout_rng_impl=threefry2x32 \
-    --variant unfused:fused_head=0 --variant nobarrier:cotangent_barriers=off
+    --variant old:fused_head=0,cotangent_barriers=off,dropout_rng_impl=threefry2x32 \
+    --variant 2branches:branches=2 --variant nobarrier:cotangent_barriers=off
 
 KEY is a ModelConfig field, `fused_head` (0/1: the LM head fused with the loss), `branches`
 (parallel_branches) or `devices` (use the first N of --num_cpu_devices emulated devices,
@@ -179,8 +177,8 @@ class OurTrainer:
         partitioner = Partitioner(MeshConfig(), rules, devices=jax.devices()[:devices])
         tx = make_optimizer(OptimizerConfig(), 10_000)
         self.state = create_train_state(cfg, tx, partitioner, jax.random.key(0))
-        self.step_fn = make_train_step(cfg, tx, partitioner, fused_head=fused_head,
-                                       parallel_branches=branches)
+        extra = {} if branches is None else {"parallel_branches": branches}
+        self.step_fn = make_train_step(cfg, tx, partitioner, fused_head=fused_head, **extra)
         self.batch = partitioner.shard_batch(host_batch)
         self.rng = jax.random.key(1)
         self.num_devices = partitioner.mesh.size

@@ -77,7 +77,10 @@ def _fused_head_fwd(hidden, kernel, bias, targets, weights, z_loss, vocab_major)
     k = kernel.astype(hidden.dtype)
     if vocab_major:
         d_hidden = jnp.einsum("blv,vd->bld", d_logits, k)
-        d_kernel = jnp.einsum("blv,bld->vd", d_logits, hidden, preferred_element_type=jnp.float32)
+        # [embed, vocab] then transposed: XLA:CPU would otherwise transpose the (much larger)
+        # [tokens, vocab] d_logits for the product.
+        d_kernel = jnp.einsum("bld,blv->dv", hidden, d_logits,
+                              preferred_element_type=jnp.float32).T
     else:
         d_hidden = jnp.einsum("blv,dv->bld", d_logits, k)
         d_kernel = jnp.einsum("bld,blv->dv", hidden, d_logits, preferred_element_type=jnp.float32)
