@@ -140,6 +140,27 @@ class Tokenizer:
             return self.release.decode(kept)
         return self.processor.decode(kept)
 
+    def fit(self, ids: list[int], max_tokens: int) -> list[int]:
+        """`ids` when at most `max_tokens` long; else their head (BOS and the `[CLM]` marker ids)
+        followed by their last tokens, `max_tokens` in all (the end of a prompt is its query)."""
+        if len(ids) <= max_tokens:
+            return list(ids)
+        head = 0
+        if self.special.bos is not None and ids[:1] == [self.special.bos]:
+            head = 1
+        marker = [self.special.clm] if self.release is None else [
+            self.processor.piece_to_id("\u2581"), self.special.clm]
+        if self.special.clm is not None and ids[head:head + len(marker)] == marker:
+            head += len(marker)
+        return list(ids[:head]) + list(ids[len(ids) - (max_tokens - head):])
+
+    def plain_text(self, ids: list[int]) -> str:
+        """Text of piece ids with nothing left out (the release's `decode(ids)` for its
+        vocabulary, SentencePiece's otherwise), e.g. of a document cut to N tokens."""
+        if self.release is not None:
+            return self.release.decode([int(i) for i in ids])
+        return self.processor.decode([int(i) for i in ids])
+
     def ids_of(self, words: list[str]) -> list[tuple[int, ...]]:
         """Each word's piece ids (no BOS/EOS), e.g. to build `DecodeOptions.bad_words`."""
         return [tuple(self.pieces(w)) for w in words]
