@@ -47,6 +47,9 @@ FLORES_SPM_FILE = "sacrebleu_tokenizer_spm.model"
 FLORES_SPM_URL = "https://dl.fbaipublicfiles.com/fairseq/models/flores/" + FLORES_SPM_FILE
 
 
+_WARNED: set[str] = set()  # model paths already warned about
+
+
 def flores_spm_model_path() -> str:
     """The Flores-101 SentencePiece model spBLEU needs: $ALEXATM_SPBLEU_MODEL (set by
     `alexatm-eval --spbleu_model`) when set, else where sacrebleu keeps it ($SACREBLEU/models/)."""
@@ -67,6 +70,9 @@ def bleu_tokenizer() -> str:
         return "flores101"
     if os.environ.get(SPBLEU_MODEL_ENV):
         raise FileNotFoundError(f"${SPBLEU_MODEL_ENV} / --spbleu_model {path} does not exist")
+    if path in _WARNED:
+        return "13a"
+    _WARNED.add(path)
     logging.warning(
         "the Flores-101 SentencePiece model is not at %s, so spBLEU cannot be computed offline; "
         "reporting BLEU with sacrebleu's 13a tokenizer instead, named bleu_13a (pass "

@@ -60,6 +60,9 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
     results: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     examples = 0
+    engine = getattr(text_model, "engine", None)
+    if engine is not None and progress:
+        engine.show_progress = False  # one suite bar instead of one bar per task
     bar = tqdm(tasks, desc=f"suite {name}", unit="task", disable=not progress)
     for task_name in bar:
         path = out / task_directory(task_name) / "results.json"

@@ -33,7 +33,9 @@ def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
 
     `<split>/<lang>.jsonl` (field `sentence`); the official `<split>/<code>.<split>` text files;
     a HuggingFace dataset per language in `<config>/` (config `eng`, `eng_Latn` or `en`; field
-    `sentence` or `text`); the datasets cache (gsarti/flores_101, facebook/flores, flores_plus).
+    `sentence` or `text`) or in the datasets cache (gsarti/flores_101, facebook/flores,
+    flores_plus); one HuggingFace dataset of all languages in `all/` or the directory itself
+    (columns `sentence_eng` or `sentence_eng_Latn`, as the `all` configs).
     """
     root = pathlib.Path(data_dir)
     _, code101, code200 = FLORES_LANGUAGES[language]
@@ -60,6 +62,16 @@ def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
                 examples = [{**r, data.WHERE: f"{where} row {i}"} for i, r in enumerate(rows)]
                 return [data.field(e, key) for e in examples[:limit]]
         tried.append(f"{root}/{{{','.join(FLORES_DIRECTORIES)}}}/{config}/ (HuggingFace files)")
+    for directory in [root / d / sub for d in FLORES_DIRECTORIES for sub in ("all", "")]:
+        found = hf_files.read_split(directory, split) if directory.is_dir() else None
+        columns = [f"sentence_{c}" for c in (code101, code200)]
+        if found is not None and found[0] and any(c in found[0][0] for c in columns):
+            rows, where = found
+            key = next(c for c in columns if c in rows[0])
+            examples = [{**r, data.WHERE: f"{where} row {i}"} for i, r in enumerate(rows)]
+            return [data.field(e, key) for e in examples[:limit]]
+    tried.append(f"a HuggingFace dataset of all languages (columns sentence_{code101} or "
+                 f"sentence_{code200}) in {root}/flores101/all/ or {root}/flores101/")
     raise FileNotFoundError(f"no Flores {split} data for {language}: looked for "
                             + "; ".join(tried) + f" and the datasets cache {hf_files.cache_root()}")
 
