@@ -17,7 +17,8 @@ EOS_BIAS = 4.0  # added to the EOS logit so that some rows finish early and othe
 
 
 def reference_model(vocab_size: int = 64, seed: int = 0, eos_id: int = 1, pad_id: int = 0,
-                    decoder_start_id: int = 0, layers: int = 2, d_model: int = 32):
+                    decoder_start_id: int = 0, layers: int = 2, d_model: int = 32,
+                    max_positions: int = 64, bos_id: int = -1):
     """A random-weight alexa_teacher_models seq2seq model (eval mode) with an EOS logit bias."""
     import alexa_teacher_models as atm
     import torch
@@ -26,8 +27,8 @@ def reference_model(vocab_size: int = 64, seed: int = 0, eos_id: int = 1, pad_id
     hf_cfg = atm.AlexaTMSeq2SeqConfig(
         vocab_size=vocab_size, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * d_model,
-        decoder_ffn_dim=2 * d_model, max_position_embeddings=64, pad_token_id=pad_id,
-        eos_token_id=eos_id, bos_token_id=-1, decoder_start_token_id=decoder_start_id,
+        decoder_ffn_dim=2 * d_model, max_position_embeddings=max_positions, pad_token_id=pad_id,
+        eos_token_id=eos_id, bos_token_id=bos_id, decoder_start_token_id=decoder_start_id,
         dropout=0.0, init_std=0.3)
     model = atm.AlexaTMSeq2SeqForConditionalGeneration(hf_cfg).eval()
     with torch.no_grad():
