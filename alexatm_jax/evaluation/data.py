@@ -162,12 +162,11 @@ def task_split(data_dir: str | pathlib.Path, task_dir: str, split: str,
     return load_split(data_dir, Source(task_dir), split, required, limit)
 
 
-def field(example: Example, name: str, kind: type | tuple[type, ...] = str) -> Any:
-    """`example[name]`, checked to be of `kind`; DataError naming the place otherwise."""
+def field(example: Example, name: str, kind: type = str) -> Any:
+    """`example[name]`, checked to be a `kind` (booleans never pass as numbers); DataError
+    naming the place otherwise."""
     value = example.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) and bool not in (
-            kind if isinstance(kind, tuple) else (kind,)):
-        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise DataError(f"{example.get(WHERE, '?')}: field `{name}` must be {names}, got "
-                        f"{value!r}")
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise DataError(f"{example.get(WHERE, '?')}: field `{name}` must be a "
+                        f"{kind.__name__}, got {value!r}")
     return value
