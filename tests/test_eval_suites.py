@@ -86,6 +86,12 @@ def test_flores_suite_matrix_equals_sacrebleu_resumes_and_plots(checkpoint, flor
     assert (out / "flores101_en-de" / "results.json").stat().st_mtime_ns == stamp
     assert (out / "flores101_fr-it" / "results.json").is_file()
     assert json.loads((out / "summary.json").read_text())["flores"] == flores
+    # Another --limit is another evaluation: nothing is reused.
+    argv[argv.index("--limit") + 1] = 1
+    assert eval_cli.main([str(a) for a in argv]) == 0
+    assert (out / "flores101_en-de" / "results.json").stat().st_mtime_ns != stamp
+    assert json.loads((out / "flores101_en-de" / "results.json").read_text())[
+        "metrics"]["num_examples"] == 1
 
 
 def test_summary_puts_the_paper_figures_beside_ours():

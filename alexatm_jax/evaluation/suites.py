@@ -2,7 +2,7 @@
 
 `run_suite` evaluates each task of a suite in turn into `OUT/<task>/` (results.json,
 results.md, predictions.jsonl), skipping tasks whose results.json already exists (a stopped
-suite resumes), then writes `OUT/summary.json`, `OUT/summary.md` and, for Flores,
+suite resumes; one written with another `limit` is run again), then writes `OUT/summary.json`, `OUT/summary.md` and, for Flores,
 `OUT/flores_spbleu.png`. Only process 0 writes; every process runs the same tasks.
 """
 
@@ -68,9 +68,12 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
         path = out / task_directory(task_name) / "results.json"
         bar.set_postfix_str(f"{task_name}, {examples} examples done")
         if path.is_file():
-            results[task_name] = json.loads(path.read_text(encoding="utf-8"))
-            examples += results[task_name]["metrics"].get("num_examples", 0)
-            continue
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("settings", {}).get("limit") == limit:
+                results[task_name] = saved
+                examples += saved["metrics"].get("num_examples", 0)
+                continue
+            note(f"{task_name}: {path} was written with another --limit; evaluating again")
         try:
             result = harness.evaluate(harness.get_task(task_name), text_model, data_dir,
                                       limit=limit, options=options, choice_mode=choice_mode)
@@ -81,9 +84,11 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
         except DataError as e:
             raise DataError(f"{task_name}: {e}") from e
         if writer:
-            harness.write_results(result, path.parent, {**(extra or {}), "suite": name})
+            harness.write_results(result, path.parent,
+                                  {**(extra or {}), "suite": name, "limit": limit})
         results[task_name] = {"task": result.task, "split": result.split,
-                              "metrics": result.metrics, "settings": result.settings}
+                              "metrics": result.metrics,
+                              "settings": {**result.settings, "limit": limit}}
         examples += result.metrics.get("num_examples", 0)
     bar.set_postfix_str(f"{examples} examples")
     bar.close()

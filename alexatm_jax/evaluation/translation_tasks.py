@@ -34,7 +34,7 @@ def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
     `<split>/<lang>.jsonl` (field `sentence`); the official `<split>/<code>.<split>` text files;
     a HuggingFace dataset per language in `<config>/` (config `eng`, `eng_Latn` or `en`; field
     `sentence` or `text`) or in the datasets cache (gsarti/flores_101, facebook/flores,
-    flores_plus); one HuggingFace dataset of all languages in `all/` or the directory itself
+    flores_plus), or in `DATA_DIR/<config>/` itself; one HuggingFace dataset of all languages in `all/` or the directory itself
     (columns `sentence_eng` or `sentence_eng_Latn`, as the `all` configs).
     """
     root = pathlib.Path(data_dir)
@@ -52,7 +52,7 @@ def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
             return lines[:limit] if limit is not None else lines
         tried += [str(jsonl), str(plain)]
     for config in (code101, code200, language):
-        hf_dirs = [root / d / config for d in FLORES_DIRECTORIES]
+        hf_dirs = [root / d / config for d in FLORES_DIRECTORIES] + [root / config]
         hf_dirs += hf_files.cache_directories(FLORES_HUB, config)
         for directory in hf_dirs:
             found = hf_files.read_split(directory, split) if directory.is_dir() else None
