@@ -193,3 +193,26 @@ def test_missing_data_lists_every_place_looked(tokenizer, tmp_path):
         evaluate(get_task("cb"), StubModel(tokenizer), str(tmp_path))
     message = str(error.value)
     assert "cb/dev.jsonl" in message and "super_glue/cb" in message and "datasets cache" in message
+
+
+def test_flores_layouts(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from alexatm_jax.evaluation.translation_tasks import flores_sentences
+
+    (tmp_path / "a" / "flores101" / "dev").mkdir(parents=True)
+    (tmp_path / "a" / "flores101" / "dev" / "fra.dev").write_text("Un.\nDeux.\n")
+    assert flores_sentences(tmp_path / "a", "dev", "fr") == ["Un.", "Deux."]
+    (tmp_path / "b" / "flores200" / "devtest").mkdir(parents=True)  # flores_plus on the Hub
+    pq.write_table(pa.Table.from_pylist([{"id": 0, "text": "Eins."}]),
+                   tmp_path / "b" / "flores200" / "devtest" / "deu_Latn.parquet")
+    assert flores_sentences(tmp_path / "b", "devtest", "de") == ["Eins."]
+    save_to_disk(tmp_path / "c" / "flores101" / "all", {"dev": [
+        {"id": 0, "sentence_eng": "One.", "sentence_jpn": "一。"}]})
+    assert flores_sentences(tmp_path / "c", "dev", "ja") == ["一。"]
+    save_to_disk(tmp_path / "d" / "tam", {"dev": [{"id": 0, "sentence": 5}]})
+    with pytest.raises(DataError, match="row 0: field `sentence` must be a str"):
+        flores_sentences(tmp_path / "d", "dev", "ta")
+    with pytest.raises(FileNotFoundError, match="tel.dev"):
+        flores_sentences(tmp_path / "d", "dev", "te")

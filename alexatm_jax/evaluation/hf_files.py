@@ -36,7 +36,8 @@ def _read_arrow(path: pathlib.Path) -> list[Row]:
     return table.to_pylist()
 
 
-def _read_parquet(path: pathlib.Path) -> list[Row]:
+def read_parquet(path: pathlib.Path) -> list[Row]:
+    """The rows of one parquet file."""
     import pyarrow.parquet as pq
 
     return pq.read_table(str(path)).to_pylist()
@@ -64,7 +65,7 @@ def read_split(directory: pathlib.Path, split: str) -> tuple[list[Row], str] | N
         return None
     rows: list[Row] = []
     for path in files:
-        rows += _read_parquet(path) if path.suffix == ".parquet" else _read_arrow(path)
+        rows += read_parquet(path) if path.suffix == ".parquet" else _read_arrow(path)
     where = str(files[0]) if len(files) == 1 else f"{files[0].parent}/ ({len(files)} files)"
     return rows, where
 

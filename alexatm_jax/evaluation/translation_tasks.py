@@ -50,30 +50,40 @@ def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
         if plain.is_file():
             lines = plain.read_text(encoding="utf-8").splitlines()
             return lines[:limit] if limit is not None else lines
-        tried += [str(jsonl), str(plain)]
+        for code in (code200, code101):  # flores_plus on the Hub: <split>/<config>.parquet
+            if (folder / f"{code}.parquet").is_file():
+                rows = hf_files.read_parquet(folder / f"{code}.parquet")
+                return _column(rows, f"{folder / code}.parquet", ("sentence", "text"), limit)
+        tried += [str(jsonl), str(plain), f"{folder}/{code200}.parquet"]
     for config in (code101, code200, language):
         hf_dirs = [root / d / config for d in FLORES_DIRECTORIES] + [root / config]
         hf_dirs += hf_files.cache_directories(FLORES_HUB, config)
         for directory in hf_dirs:
             found = hf_files.read_split(directory, split) if directory.is_dir() else None
             if found is not None:
-                rows, where = found
-                key = "sentence" if rows and "sentence" in rows[0] else "text"
-                examples = [{**r, data.WHERE: f"{where} row {i}"} for i, r in enumerate(rows)]
-                return [data.field(e, key) for e in examples[:limit]]
+                return _column(*found, ("sentence", "text"), limit)
         tried.append(f"{root}/{{{','.join(FLORES_DIRECTORIES)}}}/{config}/ (HuggingFace files)")
     for directory in [root / d / sub for d in FLORES_DIRECTORIES for sub in ("all", "")]:
         found = hf_files.read_split(directory, split) if directory.is_dir() else None
-        columns = [f"sentence_{c}" for c in (code101, code200)]
+        columns = (f"sentence_{code101}", f"sentence_{code200}")
         if found is not None and found[0] and any(c in found[0][0] for c in columns):
-            rows, where = found
-            key = next(c for c in columns if c in rows[0])
-            examples = [{**r, data.WHERE: f"{where} row {i}"} for i, r in enumerate(rows)]
-            return [data.field(e, key) for e in examples[:limit]]
+            return _column(*found, columns, limit)
     tried.append(f"a HuggingFace dataset of all languages (columns sentence_{code101} or "
                  f"sentence_{code200}) in {root}/flores101/all/ or {root}/flores101/")
     raise FileNotFoundError(f"no Flores {split} data for {language}: looked for "
                             + "; ".join(tried) + f" and the datasets cache {hf_files.cache_root()}")
+
+
+def _column(rows: list[dict], where: str, names: tuple[str, ...],
+            limit: int | None) -> list[str]:
+    """The first of the columns `names` present, of the first `limit` rows (checked strings)."""
+    if not rows:
+        raise DataError(f"{where} holds no rows")
+    key = next((n for n in names if n in rows[0]), None)
+    if key is None:
+        raise DataError(f"{where} has none of the columns {list(names)}")
+    examples = [{**r, data.WHERE: f"{where} row {i}"} for i, r in enumerate(rows[:limit])]
+    return [data.field(e, key) for e in examples]
 
 
 class Translation(GenerationTask):
