@@ -127,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = suites.run_suite(args.suite, text_model, args.data_dir, args.out,
                                       limit=args.limit, options=options,
                                       choice_mode=args.choice_mode, extra=extra,
-                                      writer=jax.process_index() == 0, note=common.note)
+                                      writer=jax.process_index() == 0, note=common.note,
+                                      agree=suites.agree_across_processes)
             common.note(f"suite {args.suite}: {len(report['tasks']) + bool(report['flores'])} "
                         f"result groups, {len(report['skipped'])} tasks skipped for lack of "
                         f"data; wrote {os.path.join(args.out, 'summary.md')}")

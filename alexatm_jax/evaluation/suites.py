@@ -48,15 +48,19 @@ def suite_tasks(name: str) -> tuple[str, ...]:
 def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.Path, *,
               limit: int | None = None, options=None, choice_mode: str = "denoise",
               extra: dict[str, Any] | None = None, writer: bool = True,
-              progress: bool = True, note: Callable[[str], None] = logging.warning
-              ) -> dict[str, Any]:
+              progress: bool = True, note: Callable[[str], None] = logging.warning,
+              agree: Callable[[list[bool]], list[bool]] = list) -> dict[str, Any]:
     """Runs suite `name` (module doc); returns the summary (also written as summary.json).
 
     A task without data on the machine is skipped and listed under `skipped` with the reason;
-    a task with bad data stops the suite with a DataError naming the place.
+    a task with bad data stops the suite with a DataError naming the place. `agree` makes every
+    process skip the same finished tasks (the writer's view; see `agree_across_processes`).
     """
     out = pathlib.Path(out_dir)
     tasks = suite_tasks(name)
+    saved = {t: _saved_result(out / task_directory(t) / "results.json", limit, note)
+             for t in tasks}
+    finished = dict(zip(tasks, agree([saved[t] is not None for t in tasks])))
     results: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     examples = 0
@@ -67,13 +71,11 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
     for task_name in bar:
         path = out / task_directory(task_name) / "results.json"
         bar.set_postfix_str(f"{task_name}, {examples} examples done")
-        if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("settings", {}).get("limit") == limit:
-                results[task_name] = saved
-                examples += saved["metrics"].get("num_examples", 0)
-                continue
-            note(f"{task_name}: {path} was written with another --limit; evaluating again")
+        if finished[task_name]:
+            if saved[task_name] is not None:  # absent on processes that do not write
+                results[task_name] = saved[task_name]
+                examples += saved[task_name]["metrics"].get("num_examples", 0)
+            continue
         try:
             result = harness.evaluate(harness.get_task(task_name), text_model, data_dir,
                                       limit=limit, options=options, choice_mode=choice_mode)
@@ -96,3 +98,27 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
     if writer:
         summary.write_summary(report, out)
     return report
+
+
+def _saved_result(path: pathlib.Path, limit: int | None,
+                  note: Callable[[str], None]) -> dict[str, Any] | None:
+    """A finished task's results.json, or None (absent, or written with another limit)."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("settings", {}).get("limit") != limit:
+        note(f"{path} was written with another --limit; evaluating that task again")
+        return None
+    return saved
+
+
+def agree_across_processes(flags: list[bool]) -> list[bool]:
+    """Process 0's `flags` on every process (one broadcast), so that all skip the same tasks."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return list(flags)
+    from jax.experimental import multihost_utils
+
+    return [bool(f) for f in multihost_utils.broadcast_one_to_all(np.array(flags, np.int32))]
