@@ -1,4 +1,4 @@
-"""The released AlexaTM tokenizer's encoding, reproduced on a SentencePiece model (sentencepiece only).
+"""The released AlexaTM tokenizer's encoding, reproduced on its SentencePiece model.
 
 The release (`AlexaTMTokenizerFast` of alexa-teacher-models 1.0.1) does not run SentencePiece: it
 converts the .model file into a HuggingFace `tokenizers` pipeline (transformers 4.30 `SpmConverter`,

@@ -128,8 +128,9 @@ def test_wmt_prompt_from_hf_translation_rows(tokenizer, tmp_path):
 
 def test_spbleu_model_from_the_environment(tokenizer, tmp_path, monkeypatch):
     for split, pairs in {"dev": [("Hello.", "Hallo.")], "devtest": [("Yes.", "Ja.")]}.items():
-        write_jsonl(tmp_path / "flores101" / split / "en.jsonl", [{"sentence": s} for s, _ in pairs])
-        write_jsonl(tmp_path / "flores101" / split / "de.jsonl", [{"sentence": t} for _, t in pairs])
+        folder = tmp_path / "flores101" / split
+        write_jsonl(folder / "en.jsonl", [{"sentence": s} for s, _ in pairs])
+        write_jsonl(folder / "de.jsonl", [{"sentence": t} for _, t in pairs])
     monkeypatch.setenv("ALEXATM_SPBLEU_MODEL", tokenizer.path)  # a stand-in SentencePiece model
     result = evaluate(get_task("flores101:en-de"), StubModel(tokenizer), str(tmp_path))
     assert result.metrics["bleu_tokenize"] == "flores101"

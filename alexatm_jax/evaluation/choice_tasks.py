@@ -170,7 +170,8 @@ def xnli(e: Example) -> ChoiceItem:
     label 0 entailment, 1 neutral, 2 contradiction; field language."""
     context = f"{e['premise']} Question: {e['hypothesis']} True, False, or Neither? Answer:"
     return _answers(context, ("True", "Neither", "False"),
-                    _label(e, 3, ("entailment", "neutral", "contradiction")), language=e["language"])
+                    _label(e, 3, ("entailment", "neutral", "contradiction")),
+                    language=e["language"])
 
 
 def pawsx(e: Example) -> ChoiceItem:

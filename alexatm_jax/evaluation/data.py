@@ -75,7 +75,8 @@ def split_path(data_dir: str | pathlib.Path, task_dir: str, split: str) -> pathl
     return pathlib.Path(data_dir) / task_dir / f"{split}.jsonl"
 
 
-def _identity(row: Example) -> Example:
+def identity(row: Example) -> Example:
+    """`row` unchanged (the converter of sources already in our schema)."""
     return row
 
 
@@ -95,7 +96,7 @@ class Source:
     hub: tuple[str, ...] = ()
     config: str = "default"
     hf_splits: tuple[tuple[str, tuple[str, ...]], ...] = (("dev", ("validation",)),)
-    convert: Callable[[Example], Example] = _identity
+    convert: Callable[[Example], Example] = identity
 
     def split_names(self, split: str) -> list[str]:
         """`split` and its HuggingFace names."""
@@ -110,7 +111,8 @@ class Source:
             convert=lambda row: {**convert(row), "language": language})
 
 
-def _hf_rows(data_dir: pathlib.Path, source: Source, split: str) -> tuple[list[Example], str] | None:
+def _hf_rows(data_dir: pathlib.Path, source: Source,
+             split: str) -> tuple[list[Example], str] | None:
     directories = [data_dir / d for d in (source.directory, *source.alternatives)]
     directories += hf_files.cache_directories(source.hub, source.config) if source.hub else []
     for directory in directories:
@@ -154,12 +156,6 @@ def load_split(data_dir: str | pathlib.Path, source: Source, split: str,
     if not examples:
         raise DataError(f"{where} holds no examples")
     return examples
-
-
-def task_split(data_dir: str | pathlib.Path, task_dir: str, split: str,
-               required: Sequence[str] = (), limit: int | None = None) -> list[Example]:
-    """Examples of `DATA_DIR/<task_dir>/<split>.jsonl` or HuggingFace files there."""
-    return load_split(data_dir, Source(task_dir), split, required, limit)
 
 
 def field(example: Example, name: str, kind: type = str) -> Any:

@@ -115,9 +115,10 @@ class SquadV2(GenerationTask):
     """SQuAD v2, zero-shot with the release notebook's dummy shot.
 
     Data: `squad_v2/dev.jsonl` with `context`, `question`, `answers` (a list of strings, empty
-    for unanswerable, or HuggingFace's `{"text": [...], "answer_start": [...]}`). Prompt: `[CLM] Context: {context} Question: What is the last word in the
-    passage? Answer: {last word}; Question: {question} Answer:`. Output: cut at the first `;`
-    (the shot's answer terminator). Metrics: official SQuAD v2 exact / F1.
+    for unanswerable, or HuggingFace's `{"text": [...], "answer_start": [...]}`). Prompt:
+    `[CLM] Context: {context} Question: What is the last word in the passage? Answer:
+    {last word}; Question: {question} Answer:`. Output: cut at the first `;` (the shot's answer
+    terminator). Metrics: official SQuAD v2 exact / F1, overall and HasAns / NoAns.
     """
 
     PROMPT = ("Context: {context} Question: What is the last word in the passage? "

@@ -25,8 +25,6 @@ from alexatm_jax.tokenization import clm_prompt
 CHOICE_MODES = ("denoise", "clm")
 # The release recipes generate with HF max_length=64, which counts the decoder start token.
 DEFAULT_MAX_NEW_TOKENS = 63
-
-
 SUMMARIZATION = {"xsum": True, "mlsum_de": False, "mlsum_es": False, "mlsum_fr": False}
 
 
@@ -43,7 +41,11 @@ def get_task(name: str) -> GenerationTask | ChoiceTask:
         return CHOICE_TASKS[name]
     if name in SUMMARIZATION:
         return Summarization(name, SUMMARIZATION[name])
-    task = {"squad_v2": SquadV2, "e2e_nlg": E2ENLG}.get(name, lambda: translation_task(name))()
+    if name == "squad_v2":
+        return SquadV2()
+    if name == "e2e_nlg":
+        return E2ENLG()
+    task = translation_task(name)
     if task is None:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(task_names())}")
     return task

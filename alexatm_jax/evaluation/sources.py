@@ -1,15 +1,16 @@
 """Where each evaluation task's data may be on this machine (see `data`), and the HuggingFace
-dataset (Hub name, config, split names, row schema) each task reads.
+dataset (Hub name, config, split names, row schema) each task reads:
 
-| task | HuggingFace dataset, config | our directory (JSONL or HF files) | alternative HF directory |
-| --- | --- | --- | --- |
-| xsum | EdinburghNLP/xsum | xsum | |
-| mlsum_<de/es/fr> | mlsum, <lang> | mlsum_<lang> | mlsum/<lang> |
-| boolq ... wsc | super_glue, <task> (wsc: wsc.fixed) | <task> | super_glue/<config> |
-| squad_v2 | rajpurkar/squad_v2, squad_v2 | squad_v2 | |
-| xnli, xcopa, pawsx, xwinograd | facebook/xnli, cambridgeltl/xcopa, google-research-datasets/paws-x, Muennighoff/xwinograd; one config per language | <task>/<split>.jsonl with `language`, or <task>/<config>/ | |
-| e2e_nlg | tuetschek/e2e_nlg | e2e_nlg | |
-| wmt14/wmt16:<pair> | wmt/wmt14, wmt/wmt16, config <xx>-en | <wmt14>/<xx>-en | |
+* xsum: EdinburghNLP/xsum, in `xsum/`;
+* mlsum_<de/es/fr>: mlsum config <lang>, in `mlsum_<lang>/` or `mlsum/<lang>/`;
+* the SuperGLUE tasks: super_glue config <task> (wsc: wsc.fixed), in `<task>/` or
+  `super_glue/<config>/`;
+* squad_v2: rajpurkar/squad_v2 config squad_v2, in `squad_v2/`;
+* xnli, xcopa, pawsx, xwinograd: facebook/xnli, cambridgeltl/xcopa,
+  google-research-datasets/paws-x, Muennighoff/xwinograd with one config per language, as
+  `<task>/<split>.jsonl` with `language` or `<task>/<config>/`;
+* e2e_nlg: tuetschek/e2e_nlg, in `e2e_nlg/`;
+* wmt14/wmt16:<pair>: wmt/wmt14, wmt/wmt16 config `<xx>-en`, in `<year>/<xx>-en/`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def source(task: str) -> Source:
         config = SUPERGLUE_CONFIGS[task]
         return Source(task, alternatives=(f"super_glue/{config}",),
                       hub=("aps/super_glue", "super_glue"), config=config,
-                      convert=_multirc if task == "multirc" else data._identity)
+                      convert=_multirc if task == "multirc" else data.identity)
     if task == "squad_v2":
         return Source("squad_v2", hub=("rajpurkar/squad_v2", "squad_v2"), config="squad_v2")
     if task == "e2e_nlg":

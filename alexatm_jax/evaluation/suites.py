@@ -2,8 +2,9 @@
 
 `run_suite` evaluates each task of a suite in turn into `OUT/<task>/` (results.json,
 results.md, predictions.jsonl), skipping tasks whose results.json already exists (a stopped
-suite resumes; one written with another `limit` is run again), then writes `OUT/summary.json`, `OUT/summary.md` and, for Flores,
-`OUT/flores_spbleu.png`. Only process 0 writes; every process runs the same tasks.
+suite resumes; one written with another `limit` is run again), then writes `OUT/summary.json`,
+`OUT/summary.md` and, for Flores, `OUT/flores_spbleu.png`. Only process 0 writes; every process
+runs the same tasks.
 """
 
 from __future__ import annotations

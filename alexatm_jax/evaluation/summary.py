@@ -115,7 +115,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
                                                  for t in languages) + " | |")
     if report["skipped"]:
         lines += ["", "## Skipped (no data on this machine)", ""]
-        lines += [f"- {task}: {markdown_cell(reason)}" for task, reason in report["skipped"].items()]
+        lines += [f"- {task}: {markdown_cell(reason)}"
+                  for task, reason in report["skipped"].items()]
     lines += ["", "Paper figures: " + report["paper_source"]]
     lines += [f"- {key}: {note}" for key, note in report["notes"].items()]
     return "\n".join(lines) + "\n"

@@ -32,10 +32,11 @@ def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
     languages, from the first of (under `DATA_DIR/flores101`, `flores200` or `flores`):
 
     `<split>/<lang>.jsonl` (field `sentence`); the official `<split>/<code>.<split>` text files;
-    a HuggingFace dataset per language in `<config>/` (config `eng`, `eng_Latn` or `en`; field
-    `sentence` or `text`) or in the datasets cache (gsarti/flores_101, facebook/flores,
-    flores_plus), or in `DATA_DIR/<config>/` itself; one HuggingFace dataset of all languages in `all/` or the directory itself
-    (columns `sentence_eng` or `sentence_eng_Latn`, as the `all` configs).
+    flores_plus's `<split>/<config>.parquet`; a HuggingFace dataset per language in `<config>/`
+    (config `eng`, `eng_Latn` or `en`; field `sentence` or `text`), also in `DATA_DIR/<config>/`
+    or the datasets cache (gsarti/flores_101, facebook/flores, flores_plus); one HuggingFace
+    dataset of all languages in `all/` or the directory itself (columns `sentence_eng` or
+    `sentence_eng_Latn`, as the `all` configs).
     """
     root = pathlib.Path(data_dir)
     _, code101, code200 = FLORES_LANGUAGES[language]
