@@ -36,6 +36,13 @@ class SpecialIds:
     clm: int
     doc: int
     vocab_size: int
+    bos: int | None = None  # the released tokenizer's `<s>`; ours have none
+    space: int | None = None  # the `▁` piece, which the release puts before `[CLM]`
+
+    @property
+    def release_template(self) -> bool:
+        """Whether examples take the released tokenizer's `<s> ...` template (a BOS piece)."""
+        return self.bos is not None
 
 
 def _piece_id(processor: spm.SentencePieceProcessor, piece: str) -> int | None:
@@ -82,6 +89,8 @@ def read_special_ids(path: str) -> SpecialIds:
         clm=_require_piece(processor, CLM_PIECE, path),
         doc=_require_piece(processor, DOC_PIECE, path),
         vocab_size=processor.get_piece_size(),
+        bos=processor.bos_id() if processor.bos_id() >= 0 else None,
+        space=_piece_id(processor, "\u2581"),
     )
 
 

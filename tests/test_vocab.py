@@ -13,7 +13,9 @@ from tasks.vocabularies import SpecialIds, read_special_ids, reserved_tag_piece
 
 def test_special_ids_and_reserved_pieces():
     path = vocab_path()
-    assert read_special_ids(path) == SpecialIds(pad=0, eos=1, unk=2, clm=3, doc=4, vocab_size=600)
+    ids = read_special_ids(path)
+    assert ids == SpecialIds(pad=0, eos=1, unk=2, clm=3, doc=4, vocab_size=600, space=ids.space)
+    assert not ids.release_template and ids.space is not None
     sp = spm.SentencePieceProcessor(model_file=path)
     assert sp.bos_id() == -1
     assert [sp.piece_to_id(reserved_tag_piece(i)) for i in range(4)] == [5, 6, 7, 8]
@@ -119,4 +121,6 @@ def test_release_style_tokenizer_ids_are_read_not_assumed(tmp_path):
         data_dir=data_dir, vocab_path=prefix + ".model", feature_converter=False,
     )  # fmt: skip
     for record in collect_examples(ds, 20):
-        assert record.inputs[0] == 5 and record.inputs[-1] == 2 and record.targets[-1] == 2
+        # The released tokenizer's template: `<s> ▁ [CLM] ... </s>`, targets `<s> ... </s>`.
+        assert record.inputs[:3] == [1, ids.space, 5] and record.targets[0] == 1
+        assert record.inputs[-1] == 2 and record.targets[-1] == 2
