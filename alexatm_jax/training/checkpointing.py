@@ -183,9 +183,13 @@ class TrainingCheckpointer:
 
     def _save_error(self, error: BaseException) -> CheckpointSaveError:
         step, self._saving_step = self._saving_step, None
+        text = str(error)
+        reason = ("disk full: No space left on device" if "No space left on device" in text
+                  or "[Errno 28]" in text else _first_line(error))
+        on_disk = sorted(ocp.step.checkpoint_steps(as_path(self.directory)))
         return CheckpointSaveError(
-            f"saving checkpoint step {step} in {self.directory} failed ({_first_line(error)}); "
-            f"the previous checkpoints are intact: {self.steps() or 'none'}")
+            f"saving checkpoint step {step} in {self.directory} failed ({reason}); the previous "
+            f"checkpoints are intact: {on_disk or 'none'}")
 
     def poll(self) -> None:
         """Raise CheckpointSaveError if a background save has failed; never blocks on a save

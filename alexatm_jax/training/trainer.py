@@ -45,7 +45,7 @@ from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import abstract_params
 from alexatm_jax.partitioning import MeshConfig, Partitioner
 from alexatm_jax.storage import absolute, as_path, copy_file, is_remote
-from alexatm_jax.training.checkpointing import CheckpointSaveError, TrainingCheckpointer
+from alexatm_jax.training.checkpointing import TrainingCheckpointer
 from alexatm_jax.training.flops import peak_flops_per_device as lookup_peak_flops
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.metrics_writer import MetricsWriter, rotate_run_logs
@@ -183,8 +183,9 @@ def _check_unreadable(model_dir: str, checkpointer: TrainingCheckpointer,
     metrics aside). A MODEL_DIR that never had a checkpoint starts fresh."""
     quarantined = list(checkpointer.quarantined)
     unreadable_dir = as_path(model_dir) / UNREADABLE_CHECKPOINTS_DIR
-    earlier = (sorted(p.name for p in unreadable_dir.iterdir()) if unreadable_dir.is_dir()
-               else [])
+    earlier = (sorted((p.name for p in unreadable_dir.iterdir()),
+                      key=lambda name: (len(name.split("-")[0]), name))
+               if unreadable_dir.is_dir() else [])
     if not quarantined and not earlier:
         return
     found = ("; ".join(quarantined) if quarantined else
@@ -454,8 +455,8 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
                 if (step % log_every == 0 or step == train_steps or step == start_step + 1
                         or evaluate):
                     record = _fetch(metrics)
-                    skipped.flush()
-                    record["skipped_total"] = float(skipped.total)
+                    # Every earlier step is observed already; this one is still pending.
+                    record["skipped_total"] = float(skipped.total) + record["skipped"]
                     record.update(meter.report())
                     if evaluate:
                         if not eval_batches:
@@ -481,13 +482,9 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
     finally:
         bar.close()
         try:
-            checkpointer.close()
-        except CheckpointSaveError as error:
-            if not failed:
-                raise
-            logger.warning("%s", error)  # the run already failed for another reason
+            _close(checkpointer, quietly=failed)
         finally:
-            writer.close()
+            _close(writer, quietly=failed)
     final_step = step
     if stopped_by:
         _say(f"Stopped by {stopped_by} after step {final_step}; checkpoint saved.")
@@ -499,6 +496,17 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
     return TrainResult(model_dir=model_dir, final_step=final_step,
                        last_checkpoint_step=last_saved, stopped_by_signal=stopped_by,
                        last_metrics=last_record, skipped_steps=skipped.total)
+
+
+def _close(resource: Any, *, quietly: bool) -> None:
+    """`resource.close()`; when the run already failed, an error here (e.g. the disk is still
+    full) is only logged, so that the first error is the one reported."""
+    try:
+        resource.close()
+    except Exception as error:  # noqa: BLE001 - re-raised unless another error is in flight
+        if not quietly:
+            raise
+        logger.warning("while stopping after an error: %s", error)
 
 
 def _postfix(record: Mapping[str, float]) -> dict[str, str]:
