@@ -110,8 +110,9 @@ def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tex
         return load_text_model(args.checkpoint, tokenizer_path=args.tokenizer,
                                partitioner=partitioner_for(args), batch_size=args.batch_size,
                                show_progress=True, **overrides)
-    except DigestMismatchError:
-        raise  # corrupt data, not a usage error: the caller's error contract reports it (exit 1)
+    except DigestMismatchError as e:  # corrupt data, not a usage error: exit 1, one line
+        print(f"{parser.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
     except (ValueError, FileNotFoundError) as e:
         fail(parser, str(e))
         raise
