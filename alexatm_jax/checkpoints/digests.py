@@ -105,19 +105,26 @@ def _digest_on_device(x: jax.Array) -> jax.Array:
     return jnp.stack([jnp.sum(lane, dtype=jnp.uint32) for lane in _lanes(words, index, jnp)])
 
 
+def _device_digests(arrays: list[jax.Array]) -> list[jax.Array]:
+    """uint32[2] digests of jax.Arrays, computed by one jitted program (one collective
+    rendezvous per call, whatever the number of arrays), replicated wherever the arrays live
+    (not yet fetched)."""
+    if not arrays:
+        return []
+    meshes = {a.sharding.mesh for a in arrays if isinstance(a.sharding, NamedSharding)}
+    if len(meshes) == 1 and all(isinstance(a.sharding, NamedSharding) for a in arrays):
+        replicated = NamedSharding(meshes.pop(), PartitionSpec())
+        return _jitted_digests(tuple([replicated] * len(arrays)))(arrays)
+    return _jitted_digests(None)(arrays)
+
+
 @functools.lru_cache(maxsize=None)
-def _jitted_digest(out_sharding: Any) -> Any:
-    if out_sharding is None:
-        return jax.jit(_digest_on_device)
-    return jax.jit(_digest_on_device, out_shardings=out_sharding)
-
-
-def _device_digest(x: jax.Array) -> jax.Array:
-    """uint32[2] digest of a jax.Array, replicated wherever `x` lives (not yet fetched)."""
-    sharding = x.sharding
-    out = (NamedSharding(sharding.mesh, PartitionSpec()) if isinstance(sharding, NamedSharding)
-           else None)
-    return _jitted_digest(out)(x)
+def _jitted_digests(out_shardings: tuple | None) -> Any:
+    def digest_all(arrays: list[jax.Array]) -> list[jax.Array]:
+        return [_digest_on_device(a) for a in arrays]
+    if out_shardings is None:
+        return jax.jit(digest_all)
+    return jax.jit(digest_all, out_shardings=list(out_shardings))
 
 
 def _words_numpy(x: np.ndarray) -> np.ndarray:
@@ -178,16 +185,16 @@ def array_record(leaf: Any, digest: str) -> dict[str, Any]:
 def tree_digests(tree: Any) -> dict[str, dict[str, Any]]:
     """{dotted name: {"shape", "dtype", "digest"}} for every array leaf of `tree`.
 
-    jax.Array leaves are digested on their devices (all dispatched before any result is fetched);
-    numpy leaves on the host. In a multi-process job every process must call this together for
+    jax.Array leaves are digested on their devices by one jitted program (compiled once per tree
+    of shapes and shardings); numpy leaves on the host. In a multi-process job every process must call this together for
     the global arrays (each reduction spans the hosts), and every process gets the same result.
     """
     leaves = named_leaves(tree)
-    pending = {name: (_device_digest(leaf) if isinstance(leaf, jax.Array) else None)
-               for name, leaf in leaves.items()}
+    on_devices = [name for name, leaf in leaves.items() if isinstance(leaf, jax.Array)]
+    pending = dict(zip(on_devices, _device_digests([leaves[name] for name in on_devices])))
     records = {}
     for name, leaf in leaves.items():
-        lanes = _fetch(pending[name]) if pending[name] is not None else _host_digest(leaf)
+        lanes = _fetch(pending[name]) if name in pending else _host_digest(leaf)
         records[name] = array_record(leaf, _hex(lanes))
     return records
 
