@@ -231,7 +231,10 @@ def test_a_full_disk_keeps_the_last_checkpoint(reference, tmp_path):
 def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(reference, tmp_path):
     model_dir = str(tmp_path / "run")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HARNESS)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+        [os.path.dirname(HARNESS)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,  # this module's cache
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     process = subprocess.Popen(
         [sys.executable, HARNESS, model_dir, json.dumps({"checkpoint_period": 4}), "5"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

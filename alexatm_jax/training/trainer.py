@@ -154,14 +154,14 @@ def _check_model_dir(model_dir: str) -> None:
     existing = model_dir
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    what = "MODEL_DIR" if existing == model_dir else f"{existing}, the parent of MODEL_DIR,"
+    where = (f"MODEL_DIR {model_dir}" if existing == model_dir
+             else f"{existing} (on the way to MODEL_DIR {model_dir})")
     if not os.path.isdir(existing):
-        raise InvalidTrainArguments(f"{what} {'' if existing != model_dir else model_dir + ' '}"
-                                    "exists and is not a directory: choose another --model_dir")
+        raise InvalidTrainArguments(f"{where} exists and is not a directory: choose another "
+                                    "--model_dir")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidTrainArguments(f"{what} {'' if existing != model_dir else model_dir + ' '}"
-                                    "is not writable (read-only file system or permissions): "
-                                    "choose another --model_dir")
+        raise InvalidTrainArguments(f"{where} is not writable (read-only file system or "
+                                    "permissions): choose another --model_dir")
 
 
 def _check_data(data_source: str, mixture: str, data_dir: str | None,
