@@ -365,7 +365,7 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
         if good is None:
             return (f"No checkpoint was saved before the first non-finite step "
                     f"({skipped.first_step}); checkpoints in {checkpointer.directory}: "
-                    f"{saved_steps or 'none'}")
+                    f"{checkpointer.steps() or 'none'}")
         return (f"Last good checkpoint: step {good} in {checkpointer.directory} (the newest "
                 f"saved before the first non-finite step, {skipped.first_step})")
 
