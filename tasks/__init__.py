@@ -29,6 +29,17 @@ def pipeline_counters() -> dict[str, dict[str, int]]:
     return COUNTERS.snapshot()
 
 
+def pipeline_counter_totals() -> dict[str, int]:
+    """The counters over all tasks, {counter: count}; problem counters count each distinct bad
+    record once (see tasks/counters.py)."""
+    return COUNTERS.totals()
+
+
+def bad_files() -> dict[str, str]:
+    """{path: why} of the data files skipped so far (unreadable, not gzip, truncated or corrupt)."""
+    return COUNTERS.bad_files()
+
+
 def log_pipeline_counters() -> None:
     """Logs the non-zero pipeline counters summed over tasks (call it at the end of a run)."""
     totals = {name: value for name, value in COUNTERS.totals().items() if value}
@@ -52,8 +63,10 @@ __all__ = [
     "SpecialIds",
     "demo_vocabulary_path",
     "get_dataset",
+    "bad_files",
     "log_pipeline_counters",
     "mixture_rates",
+    "pipeline_counter_totals",
     "pipeline_counters",
     "read_special_ids",
     "register_for",

@@ -21,7 +21,7 @@ import gin
 import seqio
 
 from tasks import corpus_files, languages
-from tasks.counters import ScopedCounters
+from tasks.counters import COUNTERS, ScopedCounters
 from tasks.decontamination import contamination_check
 from tasks.mixing import stratified_sampler
 from tasks.preprocessors.clm import causal_lm
@@ -359,6 +359,8 @@ def register_local_mixture(
     config = config or MixtureConfig()
     data_dir = data_dir or os.environ.get(corpus_files.DATA_DIR_ENV) or _demo_data_dir()
     layout = corpus_files.corpus_layout(data_dir)
+    for path in layout.bad_files:  # already logged by corpus_layout
+        COUNTERS.note_bad_file("corpus", path, "unreadable, or named .gz but not gzip data")
     wanted = [lang for lang in config.languages if lang in layout.files]
     if not wanted:
         raise ValueError(

@@ -95,11 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"      {vocab}", flush=True)
 
     print(f"[2/4] Pretraining the tiny model ({DEMO_GIN}) in {args.model_dir}", flush=True)
-    if args.fresh and os.path.isdir(args.model_dir):
-        shutil.rmtree(args.model_dir)
     from alexatm_jax import gin_registry
 
-    gin_registry.parse_gin([DEMO_GIN], [f"MODEL_DIR = {args.model_dir!r}"] + bindings)
+    try:  # strict gin: a misspelt macro or parameter is refused, not silently ignored
+        gin_registry.parse_gin([DEMO_GIN], [f"MODEL_DIR = {args.model_dir!r}"] + bindings)
+    except (FileNotFoundError, ValueError, SyntaxError) as error:
+        print(f"alexatm-demo: error: gin configuration: {error}", file=sys.stderr)
+        return 2
+    if args.fresh and os.path.isdir(args.model_dir):
+        shutil.rmtree(args.model_dir)
     train_started = time.perf_counter()
     result = gin_registry.gin_train()
     train_seconds = time.perf_counter() - train_started

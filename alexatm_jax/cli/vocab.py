@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexatm-vocab", description=__doc__.split("\n")[0])
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     info = commands.add_parser("info", help="print the special ids of a SentencePiece model")
     info.add_argument("model", help="a .model file (ours or the released 20b_tokenizer.model)")
+    add_log_level_argument(parser)
     return parser
 
 
@@ -120,10 +123,16 @@ def _info(args: argparse.Namespace) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `alexatm-vocab`."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `alexatm-vocab`; returns the exit status (alexatm_jax.cli.errors: 2 for bad
+    arguments, 1 with one line for a failure, --log_level DEBUG for its traceback)."""
+    return run_command("alexatm-vocab", lambda: _main(argv) or 0)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
     if args.command == "train":
         _train(args, parser)
     else:
@@ -131,4 +140,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

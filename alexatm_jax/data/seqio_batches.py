@@ -67,6 +67,26 @@ def build_dataset(*, mixture: str, split: str, seed: int, sequence_length: Mappi
         decoder_start_id=decoder_start_token_id)
 
 
+def check_dataset(*, mixture: str, data_dir: str | None, vocab_path: str | None) -> None:
+    """Register what `mixture` needs without reading any data, so a missing or empty DATA_DIR or
+    an unknown mixture fails (FileNotFoundError / ValueError naming the fix) before a run
+    touches its MODEL_DIR."""
+    import dataclasses
+
+    import tasks
+    config = tasks.MixtureConfig()
+    tasks.register_for(mixture, data_dir=data_dir,
+                       config=dataclasses.replace(config, vocab_path=vocab_path) if vocab_path
+                       else config)
+
+
+def pipeline_report() -> tuple[dict[str, int], dict[str, str]]:
+    """(the input pipeline's counters over all tasks, {path: why} of the files it skipped) of
+    this process; see tasks/counters.py."""
+    import tasks
+    return tasks.pipeline_counter_totals(), tasks.bad_files()
+
+
 class SeqioHostBatches:
     """This process's batches `{feature: int32 [per_host_batch_size, length]}` of a SeqIO stream.
 
@@ -122,6 +142,10 @@ class SeqioHostBatches:
         self.examples_consumed += self.per_host_batch_size
         self.stream_position += self.per_host_batch_size
         return {k: np.asarray(v, np.int32) for k, v in batch.items() if k in TRAINING_FEATURES}
+
+    def pipeline_report(self) -> tuple[dict[str, int], dict[str, str]]:
+        """This process's input-pipeline counters and skipped files (see `pipeline_report`)."""
+        return pipeline_report()
 
     def state(self) -> dict[str, Any]:
         """JSON: examples consumed in total, the current stream's seed and position in it, and
