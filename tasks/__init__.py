@@ -20,8 +20,8 @@ from tasks.pretraining import (
     register_local_mixture,
     register_pretrain_mixture,
 )
-from tasks.vocab_training import demo_vocabulary_path
-from tasks.vocabularies import SpecialIds, read_special_ids, vocabulary_path
+from tasks.vocab_training import train_demo_vocabulary
+from tasks.vocabularies import VOCAB_ENV, SpecialIds, read_special_ids, vocabulary_path
 
 
 def pipeline_counters() -> dict[str, dict[str, int]]:
@@ -61,7 +61,7 @@ __all__ = [
     "PRETRAIN_MIXTURE",
     "MixtureConfig",
     "SpecialIds",
-    "demo_vocabulary_path",
+    "VOCAB_ENV",
     "get_dataset",
     "bad_files",
     "log_pipeline_counters",
@@ -72,5 +72,6 @@ __all__ = [
     "register_for",
     "register_local_mixture",
     "register_pretrain_mixture",
+    "train_demo_vocabulary",
     "vocabulary_path",
 ]
