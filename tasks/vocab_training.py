@@ -108,9 +108,10 @@ def corpus_sentences(data_dir: str, max_sentences_per_language: int | None = Non
 def train_demo_vocabulary() -> str:
     """Trains the demo vocabulary on data/sample unless it is already there; returns its path.
 
-    4000 pieces and 8 reserved tags (tasks/demo_files.py), one thread so that every machine gets
-    the same model, stored under artifacts/vocab/ with a fingerprint of data/sample and of the
-    settings in its name (a changed corpus gets a new model). `vocabulary_path()` finds it there.
+    4000 pieces and 8 reserved tags (tasks/demo_files.py), trained on one thread, stored under
+    artifacts/vocab/ with a fingerprint of data/sample and of the settings in its name (a changed
+    corpus gets a new model). `vocabulary_path()` finds it there. Two trainings are not
+    byte-identical (measured on data/sample; the cause is inside SentencePiece's trainer).
     """
     path = demo_files.demo_vocabulary_file()
     if not os.path.exists(path):
