@@ -23,6 +23,7 @@ import seqio
 from tasks import corpus_files, languages
 from tasks.counters import COUNTERS, ScopedCounters
 from tasks.decontamination import contamination_check
+from tasks.demo_files import DEMO_DATA_DIR
 from tasks.mixing import stratified_sampler
 from tasks.preprocessors.clm import causal_lm
 from tasks.preprocessors.denoising import denoise
@@ -35,7 +36,6 @@ from tasks.preprocessors.packing import pack_documents
 from tasks.preprocessors.release_template import release_template, template_overhead
 from tasks.preprocessors.seeds import task_salt
 from tasks.sources import LocalTextSource, TfdsTextSource
-from tasks.vocab_training import DEMO_DATA_DIR
 from tasks.vocabularies import make_vocabulary, special_ids
 
 PRETRAIN_MIXTURE = "alexatm_pretrain"
@@ -57,7 +57,8 @@ INFO_FEATURES = (
 class MixtureConfig:
     """Every knob of the pretraining mixtures; the defaults follow the paper where it is explicit.
 
-    vocab_path: SentencePiece model; None -> vocabulary_path() (gin, $ALEXATM_VOCAB, demo).
+    vocab_path: SentencePiece model; None -> vocabulary_path() (gin, $ALEXATM_VOCAB, the trained
+      demo vocabulary).
     counts_path: per-language sizes JSON; None -> tasks/language_counts.json.
     ngrams_path: n-gram file from `alexatm-decontaminate`; None -> no decontamination.
     max_document_bytes: longer documents are cut into pieces of at most this many bytes.

@@ -78,7 +78,8 @@ def test_a_misspelt_macro_is_refused_everywhere(tmp_path, capsys):
         parse_gin_config(["gin/experiments/smoke_cpu.gin"], ["train.log_evry=1"], [])
 
 
-def test_refused_training_launches_exit_2_and_leave_model_dir_alone(tmp_path, capsys):
+def test_refused_training_launches_exit_2_and_leave_model_dir_alone(tmp_path, capsys,
+                                                                  demo_vocabulary):
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
     assert train_cli.main([SMOKE, "--model_dir", str(a_file)]) == 2

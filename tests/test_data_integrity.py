@@ -84,7 +84,7 @@ def test_problem_counters_count_each_bad_record_once_per_pass(tmp_path):
     assert snapshot["denoise"][names.INVALID_UTF8] == snapshot["clm"][names.INVALID_UTF8] == 1
 
 
-def test_the_trainer_reports_pipeline_counters(tmp_path, caplog):
+def test_the_trainer_reports_pipeline_counters(tmp_path, caplog, demo_vocabulary):
     from alexatm_jax.model.config import ModelConfig
     from alexatm_jax.partitioning import MeshConfig
     from alexatm_jax.training.trainer import train

@@ -165,7 +165,7 @@ def test_all_checkpoints_unreadable_stops_unless_restart_is_asked(reference, tmp
     assert_losses_match(model_dir, reference, range(1, TRAIN_STEPS + 1))
 
 
-def test_refused_launches_leave_model_dir_untouched(reference, tmp_path):
+def test_refused_launches_leave_model_dir_untouched(reference, tmp_path, demo_vocabulary):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a directory")
     with pytest.raises(InvalidTrainArguments, match="exists and is not a directory"):

@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("[1/4] Demo tokenizer (SentencePiece, trained on data/sample on first use)", flush=True)
     import tasks
 
-    vocab = tasks.demo_vocabulary_path()
+    vocab = os.environ.get(tasks.VOCAB_ENV) or tasks.train_demo_vocabulary()
     print(f"      {vocab}", flush=True)
 
     print(f"[2/4] Pretraining the tiny model ({DEMO_GIN}) in {args.model_dir}", flush=True)

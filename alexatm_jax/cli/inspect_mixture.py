@@ -191,7 +191,8 @@ def _main(argv: list[str] | None) -> None:
         count = max(args.n, args.stats)
         records = inspection.collect_examples(ds, count)
     except (OSError, ValueError, tf.errors.OpError) as e:
-        known = sorted(n for n in seqio.MixtureRegistry.names() if n.startswith("alexatm"))
+        registered = {n for n in seqio.MixtureRegistry.names() if n.startswith("alexatm")}
+        known = sorted(registered | {tasks.LOCAL_MIXTURE})
         sys.exit(f"alexatm-inspect: {e}\n(known mixtures: {', '.join(known)})")
     if not records:
         sys.exit(f"alexatm-inspect: {args.mixture} produced no {args.split} examples")

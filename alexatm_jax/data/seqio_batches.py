@@ -159,7 +159,7 @@ def resolve_vocabulary(vocab_path: str | None) -> tuple[str, int]:
     """(path, number of pieces) of the SentencePiece model the SeqIO tasks will use.
 
     `vocab_path` None resolves like the tasks do: gin's MixtureConfig.vocab_path, then
-    $ALEXATM_VOCAB, then the demo vocabulary (trained on data/sample on first use).
+    `tasks.vocabulary_path()` ($ALEXATM_VOCAB, then the demo vocabulary once it is trained).
     """
     import tasks  # TensorFlow/SeqIO: only when a SeqIO source is used
 
