@@ -8,8 +8,10 @@ from typing import Any
 
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
 # einsum: explicit softmax (attention dropout supported); dot_product: jax.nn.dot_product_attention,
-# XLA picks the kernel; cudnn: the same call forced onto cuDNN flash attention (GPU, bf16/fp16).
-ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product", "cudnn")
+# XLA picks the kernel; cudnn: the same call forced onto cuDNN flash attention (GPU, bf16/fp16);
+# splash: the Pallas TPU splash-attention kernels (model/splash.py; elsewhere the Pallas
+# interpreter runs them, for tests).
+ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
