@@ -11,6 +11,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.splash import SegmentMask, splash_attention
@@ -106,7 +107,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        h = Dense(cfg, (self.ffn_dim,), ("embed", "mlp"), name="wi")(x)
+        h = checkpoint_name(Dense(cfg, (self.ffn_dim,), ("embed", "mlp"), name="wi")(x), "mlp_wi")
         h = activation_fn(cfg.activation)(h)
         h = constrain(h, ("batch", "length", "mlp"))
         h = nn.Dropout(cfg.activation_dropout_rate)(h, deterministic=self.deterministic)
@@ -168,9 +169,10 @@ class Attention(nn.Module):
                 key, value = self._cross_kv_from_cache(proj, inputs_kv)
             else:
                 key, value = proj("key")(inputs_kv), proj("value")(inputs_kv)
-        query = constrain(query, qkv_axes)
+        query = checkpoint_name(constrain(query, qkv_axes), "attention_q")
         if not (self.decode and self.cache_kv):
-            key, value = constrain(key, qkv_axes), constrain(value, qkv_axes)
+            key = checkpoint_name(constrain(key, qkv_axes), "attention_k")
+            value = checkpoint_name(constrain(value, qkv_axes), "attention_v")
             if self.decode:
                 key, value, mask = self._append_to_cache(key, value)
 

@@ -35,6 +35,9 @@ _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_mlp": jax.checkpoint_policies.save_only_these_names("mlp_wi"),
+    "save_mlp_qkv": jax.checkpoint_policies.save_only_these_names(
+        "mlp_wi", "attention_q", "attention_k", "attention_v"),
 }
 
 
