@@ -11,6 +11,7 @@ from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import init_params, model_inputs
 from alexatm_jax.model.splash import SegmentMask, splash_attention
 from alexatm_jax.model.transformer import AlexaTM
+from alexatm_jax.partitioning import MeshConfig, Partitioner
 from alexatm_jax.training.loss import token_statistics
 
 TOLERANCE = 1e-5
@@ -101,3 +102,16 @@ def test_attention_matches_masked_softmax_on_unaligned_lengths(causal):
 def test_splash_refuses_attention_dropout():
     with pytest.raises(ValueError, match="attention_impl='splash' has no attention-probability"):
         ModelConfig(attention_impl="splash", attention_dropout_rate=0.1)
+
+
+def test_splash_under_a_mesh_runs_in_shard_map_and_matches(tiny):
+    """Under the partitioner's mesh the kernel runs inside shard_map (one CPU device here; the
+    TPU AOT test compiles it over 4 chips)."""
+    config, params = tiny
+    batch = packed_batch(2, 128, 128, config.vocab_size, seed=3)
+    reference_loss, _ = loss_and_grads(config, params, batch)
+    partitioner = Partitioner(MeshConfig(data=1, fsdp=1, tensor=1), "fsdp_tensor")
+    with partitioner.activate():
+        loss, grads = loss_and_grads(config.replace(attention_impl="splash"), params, batch)
+    assert abs(float(loss) - float(reference_loss)) < TOLERANCE
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))

@@ -6,6 +6,7 @@ A machine where libtpu is missing or cannot load skips the compiling tests with 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -23,7 +24,8 @@ from alexatm_jax.decoding import model_steps
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import init_params
 from alexatm_jax.partitioning import MeshConfig, Partitioner
-from alexatm_jax.planning import TrainJob, compile_train_executable
+from alexatm_jax.planning import (DoesNotFit, TrainJob, compile_train_executable,
+                                  compile_train_step, timing_depths, timing_job)
 from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
 from alexatm_jax.training.state import train_state_shardings
 
@@ -153,6 +155,27 @@ def test_plan_cli_with_topology_reports_tpu_memory_and_cost_model_time(devices, 
     step = result["step_time"]
     assert step["seconds_per_step"] > 0 and 0 < step["implied_mfu"] < 1
     assert step["seconds_per_step"] == pytest.approx(step["timing_points"][0]["optimal_seconds"])
+
+
+def test_a_step_too_big_for_hbm_is_refused_by_the_tpu_compiler(devices):
+    """2048 sequences of 2048 tokens per chip: the float32 logits alone exceed 95 GiB."""
+    partitioner = Partitioner(MeshConfig(data=1, fsdp=-1), "fsdp", devices=devices)
+    config = TINY.replace(vocab_size=4096, max_positions=2048, num_encoder_layers=1,
+                          num_decoder_layers=1, scan_layers=False)
+    job = dataclasses.replace(tiny_job(config, length=2048), batch_size=4 * 2048)
+    with pytest.raises(DoesNotFit, match="exceeds available HBM|Ran out of memory"):
+        compile_train_step(job, partitioner)
+
+
+def test_timing_job_is_one_unscanned_microbatch():
+    job = dataclasses.replace(tiny_job(TINY.replace(num_encoder_layers=46,
+                                                    num_decoder_layers=32)),
+                              batch_size=2048, grad_accum_steps=4)
+    micro = timing_job(job)
+    assert (micro.batch_size, micro.grad_accum_steps) == (512, 1)
+    assert not micro.model_config.scan_layers and micro.depths == (46, 32)
+    assert timing_depths(job, 2) == ((2, 2), (4, 2), (2, 4))
+    assert timing_depths(tiny_job(), 2) == ((2, 2),)  # shallow: compiled whole
 
 
 @pytest.mark.parametrize("name, topology, cloud", [

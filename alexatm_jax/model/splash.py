@@ -22,6 +22,7 @@ head_dim stay whole on every device.
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import flax.struct
@@ -64,8 +65,10 @@ def _kernel(heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool):
     sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
                               block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
                               block_q_dq=bq, block_kv_dq=bkv)
-    return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads), block_sizes=sizes,
-                                  head_shards=1, q_seq_shards=1, interpret=interpret)
+    with jax.ensure_compile_time_eval():  # concrete mask tables, safe to cache across traces
+        return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads),
+                                      block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                      interpret=interpret)
 
 
 def _target_platform() -> str:
@@ -74,6 +77,11 @@ def _target_platform() -> str:
     if not mesh.empty and mesh.abstract_device is not None:
         return mesh.abstract_device.platform
     return jax.default_backend()
+
+
+def _axes_size(mesh: jax.sharding.AbstractMesh, axes: str | tuple[str, ...] | None) -> int:
+    names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[name] for name in names)
 
 
 def _segment_operands(mask: SegmentMask, batch: int, q_len: int, kv_len: int,
@@ -119,9 +127,13 @@ def splash_attention(query: Array, key: Array, value: Array, mask: SegmentMask,
         return jax.vmap(kernel)(q, k, v, segment_ids=ids)
 
     operands = (q, k, v) + (segments or ())
-    if not jax.sharding.get_abstract_mesh().empty:
-        heads_spec = nn.logical_to_mesh_axes(("batch", "heads", None, None))
-        ids_spec = PartitionSpec(heads_spec[0], None)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        batch_axes, head_axes = nn.logical_to_mesh_axes(("batch", "heads"))
+        if heads % _axes_size(mesh, head_axes):
+            head_axes = None  # heads that do not split evenly stay whole on every device
+        heads_spec = PartitionSpec(batch_axes, head_axes, None, None)
+        ids_spec = PartitionSpec(batch_axes, None)
         specs = (heads_spec,) * 3 + (ids_spec,) * len(segments or ())
         attend = jax.shard_map(attend, in_specs=specs, out_specs=heads_spec, check_vma=False)
     out = attend(*operands)
