@@ -52,6 +52,24 @@ class TpuTarget:
         """Chips in the slice, = JAX devices (one per chip on every generation here)."""
         return math.prod(self.shape)
 
+    has_cost_model = True  # the TPU compiler's cost_analysis() gives optimal_seconds
+
+    @property
+    def hbm_gib(self) -> float:
+        """HBM of one chip."""
+        return self.chip.hbm_gib
+
+    @property
+    def peak_bf16_tflops(self) -> float:
+        """Dense bf16 peak of one chip."""
+        return self.chip.peak_bf16_tflops
+
+    def describe(self) -> dict[str, Any]:
+        """The target as JSON-ready fields of the plan report."""
+        return {"topology": self.topology_name, "cloud_type": self.cloud_type,
+                "chips": self.num_chips, "hbm_gib": self.hbm_gib,
+                "peak_bf16_tflops": self.peak_bf16_tflops, "cost_model": True}
+
     @property
     def topology_name(self) -> str:
         """libtpu's name for it, e.g. 'v5p:4x4x8'."""

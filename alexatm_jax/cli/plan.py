@@ -16,6 +16,7 @@ either way. See `alexatm_jax.planning` for what each number means.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -32,6 +33,10 @@ TPU_BACKEND_NOTE = (
     "step for these chips. The step time is its cost model (cost_analysis()['optimal_seconds']), "
     "not a measurement: it models compute and memory traffic, and may not see every "
     "interconnect stall or host delay.")
+GPU_BACKEND_NOTE = (
+    "Compiled buffer sizes are XLA:GPU's buffer assignment of the partitioned step for these "
+    "GPUs (compiled without autotuning on this CPU). NCCL buffers and cuBLAS/cuDNN workspaces "
+    "are allocated at run time and are not in it: keep headroom.")
 CPU_BACKEND_NOTE = (
     "Compiled buffer sizes come from XLA:CPU's buffer assignment of the partitioned step, not "
     "from the TPU/GPU compiler: fusion, layouts, scheduling and rematerialisation differ there, "
@@ -105,10 +110,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         parser.error(f"--devices must be >= 1, got {args.devices}")
     args.target = None
     if args.topology is not None:
+        from alexatm_jax.gpu_topology import parse_gpu_target
         from alexatm_jax.tpu_topology import parse_tpu_target
 
         try:
-            args.target = parse_tpu_target(args.topology)
+            args.target = parse_gpu_target(args.topology) or parse_tpu_target(args.topology)
         except ValueError as error:
             parser.error(f"--topology: {error}")
         if args.mfu is not None:
@@ -116,8 +122,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
                          "estimates the step time: drop --mfu")
         if args.timing_layers < 1:
             parser.error(f"--timing_layers must be >= 1, got {args.timing_layers}")
-        args.peak_tflops = args.peak_tflops or args.target.chip.peak_bf16_tflops
-        args.device_memory_gib = args.device_memory_gib or args.target.chip.hbm_gib
+        args.peak_tflops = args.peak_tflops or args.target.peak_bf16_tflops
+        args.device_memory_gib = args.device_memory_gib or args.target.hbm_gib
     args.mfu = 0.45 if args.mfu is None else args.mfu
     if args.extrapolate_from_layers is not None and args.extrapolate_from_layers < 1:
         parser.error(f"--extrapolate_from_layers must be >= 1, got {args.extrapolate_from_layers}")
@@ -186,7 +192,7 @@ def report(plan: "Plan", args: argparse.Namespace,
            estimate: "StepTimeEstimate | None" = None) -> dict[str, Any]:
     """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, provenance notes."""
     job, compiled = plan.job, plan.compiled
-    compiler = "the TPU compiler (libtpu)" if plan.platform == "tpu" else "XLA:CPU"
+    compiler = {"tpu": "the TPU compiler (libtpu)", "gpu": "XLA:GPU"}.get(plan.platform, "XLA:CPU")
     cfg = job.model_config
     depths = [list(d) for d in plan.compiled_depths]
     source = (f"extrapolated from compiles at (encoder, decoder) layers {depths}"
@@ -242,14 +248,13 @@ def report(plan: "Plan", args: argparse.Namespace,
             for depth, step in plan.compiled_points],
         "compile_seconds": plan.compile_seconds,
         "warnings": list(plan.warnings),
-        "notes": [TPU_BACKEND_NOTE if plan.platform == "tpu" else CPU_BACKEND_NOTE]
+        "notes": [{"tpu": TPU_BACKEND_NOTE, "gpu": GPU_BACKEND_NOTE}.get(plan.platform,
+                                                                          CPU_BACKEND_NOTE)]
+                 + list(getattr(args, "target_notes", []))
                  + ([SCAN_FLOPS_NOTE] if cfg.scan_layers else []) + _attention_notes(plan),
     }
     if args.target is not None:
-        target = args.target
-        result["target"] = {"topology": target.topology_name, "cloud_type": target.cloud_type,
-                            "chips": target.num_chips, "hbm_gib": target.chip.hbm_gib,
-                            "peak_bf16_tflops": target.chip.peak_bf16_tflops}
+        result["target"] = args.target.describe()
         if estimate is not None:
             result["step_time"] = cost_model_step_time(plan, estimate, args.peak_tflops)
     elif args.peak_tflops:
@@ -321,7 +326,7 @@ def format_text(result: dict[str, Any]) -> str:
     if "target" in result:
         target = result["target"]
         devices = (f"{result['devices']} x {result['device_kind']} ({target['topology']} = "
-                   f"{target['cloud_type']}, compile-only devices of libtpu)")
+                   f"{target['cloud_type']}, compile-only devices)")
     else:
         devices = f"{result['devices']} (emulated {result['device_kind']})"
     lines = [
@@ -391,7 +396,10 @@ def format_text(result: dict[str, Any]) -> str:
             f"{result['train_steps']:,} steps",
         ]
     elif "target" in result:
-        lines += ["", "Step time: not estimated (--no_step_time)"]
+        why = ("--no_step_time" if result["target"]["cost_model"]
+               else "the GPU compiler has no cost model; give --devices N --peak_tflops for an "
+                    "assumed-MFU figure")
+        lines += ["", f"Step time: not estimated ({why})"]
     else:
         lines += ["", "Step time: give --peak_tflops (and --mfu) to predict it"]
     if len(result["compiled_points"]) > 1:
@@ -413,16 +421,36 @@ def target_devices(args: argparse.Namespace) -> list[Any] | None:
     if args.target is None:
         emulate_cpu_devices(args.devices)
         return None
+    os.environ["JAX_PLATFORMS"] = "cpu"  # the target compiler is used through its topology only
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from alexatm_jax.gpu_topology import GpuTarget, gpu_devices
+
+    if isinstance(args.target, GpuTarget):
+        return gpu_devices(args.target)
     from alexatm_jax.tpu_topology import (libtpu_problem, prepare_compile_only_environment,
                                           topology_devices)
 
     problem = libtpu_problem()
     if problem:
         raise RuntimeError(f"--topology needs the TPU compiler: {problem}")
-    os.environ["JAX_PLATFORMS"] = "cpu"  # the TPU compiler is used through its topology only
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     prepare_compile_only_environment(args.target)
     return topology_devices(args.target)
+
+
+def adapt_job_to_target(job: "TrainJob", args: argparse.Namespace) -> "TrainJob":
+    """cuDNN attention needs the cuDNN library to compile; without it a GPU plan uses XLA's
+    attention, and the report says so."""
+    from alexatm_jax.gpu_topology import GpuTarget, cudnn_problem
+
+    args.target_notes = []
+    problem = cudnn_problem()
+    if (isinstance(args.target, GpuTarget) and job.model_config.attention_impl == "cudnn"
+            and problem):
+        args.target_notes.append(f"attention_impl 'cudnn' could not be compiled here "
+                                 f"({problem}): planned as 'dot_product'")
+        config = job.model_config.replace(attention_impl="dot_product")
+        return dataclasses.replace(job, model_config=config)
+    return job
 
 
 def run_plan(job: "TrainJob", devices: list[Any] | None, args: argparse.Namespace
@@ -432,7 +460,7 @@ def run_plan(job: "TrainJob", devices: list[Any] | None, args: argparse.Namespac
 
     from alexatm_jax.planning import estimate_step_time, make_plan, timing_depths
 
-    timed = args.target is not None and not args.no_step_time
+    timed = args.target is not None and args.target.has_cost_model and not args.no_step_time
     timing_compiles = len(timing_depths(job, args.timing_layers)) if timed else 0
     stages = 3 * ((1 if args.extrapolate_from_layers is None else 3) + timing_compiles)
     with tqdm(total=stages, desc="plan", unit="stage", file=sys.stderr) as bar:
@@ -460,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, SyntaxError) as error:
         print(f"alexatm-plan: error: gin configuration: {error}", file=sys.stderr)
         return 2
+    job = adapt_job_to_target(job, args)
     from alexatm_jax.planning import DoesNotFit
 
     try:
