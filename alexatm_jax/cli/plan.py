@@ -273,6 +273,9 @@ def _attention_notes(plan: "Plan") -> list[str]:
 
     impl = plan.job.model_config.attention_impl
     planned = planned_model_config(plan.job.model_config, plan.platform).attention_impl
+    if planned == impl == "splash":
+        return ["the splash kernels' q.k and p.v products run inside Pallas calls: the traced "
+                "matmul FLOPs leave them out (the model FLOPs and the cost model count them)"]
     if planned == impl:
         return []
     return [f"attention_impl '{impl}' does not exist on {plan.platform}: planned as '{planned}', "

@@ -21,7 +21,6 @@ head_dim stay whole on every device.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -54,9 +53,10 @@ def _block(length: int) -> int:
     return max(b for b in range(LANES, min(length, MAX_BLOCK) + 1, LANES) if length % b == 0)
 
 
-@functools.lru_cache(maxsize=64)
 def _kernel(heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool):
-    """A splash MHA kernel for [heads, q_len, head_dim] x [heads, kv_len, head_dim] operands."""
+    """A splash MHA kernel for [heads, q_len, head_dim] x [heads, kv_len, head_dim] operands.
+    Built anew in every trace: its mask tables become constants of that trace (a kernel cached
+    across traces would leak them)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     shape = (q_len, kv_len)
@@ -65,10 +65,8 @@ def _kernel(heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool):
     sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
                               block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
                               block_q_dq=bq, block_kv_dq=bkv)
-    with jax.ensure_compile_time_eval():  # concrete mask tables, safe to cache across traces
-        return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads),
-                                      block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                      interpret=interpret)
+    return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads), block_sizes=sizes,
+                                  head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def _target_platform() -> str:
