@@ -44,6 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from alexatm_jax.data.synthetic import SyntheticHostBatches
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import count_params, param_shapes
+from alexatm_jax.model.splash import splash_kernel_flops
 from alexatm_jax.partitioning import MeshConfig, Partitioner
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
@@ -388,6 +389,7 @@ class StepTimeEstimate:
     microbatches: int
     extrapolated: bool
     compile_seconds: float
+    uncosted_kernel_seconds: float = 0.0  # Pallas kernels the cost model does not see
 
     def mfu(self, model_flops_per_step: float, devices: int, peak_flops: float) -> float:
         """The model FLOPs utilisation this step time implies at `peak_flops` per device."""
@@ -412,14 +414,17 @@ def timing_depths(job: TrainJob, layers: int) -> tuple[Depths, ...]:
 
 
 def estimate_step_time(job: TrainJob, devices: Sequence[Any], *, layers: int = 2,
+                       peak_flops_per_device: float | None = None,
                        progress: ProgressCallback = lambda stage: None) -> StepTimeEstimate:
     """The TPU cost model's time for one step of `job` on `devices`.
 
     Compiles `timing_job(job)` at (layers, layers), (2·layers, layers) and (layers, 2·layers)
     and extrapolates its `optimal_seconds` linearly to the configured depth (a model no deeper
     than 2·layers is compiled whole), times the number of microbatches. The optimizer update,
-    counted once per microbatch that way, is under 0.1% of a 20B step. Raises ValueError when
-    the compiler gives no cost model (not a TPU) or the batch does not split.
+    counted once per microbatch that way, is under 0.1% of a 20B step. The cost model gives
+    Pallas kernels (splash attention) no time: their matmul FLOPs are added at
+    `peak_flops_per_device` (a lower bound on their time). Raises ValueError when the compiler
+    gives no cost model (not a TPU) or the batch does not split.
     """
     micro = timing_job(job)
     partitioner = Partitioner(micro.mesh_config, micro.rules, devices=devices)
@@ -437,7 +442,17 @@ def estimate_step_time(job: TrainJob, devices: Sequence[Any], *, layers: int = 2
                          "step-time estimates need the TPU compiler (--topology)")
     step = (extrapolate_linearly(measured, layers, job.depths) if extrapolated
             else measured[job.depths])
+    kernel_seconds = 0.0
+    if planned_model_config(job.model_config, _platform(partitioner)).attention_impl == "splash":
+        if not peak_flops_per_device:
+            raise ValueError("splash attention's kernels are not in the cost model: give "
+                             "peak_flops_per_device to add their time")
+        lengths = job.sequence_length
+        kernel_seconds = splash_kernel_flops(job.model_config, job.batch_size,
+                                             int(lengths["inputs"]), int(lengths["targets"])
+                                             ) / (len(devices) * peak_flops_per_device)
     return StepTimeEstimate(
-        seconds=step.optimal_seconds * job.grad_accum_steps,
+        seconds=step.optimal_seconds * job.grad_accum_steps + kernel_seconds,
+        uncosted_kernel_seconds=kernel_seconds,
         points=tuple((depth, m.optimal_seconds) for depth, m in measured.items()),
         microbatches=job.grad_accum_steps, extrapolated=extrapolated, compile_seconds=spent)

@@ -291,7 +291,10 @@ def cost_model_step_time(plan: "Plan", estimate: "StepTimeEstimate",
     how = (f"optimal_seconds of one microbatch ({job.batch_size // estimate.microbatches} "
            f"sequences), layers unscanned, compiled at (encoder, decoder) layers {depths}"
            + (f", extrapolated linearly to {list(job.depths)}" if estimate.extrapolated else "")
-           + (f", x {estimate.microbatches} microbatches" if estimate.microbatches > 1 else ""))
+           + (f", x {estimate.microbatches} microbatches" if estimate.microbatches > 1 else "")
+           + (f"; + {estimate.uncosted_kernel_seconds:.3f} s for the splash kernels' matmuls at "
+              "peak FLOP/s, which the cost model does not cost (a lower bound on their time)"
+              if estimate.uncosted_kernel_seconds else ""))
     return {
         "source": "the TPU compiler's cost model (cost_analysis()['optimal_seconds']), "
                   "not a measurement",
@@ -305,6 +308,7 @@ def cost_model_step_time(plan: "Plan", estimate: "StepTimeEstimate",
         "timing_points": [{"encoder_layers": d[0], "decoder_layers": d[1],
                            "optimal_seconds": t} for d, t in estimate.points],
         "timing_compile_seconds": estimate.compile_seconds,
+        "uncosted_kernel_seconds": estimate.uncosted_kernel_seconds,
     }
 
 
@@ -472,8 +476,9 @@ def run_plan(job: "TrainJob", devices: list[Any] | None, args: argparse.Namespac
             bar.update(1)
         plan = make_plan(job, devices=devices, extrapolate_from_layers=args.extrapolate_from_layers,
                          progress=progress)
-        estimate = (estimate_step_time(job, devices, layers=args.timing_layers, progress=progress)
-                    if timed else None)
+        estimate = (estimate_step_time(job, devices, layers=args.timing_layers,
+                                       peak_flops_per_device=args.peak_tflops * 1e12,
+                                       progress=progress) if timed else None)
     return plan, estimate
 
 

@@ -136,3 +136,23 @@ def splash_attention(query: Array, key: Array, value: Array, mask: SegmentMask,
         attend = jax.shard_map(attend, in_specs=specs, out_specs=heads_spec, check_vma=False)
     out = attend(*operands)
     return jnp.swapaxes(out[:, :, :q_len], 1, 2)
+
+
+def splash_kernel_flops(config, batch: int, inputs_length: int, targets_length: int) -> float:
+    """Matmul FLOPs of one train step's splash kernels (q.k and p.v products), all devices.
+
+    Per attention of Lq x Lkv positions: the forward kernel 4·Lq·Lkv·d_model; the backward's
+    separate dq and dkv kernels 14·Lq·Lkv·d_model (each recomputes q.k and dO.v); with any
+    remat policy the forward again. Causal attention skips the kernel blocks above the diagonal.
+    The TPU cost model does not cost Pallas kernels, so the planner adds these.
+    """
+    def units(q_len: int, kv_len: int, causal: bool) -> float:
+        blocks = _round_up(q_len, LANES) // _block(_round_up(q_len, LANES))
+        share = (blocks + 1) / (2 * blocks) if causal else 1.0
+        return q_len * kv_len * share
+
+    per_unit = 4 + 14 + (4 if config.remat_policy != "none" else 0)
+    per_sequence = (config.num_encoder_layers * units(inputs_length, inputs_length, False)
+                    + config.num_decoder_layers * (units(targets_length, targets_length, True)
+                                                   + units(targets_length, inputs_length, False)))
+    return float(per_unit * per_sequence * config.d_model * batch)
