@@ -62,9 +62,10 @@ def _kernel(heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool):
     shape = (q_len, kv_len)
     head_mask = splash.CausalMask(shape) if causal else splash.FullMask(shape)
     bq, bkv = _block(q_len), _block(kv_len)
+    # One fused backward kernel computes dq, dk and dv from a single pass over the blocks.
     sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
                               block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
-                              block_q_dq=bq, block_kv_dq=bkv)
+                              use_fused_bwd_kernel=True)
     return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads), block_sizes=sizes,
                                   head_shards=1, q_seq_shards=1, interpret=interpret)
 
@@ -141,9 +142,9 @@ def splash_attention(query: Array, key: Array, value: Array, mask: SegmentMask,
 def splash_kernel_flops(config, batch: int, inputs_length: int, targets_length: int) -> float:
     """Matmul FLOPs of one train step's splash kernels (q.k and p.v products), all devices.
 
-    Per attention of Lq x Lkv positions: the forward kernel 4·Lq·Lkv·d_model; the backward's
-    separate dq and dkv kernels 14·Lq·Lkv·d_model (each recomputes q.k and dO.v); with any
-    remat policy the forward again. Causal attention skips the kernel blocks above the diagonal.
+    Per attention of Lq x Lkv positions: the forward kernel 4·Lq·Lkv·d_model; the fused
+    backward kernel 10·Lq·Lkv·d_model (q.k and dO.v again, then dv, dq, dk); with any remat
+    policy the forward again. Causal attention skips the kernel blocks above the diagonal.
     The TPU cost model does not cost Pallas kernels, so the planner adds these.
     """
     def units(q_len: int, kv_len: int, causal: bool) -> float:
@@ -151,7 +152,7 @@ def splash_kernel_flops(config, batch: int, inputs_length: int, targets_length: 
         share = (blocks + 1) / (2 * blocks) if causal else 1.0
         return q_len * kv_len * share
 
-    per_unit = 4 + 14 + (4 if config.remat_policy != "none" else 0)
+    per_unit = 4 + 10 + (4 if config.remat_policy != "none" else 0)
     per_sequence = (config.num_encoder_layers * units(inputs_length, inputs_length, False)
                     + config.num_decoder_layers * (units(targets_length, targets_length, True)
                                                    + units(targets_length, inputs_length, False)))
