@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (gin bindings `--gin.KEY=VALUE` are taken from the leftovers)."""
     parser = argparse.ArgumentParser(
         prog="alexatm-plan",
-        description="Compile a gin-configured train step ahead of time on N emulated CPU devices "
-                    "and report per-device memory, FLOPs per step and the predicted step time. "
+        description="Compile a gin-configured train step ahead of time, with the TPU compiler "
+                    "for a TPU slice (--topology) or XLA:CPU on N emulated devices (--devices), "
+                    "and report per-device memory, FLOPs per step and the step time. "
                     "Extra arguments --gin.KEY=VALUE are gin bindings applied after the files, "
                     "e.g. --gin.MESH_FSDP=64 --gin.BATCH_SIZE=1024.",
         epilog="XLA's C++ warnings (e.g. SPMD resharding notes) are hidden; set "
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compile with the TPU compiler for a TPU slice: a Cloud TPU type "
                              "(v4-8 ... v4-4096, v5p-8 ... v5p-12288, v5litepod-N, v6e-N) or a "
                              "topology such as v5p:4x4x8; needs libtpu "
-                             "(pip install -e '.[tpu-aot]')")
+                             "(pip install -e '.[tpu-aot]'). Or h100-NODESxGPUS (e.g. h100-16x8): "
+                             "XLA:GPU, memory only, needs the CUDA plugin ('.[gpu-aot]')")
     parser.add_argument("--timing_layers", type=int, default=2, metavar="K",
                         help="with --topology: the step time comes from the TPU cost model of "
                              "the layers compiled unscanned at (K,K), (2K,K), (K,2K) encoder/"
