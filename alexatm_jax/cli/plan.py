@@ -35,7 +35,7 @@ TPU_BACKEND_NOTE = (
     "interconnect stall or host delay.")
 GPU_BACKEND_NOTE = (
     "Compiled buffer sizes are XLA:GPU's buffer assignment of the partitioned step for these "
-    "GPUs (compiled without autotuning on this CPU). NCCL buffers and cuBLAS/cuDNN workspaces "
+    "GPUs (compiled on this CPU, with no GPU to autotune on). NCCL buffers and cuBLAS/cuDNN workspaces "
     "are allocated at run time and are not in it: keep headroom.")
 CPU_BACKEND_NOTE = (
     "Compiled buffer sizes come from XLA:CPU's buffer assignment of the partitioned step, not "
