@@ -14,6 +14,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q -e '.[reference,test]'
 	$(PY) -m pip install -q --no-deps alexa-teacher-models==1.0.1
+	# libtpu, the TPU compiler, for the ahead-of-time TPU tests; where it has no wheel those skip.
+	$(PY) -m pip install -q -e '.[tpu-aot]' || echo "libtpu not installed: tests/test_tpu_aot.py will skip"
 	touch $(STAMP)
 
 # Demo tokenizer + tiny-model pretraining on data/sample + generation (alexatm_jax/cli/demo.py).

@@ -10,23 +10,35 @@ dataclasses and arguments. This module makes those objects configurable:
 
 Gin files are looked up as given, then relative to the current directory, the repository root
 and its `gin/` folder (so `--gin_file=models/tiny.gin` works from anywhere in the checkout).
+
+`parse_gin` is strict where gin is lenient: a command-line binding of a macro that no parsed file
+(or other binding) uses is an error, since gin would silently define a new macro
+(`TRAIN_STEPSS = 3` next to the real TRAIN_STEPS). Unknown configurables and parameters were
+errors already; every such error is raised as GinConfigError with the nearest known name.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import pathlib
 import re
-from typing import Sequence
+import sys
+from typing import Any, Sequence
 
 import gin
+from gin import config_parser
 
 from alexatm_jax.model.config import ModelConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_SEARCH_PATHS = (REPO_ROOT, REPO_ROOT / "gin")
-_INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""", re.MULTILINE)
+
+
+class GinConfigError(ValueError):
+    """A gin file or binding names something that does not exist (the message names it and,
+    when there is one, the nearest known name)."""
 
 
 def _build_model_config(**fields) -> ModelConfig:
@@ -66,31 +78,142 @@ def resolve_gin_file(name: str | os.PathLike, paths: Sequence[pathlib.Path],
                             + ", ".join(str(p) for p in tried))
 
 
-def _check_includes(path: pathlib.Path, paths: Sequence[pathlib.Path],
-                    seen: set[pathlib.Path]) -> None:
-    if path in seen:
-        return
-    seen.add(path)
-    for name in _INCLUDE.findall(path.read_text()):
-        _check_includes(resolve_gin_file(name, paths, included_from=path), paths, seen)
+class _MacroRecorder(config_parser.ParserDelegate):
+    """Parser delegate that records the macros a gin text references (and builds nothing)."""
+
+    def __init__(self) -> None:
+        self.referenced: set[str] = set()
+
+    def configurable_reference(self, scoped_name: str, evaluate: bool) -> str:
+        return scoped_name
+
+    def macro(self, scoped_name: str) -> str:
+        self.referenced.add(scoped_name)
+        return scoped_name
+
+
+def _statements(text: Any, recorder: _MacroRecorder) -> list:
+    return list(config_parser.ConfigParser(text, recorder))
+
+
+def _macro_name(statement: config_parser.BindingStatement) -> str | None:
+    """The macro a binding statement defines (`NAME = value`), or None for `a.b = value`."""
+    if statement.arg_name:
+        return None
+    return f"{statement.scope}/{statement.selector}" if statement.scope else statement.selector
+
+
+def _scan_files(paths: Sequence[pathlib.Path], search: Sequence[pathlib.Path],
+                recorder: _MacroRecorder) -> set[str]:
+    """Check that every file and include exists; record the macros the files reference. Returns
+    the macros the files define."""
+    defined: set[str] = set()
+    seen: set[pathlib.Path] = set()
+    pending = list(paths)
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        with open(path, encoding="utf-8") as f:
+            for statement in _statements(f, recorder):
+                if isinstance(statement, config_parser.IncludeStatement):
+                    pending.append(resolve_gin_file(statement.filename, search,
+                                                    included_from=path))
+                elif isinstance(statement, config_parser.BindingStatement):
+                    defined.add(_macro_name(statement) or "")
+    defined.discard("")
+    return defined
+
+
+def _nearest(name: str, known: Any) -> str:
+    """' (did you mean X?)' for the closest of `known` to `name`, or ''."""
+    match = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _check_macro_bindings(bindings: Sequence[str], recorder: _MacroRecorder,
+                          defined: set[str]) -> None:
+    """Refuse a binding of a macro that nothing references: gin would define a new one."""
+    macros = []
+    for binding in bindings:
+        for statement in _statements(binding, recorder):
+            if isinstance(statement, config_parser.BindingStatement) and _macro_name(statement):
+                macros.append((_macro_name(statement), binding))
+    for name, binding in macros:
+        if name not in recorder.referenced:
+            known = recorder.referenced | defined
+            raise GinConfigError(
+                f"the binding {binding.strip()!r} sets the macro {name}, which no gin file uses"
+                f"{_nearest(name, known)}; gin would define a new macro and the run would ignore "
+                "it. Macros used by these files: " + (", ".join(sorted(recorder.referenced))
+                                                     or "none"))
+
+
+def _registered() -> dict[str, Any]:
+    """{short name: configurable} of everything registered with gin (gin keeps no public list)."""
+    from gin import config as gin_config
+    return {selector.split(".")[-1]: configurable
+            for selector, configurable in gin_config._REGISTRY.items()  # noqa: SLF001
+            if not selector.startswith("gin.")}
+
+
+def _explained(error: ValueError) -> GinConfigError:
+    """gin's error for an unknown configurable or parameter, with the nearest known name."""
+    message = str(error).strip()
+    first = message.splitlines()[0] if message else ""
+    registered = _registered()
+    hint = ""
+    if first.startswith("No configurable matching"):
+        name = first.split("'")[1].lstrip("@").rstrip("()") if "'" in first else ""
+        hint = _nearest(name.split(".")[-1], registered)
+    elif "doesn't have a parameter named" in first:
+        owner, parameter = re.findall(r"'([^']*)'", first.replace("doesn't", "does not"))[:2]
+        configurable = registered.get(owner.split(".")[-1])
+        if configurable is not None:
+            try:
+                hint = _nearest(parameter, inspect.signature(configurable.wrapped).parameters)
+            except (TypeError, ValueError):
+                hint = ""
+    return GinConfigError(message.replace(first, first + hint, 1) if hint else message)
+
+
+def _parse(paths: Sequence[pathlib.Path], search: Sequence[pathlib.Path],
+           bindings: Sequence[str]) -> None:
+    gin.clear_config()
+    for path in search:
+        gin.add_config_file_search_path(str(path))
+    gin.parse_config_files_and_bindings([str(p) for p in paths], list(bindings))
 
 
 def parse_gin(gin_files: Sequence[str | os.PathLike], bindings: Sequence[str] = (),
               extra_search_paths: Sequence[str | os.PathLike] = ()) -> list[pathlib.Path]:
     """Replace gin's configuration with `gin_files` (in order) then `bindings`.
 
-    Every file and every file it includes must exist (checked before anything is parsed).
+    Every file and every file it includes must exist (checked before anything is parsed), and
+    every macro that `bindings` set must be used by a file or another binding. Unknown
+    configurables or parameters raise GinConfigError with the nearest known name; a file that
+    binds the data pipeline's configurables (MixtureConfig, ...) imports `tasks` to register them.
     Returns the resolved paths of `gin_files`.
     """
     paths = search_paths(extra_search_paths)
     resolved = [resolve_gin_file(name, paths) for name in gin_files]
-    seen: set[pathlib.Path] = set()
-    for path in resolved:
-        _check_includes(path, paths, seen)
-    gin.clear_config()
-    for path in paths:
-        gin.add_config_file_search_path(str(path))
-    gin.parse_config_files_and_bindings([str(p) for p in resolved], list(bindings))
+    recorder = _MacroRecorder()
+    defined = _scan_files(resolved, paths, recorder)
+    _check_macro_bindings(bindings, recorder, defined)
+    try:
+        _parse(resolved, paths, bindings)
+    except ValueError as error:
+        if not str(error).startswith("No configurable matching") or "tasks" in sys.modules:
+            raise _explained(error) from error
+        try:
+            import tasks  # noqa: F401  (registers MixtureConfig & co.; imports TensorFlow)
+        except ImportError:
+            raise _explained(error) from error
+        try:
+            _parse(resolved, paths, bindings)
+        except ValueError as retry_error:
+            raise _explained(retry_error) from retry_error
     return resolved
 
 

@@ -3,16 +3,23 @@ nothing.
 
 The train step of a job (`TrainJob`: what `train()` is configured with) is traced, lowered and
 compiled against abstract arrays (`jax.ShapeDtypeStruct`s carrying the job's shardings) on the
-devices JAX has, which for planning are N emulated CPU devices (`alexatm-plan --devices N`).
+devices given: N emulated CPU devices (`alexatm-plan --devices N`), or the compile-only devices
+of a TPU slice that libtpu describes (`alexatm-plan --topology v5p-256`, `tpu_topology.py`),
+for which the TPU compiler itself compiles the step on this machine's CPU.
 From the compiled program come per-device buffer sizes (`compiled.memory_analysis()`) and XLA's
 FLOP count (`compiled.cost_analysis()`); from the traced program the matmul FLOPs of a whole
 step; from the shapes and shardings the exact per-device bytes of parameters and optimizer state;
 from `training/flops.py` the model FLOPs that MFU is defined against.
 
 What the numbers are and are not:
-* The buffer sizes are XLA:CPU's buffer assignment for the partitioned program. A TPU or GPU
-  compiler fuses, lays out, schedules and rematerialises differently, so its temporaries can be
-  smaller or larger; parameters, optimizer state and batch arguments are exact.
+* On CPU devices the buffer sizes are XLA:CPU's buffer assignment for the partitioned program.
+  A TPU or GPU compiler fuses, lays out, schedules and rematerialises differently, so its
+  temporaries can be smaller or larger; parameters, optimizer state and batch arguments are
+  exact. On TPU devices they are the TPU compiler's own buffer assignment.
+* The TPU compiler's cost analysis adds `optimal_seconds`, its cost model's estimate of the
+  step's run time. It visits a while-loop body once too, so `estimate_step_time` compiles the
+  layers unscanned at shallow depths, one microbatch at a time, and extrapolates
+  (microbatches x the extrapolated microbatch step). It is a model, not a measurement.
 * XLA's cost analysis visits a while-loop body once: with `scan_layers` each layer stack counts as
   one layer, so its FLOPs are then not a step total. The traced matmul count multiplies scan bodies
   by their length and includes remat recomputation (2·M·N·K per dot_general; everything that is
@@ -28,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -37,6 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from alexatm_jax.data.synthetic import SyntheticHostBatches
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import count_params, param_shapes
+from alexatm_jax.model.splash import splash_kernel_flops
 from alexatm_jax.partitioning import MeshConfig, Partitioner
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
@@ -86,6 +94,7 @@ class CompiledStep:
     generated_code_bytes: float
     xla_flops_per_device: float
     matmul_flops: float
+    optimal_seconds: float = float("nan")  # the TPU cost model's step time; nan elsewhere
 
     @property
     def total_bytes(self) -> float:
@@ -113,6 +122,7 @@ class Plan:
     warnings: tuple[str, ...]
     model_flops_per_step: float
     compile_seconds: float
+    platform: str = "cpu"
 
     @property
     def compiled_depths(self) -> tuple[Depths, ...]:
@@ -207,19 +217,17 @@ def _sub_jaxprs(params: Mapping[str, Any]) -> list[Any]:
     return found
 
 
-def compile_train_step(job: TrainJob, partitioner: Partitioner,
-                       progress: ProgressCallback = lambda stage: None
-                       ) -> tuple[CompiledStep, float]:
+def compile_train_executable(job: TrainJob, partitioner: Partitioner,
+                             progress: ProgressCallback = lambda stage: None
+                             ) -> tuple[jax.stages.Compiled, float, float]:
     """Trace, lower and compile the job's train step on abstract inputs.
 
-    Returns (its CompiledStep, seconds spent compiling). Calls `progress` after each stage.
+    Returns (the compiled step, its traced matmul FLOPs, seconds spent). Calls `progress` after
+    each stage. Raises DoesNotFit when the compiler runs out of device memory.
     """
     optimizer = make_optimizer(job.optimizer_config, job.train_steps)
     freeze = job.optimizer_config
-    # The plan compiles for CPU devices, where cuDNN attention does not exist: plan it as XLA's
-    # attention, which materialises the scores, so the planned memory is an upper bound.
-    model_config = (job.model_config.replace(attention_impl="dot_product")
-                    if job.model_config.attention_impl == "cudnn" else job.model_config)
+    model_config = planned_model_config(job.model_config, _platform(partitioner))
     step = make_train_step(model_config, optimizer, partitioner,
                            grad_accum_steps=job.grad_accum_steps, z_loss=job.z_loss,
                            freeze_prefixes=freeze.freeze_prefixes, freeze_steps=freeze.freeze_steps)
@@ -236,20 +244,61 @@ def compile_train_step(job: TrainJob, partitioner: Partitioner,
         progress("traced")
         lowered = traced.lower()
         progress("lowered")
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as error:
+            if "RESOURCE_EXHAUSTED" in str(error):
+                raise DoesNotFit(_out_of_memory_summary(str(error))) from error
+            raise
     seconds = time.perf_counter() - start
     progress("compiled")
+    return compiled, flops, seconds
+
+
+def compile_train_step(job: TrainJob, partitioner: Partitioner,
+                       progress: ProgressCallback = lambda stage: None
+                       ) -> tuple[CompiledStep, float]:
+    """The job's train step compiled on abstract inputs: (its CompiledStep, seconds spent)."""
+    compiled, flops, seconds = compile_train_executable(job, partitioner, progress)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     return CompiledStep(
         argument_bytes=float(memory.argument_size_in_bytes),
         output_bytes=float(memory.output_size_in_bytes),
         alias_bytes=float(memory.alias_size_in_bytes),
         temp_bytes=float(memory.temp_size_in_bytes),
         generated_code_bytes=float(memory.generated_code_size_in_bytes),
-        xla_flops_per_device=float((cost or {}).get("flops", float("nan"))),
-        matmul_flops=flops), seconds
+        xla_flops_per_device=float(cost.get("flops", float("nan"))),
+        matmul_flops=flops,
+        optimal_seconds=float(cost.get("optimal_seconds", float("nan")))), seconds
+
+
+class DoesNotFit(Exception):
+    """The compiler found no memory layout that fits the device (the TPU compiler's verdict)."""
+
+
+def _out_of_memory_summary(message: str) -> str:
+    """The compiler's out-of-memory lines ('Ran out of memory in memory space hbm. Used 120G of
+    95.74G hbm. Exceeded hbm capacity by 24.3G.'), without the allocation listing."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    wanted = [line for line in lines if "memory" in line.lower() or "capacity" in line.lower()]
+    return " ".join(wanted[:3] or lines[:1])
+
+
+def _platform(partitioner: Partitioner) -> str:
+    return partitioner.mesh.devices.flat[0].platform
+
+
+def planned_model_config(config: ModelConfig, platform: str) -> ModelConfig:
+    """The model as compiled for `platform`: an attention kernel that does not exist there
+    (cuDNN off GPU, splash off TPU) is planned as XLA's dot_product attention, which
+    materialises the scores, so the planned memory is an upper bound."""
+    native = {"cudnn": "gpu", "splash": "tpu"}.get(config.attention_impl)
+    kind = "gpu" if platform in ("gpu", "cuda", "rocm") else platform
+    if native is not None and kind != native:
+        return config.replace(attention_impl="dot_product")
+    return config
 
 
 def extrapolation_depths(k: int) -> tuple[Depths, Depths, Depths]:
@@ -287,12 +336,13 @@ def _extrapolation_warnings(measured: Mapping[Depths, CompiledStep],
     return tuple(found)
 
 
-def make_plan(job: TrainJob, *, extrapolate_from_layers: int | None = None,
+def make_plan(job: TrainJob, *, devices: Sequence[Any] | None = None,
+              extrapolate_from_layers: int | None = None,
               progress: ProgressCallback = lambda stage: None) -> Plan:
-    """Plan `job` on the current JAX devices: compile at the configured depth, or at the three
-    shallow depths of `extrapolate_from_layers` and extrapolate. Raises ValueError when the mesh
-    or batch does not fit the devices."""
-    partitioner = Partitioner(job.mesh_config, job.rules)
+    """Plan `job` on `devices` (default: the JAX devices): compile at the configured depth, or at
+    the three shallow depths of `extrapolate_from_layers` and extrapolate. Raises ValueError
+    when the mesh or batch does not fit the devices."""
+    partitioner = Partitioner(job.mesh_config, job.rules, devices=devices)
     check_batch_layout(job, partitioner)
     params_bytes, optimizer_bytes = state_bytes_per_device(job, partitioner)
     batch = abstract_batch(job, partitioner)
@@ -326,4 +376,83 @@ def make_plan(job: TrainJob, *, extrapolate_from_layers: int | None = None,
         extrapolated=extrapolate_from_layers is not None, warnings=warnings,
         model_flops_per_step=train_flops_per_step(job.model_config, job.batch_size,
                                                   int(lengths["inputs"]), int(lengths["targets"])),
-        compile_seconds=seconds)
+        compile_seconds=seconds, platform=_platform(partitioner))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTimeEstimate:
+    """The TPU cost model's seconds for one whole train step (extrapolated), and how: the
+    per-microbatch `optimal_seconds` of each compiled (encoder, decoder) depth."""
+
+    seconds: float
+    points: tuple[tuple[Depths, float], ...]
+    microbatches: int
+    extrapolated: bool
+    compile_seconds: float
+    uncosted_kernel_seconds: float = 0.0  # Pallas kernels the cost model does not see
+
+    def mfu(self, model_flops_per_step: float, devices: int, peak_flops: float) -> float:
+        """The model FLOPs utilisation this step time implies at `peak_flops` per device."""
+        return model_flops_per_step / (devices * peak_flops * self.seconds)
+
+
+def timing_job(job: TrainJob) -> TrainJob:
+    """One microbatch of `job` as a whole step, layers unrolled: what `estimate_step_time`
+    compiles, so that the cost model sees every layer (it visits a loop body once)."""
+    config = job.model_config.replace(scan_layers=False)
+    return dataclasses.replace(job, model_config=config,
+                               batch_size=job.batch_size // job.grad_accum_steps,
+                               grad_accum_steps=1)
+
+
+def timing_depths(job: TrainJob, layers: int) -> tuple[Depths, ...]:
+    """The depths `estimate_step_time` compiles: those of `extrapolation_depths(layers)`, or the
+    configured depth when the model is not deeper than that."""
+    if min(job.depths) >= 2 * layers:
+        return extrapolation_depths(layers)
+    return (job.depths,)
+
+
+def estimate_step_time(job: TrainJob, devices: Sequence[Any], *, layers: int = 2,
+                       peak_flops_per_device: float | None = None,
+                       progress: ProgressCallback = lambda stage: None) -> StepTimeEstimate:
+    """The TPU cost model's time for one step of `job` on `devices`.
+
+    Compiles `timing_job(job)` at (layers, layers), (2·layers, layers) and (layers, 2·layers)
+    and extrapolates its `optimal_seconds` linearly to the configured depth (a model no deeper
+    than 2·layers is compiled whole), times the number of microbatches. The optimizer update,
+    counted once per microbatch that way, is under 0.1% of a 20B step. The cost model gives
+    Pallas kernels (splash attention) no time: their matmul FLOPs are added at
+    `peak_flops_per_device` (a lower bound on their time). Raises ValueError when the compiler
+    gives no cost model (not a TPU) or the batch does not split.
+    """
+    micro = timing_job(job)
+    partitioner = Partitioner(micro.mesh_config, micro.rules, devices=devices)
+    check_batch_layout(micro, partitioner)
+    depths = timing_depths(job, layers)
+    extrapolated = depths != (job.depths,)
+    measured, spent = {}, 0.0
+    for depth in depths:
+        measured[depth], seconds = compile_train_step(
+            micro.with_depths(depth), partitioner,
+            lambda stage, d=depth: progress(f"timing {d}: {stage}"))
+        spent += seconds
+    if any(math.isnan(step.optimal_seconds) for step in measured.values()):
+        raise ValueError(f"the {_platform(partitioner)} compiler reports no optimal_seconds: "
+                         "step-time estimates need the TPU compiler (--topology)")
+    step = (extrapolate_linearly(measured, layers, job.depths) if extrapolated
+            else measured[job.depths])
+    kernel_seconds = 0.0
+    if planned_model_config(job.model_config, _platform(partitioner)).attention_impl == "splash":
+        if not peak_flops_per_device:
+            raise ValueError("splash attention's kernels are not in the cost model: give "
+                             "peak_flops_per_device to add their time")
+        lengths = job.sequence_length
+        kernel_seconds = splash_kernel_flops(job.model_config, job.batch_size,
+                                             int(lengths["inputs"]), int(lengths["targets"])
+                                             ) / (len(devices) * peak_flops_per_device)
+    return StepTimeEstimate(
+        seconds=step.optimal_seconds * job.grad_accum_steps + kernel_seconds,
+        uncosted_kernel_seconds=kernel_seconds,
+        points=tuple((depth, m.optimal_seconds) for depth, m in measured.items()),
+        microbatches=job.grad_accum_steps, extrapolated=extrapolated, compile_seconds=spent)

@@ -1,9 +1,11 @@
-"""SeqIO registries of the AlexaTM pretraining data; importing this package registers them.
+"""SeqIO registries of the AlexaTM pretraining data.
 
-Registered on import: the per-language Wikipedia/mC4 denoising and CLM tasks with the mixture
-`alexatm_pretrain`, and `alexatm_pretrain_local` over $ALEXATM_DATA_DIR (or, when unset, the
-repository's data/sample corpus). The trainer calls `get_dataset`, which re-registers for the
-data dir / vocabulary / gin config in effect. See README.md, "Pretraining data".
+Registered on import (no data read, no directory scanned): the per-language Wikipedia/mC4
+denoising and CLM tasks with the mixture `alexatm_pretrain`. `alexatm_pretrain_local` depends on
+the files found under a DATA_DIR, so it is registered when asked for: `register_local_mixture()`,
+`register_for()` or `get_dataset()` (DATA_DIR: the argument, gin, $ALEXATM_DATA_DIR, then the
+repository's data/sample). `get_dataset` re-registers for the data dir / vocabulary / gin config
+in effect. See README.md, "Pretraining data".
 """
 
 import logging as _logging
@@ -20,13 +22,24 @@ from tasks.pretraining import (
     register_local_mixture,
     register_pretrain_mixture,
 )
-from tasks.vocab_training import demo_vocabulary_path
-from tasks.vocabularies import SpecialIds, read_special_ids, vocabulary_path
+from tasks.vocab_training import train_demo_vocabulary
+from tasks.vocabularies import VOCAB_ENV, SpecialIds, read_special_ids, vocabulary_path
 
 
 def pipeline_counters() -> dict[str, dict[str, int]]:
     """Skipped/repaired-input counters so far, as {scope (task or source): {counter: count}}."""
     return COUNTERS.snapshot()
+
+
+def pipeline_counter_totals() -> dict[str, int]:
+    """The counters over all tasks, {counter: count}; problem counters count each distinct bad
+    record once (see tasks/counters.py)."""
+    return COUNTERS.totals()
+
+
+def bad_files() -> dict[str, str]:
+    """{path: why} of the data files skipped so far (unreadable, not gzip, truncated or corrupt)."""
+    return COUNTERS.bad_files()
 
 
 def log_pipeline_counters() -> None:
@@ -36,10 +49,6 @@ def log_pipeline_counters() -> None:
 
 
 register_pretrain_mixture()
-try:
-    register_local_mixture()
-except (OSError, ValueError) as _error:  # resolved again, loudly, when a dataset is requested
-    _logging.warning("alexatm_pretrain_local not registered at import: %s", _error)
 
 __all__ = [
     "DEFAULT_LENGTHS",
@@ -50,14 +59,17 @@ __all__ = [
     "PRETRAIN_MIXTURE",
     "MixtureConfig",
     "SpecialIds",
-    "demo_vocabulary_path",
+    "VOCAB_ENV",
     "get_dataset",
+    "bad_files",
     "log_pipeline_counters",
     "mixture_rates",
+    "pipeline_counter_totals",
     "pipeline_counters",
     "read_special_ids",
     "register_for",
     "register_local_mixture",
     "register_pretrain_mixture",
+    "train_demo_vocabulary",
     "vocabulary_path",
 ]

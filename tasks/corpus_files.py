@@ -14,12 +14,17 @@ import gzip
 import json
 import logging
 import os
+import threading
+import zlib
 from collections.abc import Iterable, Iterator
 
 from tasks.languages import LANGUAGES
 
 FILE_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
 DATA_DIR_ENV = "ALEXATM_DATA_DIR"
+_GZIP_READ_BYTES = 1 << 20
+_gzip_checks: dict[tuple[str, int, int], str | None] = {}
+_gzip_lock = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,32 @@ def _readable(path: str) -> bool:
     except OSError:
         return False
     return not path.endswith(".gz") or head in (b"", b"\x1f\x8b")
+
+
+def gzip_problem(path: str) -> str | None:
+    """Why the gzip file `path` cannot be read to its end (truncated, corrupt, CRC or length
+    mismatch, unreadable), or None when it decompresses completely. Decompresses the whole file
+    once; the answer is cached per process by (path, size, modification time)."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    key = (path, info.st_size, info.st_mtime_ns)
+    with _gzip_lock:
+        if key in _gzip_checks:
+            return _gzip_checks[key]
+    problem = None
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(_GZIP_READ_BYTES):
+                pass
+    except EOFError as error:
+        problem = f"truncated gzip data ({error})"
+    except (OSError, zlib.error) as error:
+        problem = f"corrupt gzip data ({error})"
+    with _gzip_lock:
+        _gzip_checks[key] = problem
+    return problem
 
 
 def corpus_layout(data_dir: str) -> CorpusLayout:
@@ -117,9 +148,14 @@ def _open_text(path: str):
 def iter_documents(paths: Iterable[str]) -> Iterator[str]:
     """Yields the documents of txt/jsonl(.gz) files in order; undecodable bytes become U+FFFD.
 
-    jsonl lines that are not JSON objects with a string `text` field are skipped.
+    jsonl lines that are not JSON objects with a string `text` field are skipped; a truncated or
+    corrupt .gz file is skipped whole, with a warning naming it (as the TF reader does).
     """
     for path in paths:
+        problem = gzip_problem(path) if path.endswith(".gz") else None
+        if problem:
+            logging.warning("skipping %s: %s; none of its lines are used", path, problem)
+            continue
         with _open_text(path) as f:
             if ".jsonl" in os.path.basename(path):
                 for line in f:

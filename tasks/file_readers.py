@@ -4,32 +4,67 @@ txt: documents are separated by blank (empty or whitespace-only) lines. Lines ar
 at a time; a document that grows beyond `max_document_bytes` across batches is emitted in pieces
 at line boundaries, so a huge document never makes the reader hold unbounded strings.
 jsonl: one JSON object per line; the document is its `text` string field. Parsing runs in a
-tf.numpy_function over batches of lines (TF has no JSON op); other lines are skipped and counted.
+tf.numpy_function over batches of lines (TF has no JSON op); other lines are skipped and counted
+once each (by file and line number, however often the file is read again).
+
+gzip: TF's reader stops silently at the end of a truncated file and fails with a bare
+"inflate() failed" (no file name) on corrupt data. So before its first line is read, every .gz
+file is decompressed once in Python (zlib checks the stream, its CRC and its length); a file that
+fails is skipped whole, with a warning naming it and the reason, and counted in `bad_files`. The
+result is cached per process by (path, size, modification time), so each file is checked once
+however many passes and tasks read it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tasks import counters as counter_names
+from tasks.corpus_files import gzip_problem
 from tasks.counters import ScopedCounters
 
 _JSONL_BATCH = 256
 _LINE_BATCH = 1024
 
 
-def _txt_documents(path: tf.Tensor, compression: str, max_document_bytes: int) -> tf.data.Dataset:
+def _check_gzip(path: bytes, counters: ScopedCounters) -> np.bool_:
+    """tf.numpy_function body: True when the gzip file is intact; else warns (once per file) and
+    counts it in `bad_files`."""
+    name = path.decode("utf-8", "surrogateescape")
+    problem = gzip_problem(name)
+    if problem is None:
+        return np.bool_(True)
+    if counters.note_bad_file(name, problem):
+        logging.warning("skipping %s: %s; none of its lines are used", name, problem)
+    return np.bool_(False)
+
+
+def _lines(path: tf.Tensor, compression: str, counters: ScopedCounters) -> tf.data.Dataset:
+    """The lines of one file; a gzip file that is not intact yields none (see the module doc)."""
+    lines = tf.data.TextLineDataset(path, compression_type=compression)
+    if not compression:
+        return lines
+    intact = tf.numpy_function(functools.partial(_check_gzip, counters=counters), [path],
+                               tf.bool, stateful=True)
+    return lines.take(tf.where(intact, tf.constant(-1, tf.int64), tf.constant(0, tf.int64)))
+
+
+def _txt_documents(
+    path: tf.Tensor, compression: str, max_document_bytes: int, counters: ScopedCounters
+) -> tf.data.Dataset:
     """Documents of one txt file: blank-line separated groups of lines joined with newlines.
 
     Lines are processed in batches: inside a batch, lines are grouped into documents with a
     segment join; the document still open at the end of a batch is carried into the next one, and
     emitted early (a piece ending at a line boundary) once it exceeds `max_document_bytes`.
     """
-    lines = tf.data.TextLineDataset(path, compression_type=compression)
+    lines = _lines(path, compression, counters)
     # A trailing blank line closes the last document.
     lines = lines.concatenate(tf.data.Dataset.from_tensors(tf.constant("")))
 
@@ -60,10 +95,14 @@ def _txt_documents(path: tf.Tensor, compression: str, max_document_bytes: int) -
     return documents.unbatch()
 
 
-def _parse_jsonl_lines(lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(texts, ok) for a batch of jsonl lines; invalid UTF-8 inside `text` is kept as raw bytes."""
-    texts, ok = [], []
-    for raw in lines:
+def _parse_jsonl_lines(
+    lines: np.ndarray, path: bytes, batch_index: np.int64, counters: ScopedCounters
+) -> np.ndarray:
+    """The `text` of each line of a batch ("" for blank and invalid lines; invalid ones are
+    counted by file and line number). Invalid UTF-8 inside `text` is kept as raw bytes."""
+    texts = []
+    first_line = int(batch_index) * _JSONL_BATCH + 1
+    for offset, raw in enumerate(lines):
         text = None
         if raw.strip():
             try:
@@ -74,34 +113,28 @@ def _parse_jsonl_lines(lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 text = record["text"]
         if text is None:
             texts.append(b"")
-            ok.append(not raw.strip())  # blank lines are not errors, just nothing
+            if raw.strip():  # blank lines are not errors, just nothing
+                counters.record(counter_names.INVALID_JSON, (path, first_line + offset), 1)
             continue
         try:
             texts.append(text.encode("utf-8", "surrogateescape"))
         except UnicodeEncodeError:  # lone surrogates written as \ud8xx escapes
             texts.append(text.encode("utf-8", "replace"))
-        ok.append(True)
-    return np.array(texts, dtype=object), np.array(ok, dtype=bool)
+    return np.array(texts, dtype=object)
 
 
 def _jsonl_documents(
     path: tf.Tensor, compression: str, counters: ScopedCounters
 ) -> tf.data.Dataset:
     """Documents of one jsonl file; invalid lines are counted and dropped."""
-    lines = tf.data.TextLineDataset(path, compression_type=compression).batch(_JSONL_BATCH)
+    lines = _lines(path, compression, counters).batch(_JSONL_BATCH).enumerate()
+    parse_lines = functools.partial(_parse_jsonl_lines, counters=counters)
 
     @tf.autograph.experimental.do_not_convert
-    def parse(batch):
-        texts, ok = tf.numpy_function(
-            _parse_jsonl_lines, [batch], [tf.string, tf.bool], stateful=False
-        )
+    def parse(index, batch):
+        texts = tf.numpy_function(parse_lines, [batch, path, index], tf.string, stateful=True)
         texts.set_shape(batch.shape)
-        ok.set_shape(batch.shape)
-        with tf.control_dependencies(
-            [counters.add(counter_names.INVALID_JSON, tf.reduce_sum(tf.cast(~ok, tf.int64)))]
-        ):
-            keep = ok & (tf.strings.length(texts) > 0)
-        return tf.boolean_mask(texts, keep)
+        return tf.boolean_mask(texts, tf.strings.length(texts) > 0)
 
     return lines.map(parse).unbatch()
 
@@ -114,7 +147,7 @@ def read_documents(
     Files of one kind are interleaved (up to 4 at a time, deterministic order); the kinds are then
     taken round-robin. Raises ValueError for a file with another suffix.
     """
-    counters.declare(counter_names.INVALID_JSON)
+    counters.declare(counter_names.INVALID_JSON, counter_names.BAD_FILES)
     groups = []
     for kind in ("txt", "jsonl"):
         for compression in ("", "GZIP"):
@@ -124,7 +157,7 @@ def read_documents(
                 continue
             if kind == "txt":
                 reader = tf.autograph.experimental.do_not_convert(
-                    lambda p, c=compression: _txt_documents(p, c, max_document_bytes)
+                    lambda p, c=compression: _txt_documents(p, c, max_document_bytes, counters)
                 )
             else:
                 reader = tf.autograph.experimental.do_not_convert(

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 # ISO 639-1 code -> English name, in the order the paper lists them.
 LANGUAGES: dict[str, str] = {
@@ -103,9 +103,3 @@ def wikipedia_shares(
         wiki = upsampling * size.wikipedia
         shares[code] = wiki / (wiki + size.mc4) if wiki + size.mc4 > 0 else 0.0
     return shares
-
-
-def present_languages(codes: Iterable[str]) -> list[str]:
-    """The given codes that are AlexaTM languages, in the paper's order."""
-    wanted = set(codes)
-    return [code for code in LANGUAGES if code in wanted]

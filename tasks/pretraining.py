@@ -21,8 +21,9 @@ import gin
 import seqio
 
 from tasks import corpus_files, languages
-from tasks.counters import ScopedCounters
+from tasks.counters import COUNTERS, ScopedCounters
 from tasks.decontamination import contamination_check
+from tasks.demo_files import DEMO_DATA_DIR
 from tasks.mixing import stratified_sampler
 from tasks.preprocessors.clm import causal_lm
 from tasks.preprocessors.denoising import denoise
@@ -32,9 +33,9 @@ from tasks.preprocessors.documents import (
     tokenize_documents,
 )
 from tasks.preprocessors.packing import pack_documents
+from tasks.preprocessors.release_template import release_template, template_overhead
 from tasks.preprocessors.seeds import task_salt
 from tasks.sources import LocalTextSource, TfdsTextSource
-from tasks.vocab_training import DEMO_DATA_DIR
 from tasks.vocabularies import make_vocabulary, special_ids
 
 PRETRAIN_MIXTURE = "alexatm_pretrain"
@@ -56,7 +57,8 @@ INFO_FEATURES = (
 class MixtureConfig:
     """Every knob of the pretraining mixtures; the defaults follow the paper where it is explicit.
 
-    vocab_path: SentencePiece model; None -> vocabulary_path() (gin, $ALEXATM_VOCAB, demo).
+    vocab_path: SentencePiece model; None -> vocabulary_path() (gin, $ALEXATM_VOCAB, the trained
+      demo vocabulary).
     counts_path: per-language sizes JSON; None -> tasks/language_counts.json.
     ngrams_path: n-gram file from `alexatm-decontaminate`; None -> no decontamination.
     max_document_bytes: longer documents are cut into pieces of at most this many bytes.
@@ -128,9 +130,29 @@ def _tokenize(ds, *, vocabulary, counters, config):
     )
 
 
+def _budget(sequence_length, ids, objective: str) -> Mapping[str, int]:
+    """The lengths left for an objective once the release template's tokens are reserved."""
+    lengths = _need_lengths(sequence_length)
+    if not ids.release_template:
+        return lengths
+    overhead = template_overhead(objective)
+    return {k: v - overhead.get(k, 0) for k, v in lengths.items()}
+
+
+def _template(ds, *, vocabulary, objective):
+    ids = special_ids(vocabulary)
+    if not ids.release_template:
+        return ds
+    if ids.space is None:
+        raise ValueError("the SentencePiece model has a BOS piece (the release's template) but no "
+                         "`\u2581` piece to put before [CLM]")
+    return release_template(ds, objective=objective, bos_id=ids.bos, space_id=ids.space)
+
+
 def _pack_and_denoise(ds, sequence_length, *, vocabulary, salt, config, info):
     ids = special_ids(vocabulary)
-    length = _need_lengths(sequence_length)["targets"] - 1  # room for EOS
+    sequence_length = _budget(sequence_length, ids, "denoise")
+    length = sequence_length["targets"] - 1  # room for EOS
     inputs_needed = int(length * (1 - config.noise_rate)) + 2
     if sequence_length["inputs"] < inputs_needed:
         logging.warning(
@@ -153,7 +175,7 @@ def _causal_lm(ds, sequence_length, *, vocabulary, salt, counters, config, info)
     ids = special_ids(vocabulary)
     return causal_lm(
         ds,
-        sequence_length=_need_lengths(sequence_length),
+        sequence_length=_budget(sequence_length, ids, "clm"),
         clm_id=ids.clm,
         eos_id=ids.eos,
         salt=salt,
@@ -209,6 +231,7 @@ def build_task(
         )
     else:
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+    steps.append(functools.partial(_template, vocabulary=vocabulary, objective=objective))
     features = {
         "inputs": seqio.Feature(vocabulary, add_eos=True, required=True),
         "targets": seqio.Feature(vocabulary, add_eos=True, required=True),
@@ -337,6 +360,8 @@ def register_local_mixture(
     config = config or MixtureConfig()
     data_dir = data_dir or os.environ.get(corpus_files.DATA_DIR_ENV) or _demo_data_dir()
     layout = corpus_files.corpus_layout(data_dir)
+    for path in layout.bad_files:  # already logged by corpus_layout
+        COUNTERS.note_bad_file("corpus", path, "unreadable, or named .gz but not gzip data")
     wanted = [lang for lang in config.languages if lang in layout.files]
     if not wanted:
         raise ValueError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -10,14 +9,8 @@ from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
 
-from tasks import corpus_files
-from tasks.vocabularies import CLM_PIECE, DOC_PIECE, VOCAB_ENV, reserved_tag_piece
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_DATA_DIR = os.path.join(REPO_ROOT, "data", "sample")
-DEMO_VOCAB_DIR = os.path.join(REPO_ROOT, "artifacts", "vocab")
-DEMO_VOCAB_SIZE = 4000
-DEMO_RESERVED_TAGS = 8
+from tasks import corpus_files, demo_files
+from tasks.vocabularies import CLM_PIECE, DOC_PIECE, reserved_tag_piece
 
 
 def user_defined_pieces(num_reserved_tags: int) -> list[str]:
@@ -112,43 +105,22 @@ def corpus_sentences(data_dir: str, max_sentences_per_language: int | None = Non
         logging.info("vocabulary corpus: %d lines of %s", count, language)
 
 
-def _demo_fingerprint(data_dir: str) -> str:
-    """A short hash of the demo training settings and of every file (name and bytes) under
-    `data_dir`, naming the cached demo vocabulary so that any change retrains it."""
-    digest = hashlib.sha256(
-        f"unigram size={DEMO_VOCAB_SIZE} tags={DEMO_RESERVED_TAGS} threads=1".encode()
-    )
-    for _, paths in sorted(corpus_files.language_files(data_dir).items()):
-        for path in paths:
-            digest.update(os.path.relpath(path, data_dir).encode())
-            with open(path, "rb") as f:
-                digest.update(hashlib.sha256(f.read()).digest())
-    return digest.hexdigest()[:10]
+def train_demo_vocabulary() -> str:
+    """Trains the demo vocabulary on data/sample unless it is already there; returns its path.
 
-
-def demo_vocabulary_path() -> str:
-    """Path of the demo vocabulary: $ALEXATM_VOCAB if set, else one trained on data/sample.
-
-    The demo model (DEMO_VOCAB_SIZE = 4000 pieces, 8 reserved tags) is stored under
-    artifacts/vocab/ with a fingerprint of data/sample and of the settings in its name, and
-    retrained when either changes.
+    4000 pieces and 8 reserved tags (tasks/demo_files.py), trained on one thread, stored under
+    artifacts/vocab/ with a fingerprint of data/sample and of the settings in its name (a changed
+    corpus gets a new model). `vocabulary_path()` finds it there. Two trainings are not
+    byte-identical (measured on data/sample; the cause is inside SentencePiece's trainer).
     """
-    if os.environ.get(VOCAB_ENV):
-        return os.environ[VOCAB_ENV]
-    if not os.path.isdir(DEMO_DATA_DIR):
-        raise FileNotFoundError(
-            f"the demo corpus {DEMO_DATA_DIR} is missing (installed without the repository?); "
-            f"set {VOCAB_ENV} to a SentencePiece model or train one with `alexatm-vocab train`"
-        )
-    name = f"demo_{DEMO_VOCAB_SIZE}_{_demo_fingerprint(DEMO_DATA_DIR)}.model"
-    path = os.path.join(DEMO_VOCAB_DIR, name)
+    path = demo_files.demo_vocabulary_file()
     if not os.path.exists(path):
-        logging.info("training the demo vocabulary on %s (first use)", DEMO_DATA_DIR)
+        logging.info("training the demo vocabulary on %s", demo_files.DEMO_DATA_DIR)
         train_vocabulary(
-            corpus_sentences(DEMO_DATA_DIR),
+            corpus_sentences(demo_files.DEMO_DATA_DIR),
             path,
-            DEMO_VOCAB_SIZE,
-            DEMO_RESERVED_TAGS,
-            num_threads=1,  # reproducible on any machine
+            demo_files.DEMO_VOCAB_SIZE,
+            demo_files.DEMO_RESERVED_TAGS,
+            num_threads=1,
         )
     return path

@@ -1,4 +1,5 @@
-"""SentencePiece vocabularies for the pretraining tasks and the special ids read from them.
+"""SentencePiece vocabularies for the pretraining tasks: which one to use (`vocabulary_path`, the
+one place that decides) and the special ids read from it.
 
 Our vocabularies follow the SeqIO convention (pad=0, eos=1, unk=2, no bos) and carry the
 user-defined pieces `[CLM]`, `[DOC]` and K reserved tag pieces `[TAG_0]`..`[TAG_{K-1}]`. The
@@ -14,6 +15,8 @@ import os
 import gin
 import sentencepiece as spm
 import seqio
+
+from tasks import demo_files
 
 CLM_PIECE = "[CLM]"
 DOC_PIECE = "[DOC]"
@@ -36,6 +39,13 @@ class SpecialIds:
     clm: int
     doc: int
     vocab_size: int
+    bos: int | None = None  # the released tokenizer's `<s>`; ours have none
+    space: int | None = None  # the `▁` piece, which the release puts before `[CLM]`
+
+    @property
+    def release_template(self) -> bool:
+        """Whether examples take the released tokenizer's `<s> ...` template (a BOS piece)."""
+        return self.bos is not None
 
 
 def _piece_id(processor: spm.SentencePieceProcessor, piece: str) -> int | None:
@@ -82,29 +92,43 @@ def read_special_ids(path: str) -> SpecialIds:
         clm=_require_piece(processor, CLM_PIECE, path),
         doc=_require_piece(processor, DOC_PIECE, path),
         vocab_size=processor.get_piece_size(),
+        bos=processor.bos_id() if processor.bos_id() >= 0 else None,
+        space=_piece_id(processor, "\u2581"),
     )
 
 
 @gin.configurable
 def vocabulary_path(path: str | None = None) -> str:
-    """The SentencePiece model to use: `path` (gin), else $ALEXATM_VOCAB, else the demo vocabulary.
+    """The SentencePiece model to use: `path` (gin `vocabulary_path.path`), else $ALEXATM_VOCAB,
+    else the demo vocabulary if it has been trained. This is the one place that decides.
 
-    The demo vocabulary is trained on data/sample the first time it is needed.
+    Never trains: with none of these, raises FileNotFoundError saying how to make a vocabulary.
     """
     if path:
         return path
     if os.environ.get(VOCAB_ENV):
         return os.environ[VOCAB_ENV]
-    from tasks.vocab_training import demo_vocabulary_path  # late: vocab_training imports us
-
-    return demo_vocabulary_path()
+    try:
+        demo = demo_files.demo_vocabulary_file()
+    except FileNotFoundError as e:
+        demo, why = None, f"{e}, so there is no demo vocabulary"
+    else:
+        why = f"the demo vocabulary {demo} has not been trained"
+    if demo and os.path.exists(demo):
+        return demo
+    raise FileNotFoundError(
+        f"no SentencePiece vocabulary: none is configured and {why}. Point {VOCAB_ENV} or "
+        "MixtureConfig.vocab_path at a .model file, train one with `alexatm-vocab train "
+        "--data_dir D --vocab_size N --out PATH.model`, or train the demo vocabulary on "
+        "data/sample with `alexatm-vocab train --demo` (alexatm-demo does this too)"
+    )
 
 
 class DeferredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     """A seqio SentencePiece vocabulary whose model path is resolved on first use.
 
-    Tasks are registered when `tasks` is imported, before gin files are parsed; the path is looked
-    up through `vocabulary_path()` only when the model is first needed.
+    Tasks can be registered before gin files are parsed (`alexatm_pretrain` is, when `tasks` is
+    imported); the path is looked up through `vocabulary_path()` only when the model is needed.
     """
 
     def __init__(self):

@@ -16,3 +16,14 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 def repo_root() -> pathlib.Path:
     """The checkout's top directory (where gin/, data/ and tasks/ live)."""
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_vocabulary() -> str:
+    """Path of the demo SentencePiece vocabulary, trained on data/sample if not there yet.
+
+    Tests whose runs use the default vocabulary ask for it: resolving a vocabulary never trains.
+    """
+    from tasks.vocab_training import train_demo_vocabulary
+
+    return train_demo_vocabulary()

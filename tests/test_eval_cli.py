@@ -135,3 +135,33 @@ def test_cli_argument_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         generate_cli.main(["--checkpoint", str(checkpoint), "--rules", "nope"])
     assert "--rules 'nope' is unknown" in capsys.readouterr().err
+
+
+def test_eval_cli_truncates_long_inputs_and_reports_bad_data(checkpoint, tmp_path, capsys):
+    long_context = " ".join(["The river flows through the old city."] * 60)  # > 256 positions
+    data = tmp_path / "data" / "squad_v2"
+    data.mkdir(parents=True)
+    (data / "dev.jsonl").write_text(
+        json.dumps({"context": long_context, "question": "What flows?", "answers": ["river"]})
+        + "\n" + json.dumps({"context": "Short.", "question": "Q?", "answers": []}) + "\n")
+    out = tmp_path / "squad"
+    common = ["--checkpoint", checkpoint, "--data_dir", tmp_path / "data", "--max_new_tokens", 4,
+              "--batch_size", 4]
+    run_cli(eval_cli.main, common + ["--task", "squad_v2", "--out", out])
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["truncated_inputs"] == 1 and results["metrics"]["num_examples"] == 2
+    assert results["settings"]["tokenizer_convention"] == "sentencepiece"
+    (data / "dev.jsonl").write_text(json.dumps({"context": "C", "question": "Q",
+                                                "answers": "France"}) + "\n")
+    assert eval_cli.main([str(a) for a in common + ["--task", "squad_v2", "--out", out]]) == 1
+    error = capsys.readouterr().err
+    assert "squad_v2/dev.jsonl:1: field `answers` must be a list of strings" in error
+    assert "Traceback" not in error
+    with pytest.raises(SystemExit):
+        eval_cli.main([str(a) for a in common + ["--suite", "superglue", "--shots", "1",
+                                                  "--out", out]])
+    assert "--shots applies to --task only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_cli.main([str(a) for a in common + ["--task", "flores101:en-de", "--out", out,
+                                                  "--spbleu_model", tmp_path / "nope.model"]])
+    assert "--spbleu_model" in capsys.readouterr().err

@@ -36,12 +36,12 @@ class StubModel:
         self.score_fn = score_fn or (lambda i, t: -len(t))
         self.prompts, self.scored = [], []
 
-    def generate(self, prompts, options, stop=(), seed=0):
+    def generate(self, prompts, options, stop=(), seed=0, truncate=False):
         self.prompts += list(prompts)
         return [Generation(p, self.outputs.get(p, "out"), self.outputs.get(p, "out"), [], 0.0)
                 for p in prompts]
 
-    def score(self, inputs, targets):
+    def score(self, inputs, targets, truncate=False):
         self.scored += list(zip(inputs, targets))
         return [TargetScore(self.score_fn(i, t), self.score_fn(i, t), 1)
                 for i, t in zip(inputs, targets)]
@@ -240,7 +240,8 @@ def test_multirc_record_and_xwinograd_metrics(tokenizer, data_dir):
     result = evaluate(get_task("record"), stub, str(data_dir))
     assert [s[0] for s in stub.scored] == ["Obama met Merkel. - They talked Obama spoke",
                                            "Obama met Merkel. - They talked Merkel spoke"]
-    assert result.metrics == {"num_examples": 1, "exact_match": 0.0, "f1": 0.0}
+    assert result.metrics == {"num_examples": 1, "exact_match": 0.0, "f1": 0.0,
+                              "answers_not_among_entities": 0, "truncated_inputs": 0}
     assert result.records[0]["prediction"] == "Obama"
 
     stub = StubModel(tokenizer,
@@ -270,8 +271,11 @@ def test_tfds_converters_map_to_the_documented_schema():
     from alexatm_jax.evaluation.tfds_export import TFDS_SOURCES
 
     convert = lambda task, example: TFDS_SOURCES[task][2](example)
-    assert convert("mlsum_de", {"text": b"Text \xc3\xa4", "summary": b"S", "topic": b"x"}) == {
+    assert convert("mlsum_de", {"text": b"Text \xc3\xa4", "target": b"S", "topic": b"x"}) == {
         "document": "Text ä", "summary": "S"}
+    assert TFDS_SOURCES["mlsum_es"][0] == "gem/mlsum_es" and "mlsum_fr" not in TFDS_SOURCES
+    assert convert("wmt14:fr-en", {"fr": b"Bonjour", "en": b"Hello"}) == {
+        "fr": "Bonjour", "en": "Hello"}
     assert convert("multirc", {"paragraph": b"P", "question": b"Q", "answer": b"A",
                                "label": np.int64(1),
                                "idx": {"paragraph": np.int32(3), "question": np.int32(4),

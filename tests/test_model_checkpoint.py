@@ -41,7 +41,7 @@ def scanned_checkpoint(tmp_path_factory):
 def test_directory_contents_and_marker(scanned_checkpoint):
     path, _ = scanned_checkpoint
     assert {p.name for p in path.iterdir()} == {MARKER_FILE, "model_config.json", "params",
-                                               "tokenizer"}
+                                               "digests.json", "tokenizer"}
     info = read_checkpoint_info(path)
     assert (info.param_layout, info.param_dtype, info.source) == ("scanned", "float32", "test")
     assert info.num_params == sum(int(np.prod(x.shape))

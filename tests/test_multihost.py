@@ -189,7 +189,8 @@ def _checkpoint_steps(model_dir: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def work_dir(tmp_path_factory) -> str:
+def work_dir(tmp_path_factory, demo_vocabulary) -> str:
+    """The module's scratch directory (every run here uses the demo vocabulary: trained first)."""
     COMPILATION_CACHE.update(
         JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -1,6 +1,9 @@
 """Mixture registration and rates, the local mixture's directory handling, and TFDS wiring."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import seqio
@@ -105,3 +108,23 @@ def test_tfds_mixture_wiring_with_mock_data():
     assert {r.language for r in records} == {"ta"}
     assert math.isclose(sum(r.objective == "clm" for r in records) / 300, 0.2)
     assert validation and {r.source for r in validation} <= {"wiki", "mc4"}
+
+
+def test_importing_tasks_lists_no_directory_and_leaves_the_trainer_alone(repo_root):
+    """`alexatm_pretrain` is registered on import; the local mixture waits until it is asked
+    for, so importing `tasks` scans no DATA_DIR (checked in a fresh interpreter)."""
+    code = """
+import os, sys
+listed = []
+for name in ("listdir", "scandir"):
+    real = getattr(os, name)
+    setattr(os, name, lambda *a, _real=real: listed.append(str(a[0]) if a else ".") or _real(*a))
+import seqio, tasks
+print(sorted(n for n in seqio.MixtureRegistry.names() if n.startswith("alexatm")))
+print([p for p in listed if "data" in p.split(os.sep)])
+print(sorted(m for m in sys.modules if m.startswith("alexatm_jax")))
+"""
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=repo_root, text=True,
+                          capture_output=True, check=True)
+    assert done.stdout.splitlines() == ["['alexatm_pretrain']", "[]", "[]"]

@@ -39,8 +39,10 @@ def test_templates_and_clm_marker(ours, release_like):
     assert release_like.encode(text) == [1] + release_like.pieces(text) + [2]
     # As the pretraining pipeline builds CLM inputs: [CLM] id, the text's pieces, EOS.
     assert ours.encode(clm_prompt(text)) == [ours.special.clm] + ours.pieces(text) + [1]
+    # The release vocabulary encodes the marker as the release does: `<s> ▁ [CLM] ▁The ...`.
+    space = release_like.processor.piece_to_id("\u2581")
     assert release_like.encode("[CLM] " + text) == (
-        [1, release_like.special.clm] + release_like.pieces(text) + [2])
+        [1, space, release_like.special.clm] + release_like.pieces(text) + [2])
     # Plain SentencePiece would surround the marker with stray whitespace pieces instead.
     assert ours.pieces("[CLM] " + text)[:2] != [ours.special.clm] + ours.pieces(text)[:1]
     assert clm_prompt("[CLM] x") == "[CLM] x"

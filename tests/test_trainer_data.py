@@ -12,6 +12,8 @@ tasks = pytest.importorskip("tasks")
 
 from alexatm_jax.data.seqio_batches import SeqioHostBatches, derived_seed  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("demo_vocabulary")  # the streams use the default vocabulary
+
 STREAM = dict(mixture="alexatm_pretrain_local", sequence_length={"inputs": 32, "targets": 32},
               split="train", seed=3, shard_index=0, num_shards=1)
 

@@ -7,13 +7,15 @@ import sentencepiece as spm
 from data_fixtures import vocab_path, write_corpus
 
 from alexatm_jax.cli import vocab as vocab_cli
-from tasks import vocab_training
-from tasks.vocabularies import SpecialIds, read_special_ids, reserved_tag_piece
+from tasks import demo_files, vocab_training
+from tasks.vocabularies import SpecialIds, read_special_ids, reserved_tag_piece, vocabulary_path
 
 
 def test_special_ids_and_reserved_pieces():
     path = vocab_path()
-    assert read_special_ids(path) == SpecialIds(pad=0, eos=1, unk=2, clm=3, doc=4, vocab_size=600)
+    ids = read_special_ids(path)
+    assert ids == SpecialIds(pad=0, eos=1, unk=2, clm=3, doc=4, vocab_size=600, space=ids.space)
+    assert not ids.release_template and ids.space is not None
     sp = spm.SentencePieceProcessor(model_file=path)
     assert sp.bos_id() == -1
     assert [sp.piece_to_id(reserved_tag_piece(i)) for i in range(4)] == [5, 6, 7, 8]
@@ -86,6 +88,8 @@ def test_cli_train_and_info(tmp_path, capsys):
             "must end with .model",
         ),
         (["train", "--data_dir", ".", "--vocab_size", "10", "--out", "x.model"], "at least 300"),
+        (["train", "--data_dir", "."], "train needs --vocab_size, --out (or --demo)"),
+        (["train", "--demo", "--out", "x.model"], "--demo takes no --out"),
     ],
 )
 def test_cli_validates_arguments(argv, message, capsys):
@@ -95,9 +99,37 @@ def test_cli_validates_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_demo_vocabulary_path_honours_env(monkeypatch):
-    monkeypatch.setenv("ALEXATM_VOCAB", vocab_path())
-    assert vocab_training.demo_vocabulary_path() == vocab_path()
+@pytest.fixture
+def small_demo(tmp_path, monkeypatch):
+    """A demo corpus and settings small enough to train in a second, and an empty vocab dir."""
+    monkeypatch.delenv("ALEXATM_VOCAB", raising=False)
+    data_dir = write_corpus(str(tmp_path / "sample"), languages=("en", "de"), documents=40)
+    monkeypatch.setattr(demo_files, "DEMO_DATA_DIR", data_dir)
+    monkeypatch.setattr(demo_files, "DEMO_VOCAB_DIR", str(tmp_path / "vocab"))
+    monkeypatch.setattr(demo_files, "DEMO_VOCAB_SIZE", 400)
+    monkeypatch.setattr(demo_files, "DEMO_RESERVED_TAGS", 2)
+    return tmp_path / "vocab"
+
+
+def test_vocabulary_path_takes_the_argument_then_the_environment(small_demo, monkeypatch):
+    assert vocabulary_path("/models/a.model") == "/models/a.model"
+    monkeypatch.setenv("ALEXATM_VOCAB", "/models/b.model")
+    assert vocabulary_path() == "/models/b.model"
+    assert vocabulary_path("/models/a.model") == "/models/a.model"
+
+
+def test_asking_for_a_vocabulary_never_trains_one(small_demo):
+    with pytest.raises(FileNotFoundError, match=r"alexatm-vocab train --demo"):
+        vocabulary_path()
+    assert not small_demo.exists()
+
+
+def test_the_demo_vocabulary_is_trained_on_request_then_found(small_demo, capsys):
+    assert vocab_cli.main(["train", "--demo"]) == 0
+    [path] = [str(p) for p in small_demo.glob("demo_400_*.model")]
+    assert f"demo vocabulary: {path}" in capsys.readouterr().out
+    assert vocabulary_path() == path == vocab_training.train_demo_vocabulary()
+    assert read_special_ids(path).vocab_size == 400
 
 
 def test_release_style_tokenizer_ids_are_read_not_assumed(tmp_path):
@@ -119,4 +151,6 @@ def test_release_style_tokenizer_ids_are_read_not_assumed(tmp_path):
         data_dir=data_dir, vocab_path=prefix + ".model", feature_converter=False,
     )  # fmt: skip
     for record in collect_examples(ds, 20):
-        assert record.inputs[0] == 5 and record.inputs[-1] == 2 and record.targets[-1] == 2
+        # The released tokenizer's template: `<s> ▁ [CLM] ... </s>`, targets `<s> ... </s>`.
+        assert record.inputs[:3] == [1, ids.space, 5] and record.targets[0] == 1
+        assert record.inputs[-1] == 2 and record.targets[-1] == 2

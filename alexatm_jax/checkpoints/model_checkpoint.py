@@ -5,16 +5,20 @@ Directory layout:
     alexatm_checkpoint.json   marker: format name and version, param layout, param dtype, source
     model_config.json         ModelConfig.to_dict()
     params/                   Orbax (StandardCheckpointer) parameter tree
+    digests.json              a content digest of every parameter array (`checkpoints.digests`)
     tokenizer/                optional: tokenizer files copied through (e.g. a SentencePiece .model)
 
 The marker is written last and the directory is renamed into place at the end, so a directory
-with a marker is always complete.
+with a marker is always complete. Restoring recomputes the digests of what was read and raises
+DigestMismatchError naming the arrays that differ; a checkpoint written before digests existed
+restores with an "unverified" warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -26,6 +30,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
+from alexatm_jax.checkpoints import digests
 from alexatm_jax.checkpoints.atomic_dir import atomic_directory
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.layout import LAYER_STACKS, SCANNED_LAYERS, convert_layout, is_scanned
@@ -35,9 +40,12 @@ from alexatm_jax.model.params import param_shapes
 MARKER_FILE = "alexatm_checkpoint.json"
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+DIGESTS_FILE = "digests.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_NAME = "alexatm-jax-model-checkpoint"
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 Params = Any
 FlatShapes = dict[tuple[str, ...], tuple[int, ...]]
@@ -148,9 +156,11 @@ def save_model_checkpoint(path: str | os.PathLike, config: ModelConfig, params: 
     if jax.process_count() > 1:
         raise RuntimeError("save_model_checkpoint writes from a single process; in a multi-host "
                            "job save the trainer's checkpoint instead")
+    host_params = jax.tree.map(np.asarray, params)
     with atomic_directory(path, overwrite) as tmp:
-        _streaming_checkpointer().save(
-            tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(jax.tree.map(np.asarray, params)))
+        _streaming_checkpointer().save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(host_params))
+        (tmp / DIGESTS_FILE).write_text(
+            json.dumps(digests.manifest(digests.tree_digests(host_params)), indent=1) + "\n")
         (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
         if files:
             (tmp / TOKENIZER_DIR).mkdir()
@@ -230,6 +240,8 @@ def restore_model_checkpoint(path: str | os.PathLike,
     The params come in the layout of the (overridden) config's scan_layers and in its
     param_dtype. `sharding`: one Sharding for every leaf, or a tree of Shardings in the target
     layout; default: the first local device. `to_numpy=True` returns host numpy arrays instead.
+    The arrays are read in their stored dtype and checked against `digests.json` before any
+    cast (DigestMismatchError names the arrays that differ).
     """
     path = pathlib.Path(path).expanduser().absolute()
     info = read_checkpoint_info(path)
@@ -244,7 +256,7 @@ def restore_model_checkpoint(path: str | os.PathLike,
         raise ValueError(f"{path / PARAMS_DIR} does not match {CONFIG_FILE}: "
                          + "; ".join(problems))
 
-    dtype = np.dtype(config.param_dtype)
+    stored_dtype = np.dtype(info.param_dtype)
     if to_numpy:
         shardings = {p: None for p in expected}
     else:
@@ -252,10 +264,31 @@ def restore_model_checkpoint(path: str | os.PathLike,
         shardings = _stored_shardings(default if sharding is None else sharding, expected,
                                       stored_scanned, config.scan_layers)
     target = traverse_util.unflatten_dict(
-        {p: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[p])
+        {p: jax.ShapeDtypeStruct(shape, stored_dtype, sharding=shardings[p])
          for p, shape in expected.items()})
-    params = convert_layout(checkpointer.restore(path / PARAMS_DIR, target), config.scan_layers,
-                            consume=True)
+    restored = checkpointer.restore(path / PARAMS_DIR, target)
+    verify_params(path, restored)
+    if np.dtype(config.param_dtype) != stored_dtype:
+        restored = jax.tree.map(lambda x: x.astype(config.param_dtype), restored)
+    params = convert_layout(restored, config.scan_layers, consume=True)
     if sharding is not None and not to_numpy and stored_scanned != config.scan_layers:
         params = jax.device_put(params, sharding)
     return config, params
+
+
+def verify_params(path: str | os.PathLike, params: Params) -> bool:
+    """Check `params` (as read from the checkpoint at `path`, before any cast or layout change)
+    against its `digests.json`. Returns True when verified, False (with a warning) for a
+    checkpoint written before digests existed; raises DigestMismatchError naming the arrays that
+    differ, or whose record is missing or damaged."""
+    record_path = pathlib.Path(path) / DIGESTS_FILE
+    if not record_path.is_file():
+        logger.warning("model checkpoint %s has no %s (written before checkpoints recorded "
+                       "digests): its parameters are loaded unverified", path, DIGESTS_FILE)
+        return False
+    try:
+        recorded = json.loads(record_path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise digests.DigestMismatchError(f"{record_path} is damaged ({error})") from error
+    digests.compare(digests.tree_digests(params), recorded, str(path))
+    return True

@@ -2,6 +2,11 @@
 
     alexatm-convert hf-to-jax --hf_dir DIR --out CKPT [--scan_layers] [--dtype float32|bfloat16]
     alexatm-convert jax-to-hf --checkpoint CKPT --out DIR [--dtype ...] [--max_shard_size 5GB]
+
+Exit codes (alexatm_jax.cli.errors): 2 when the arguments are refused before anything is read
+(no config.json, not a model checkpoint, --out taken); 1 when the conversion fails (a truncated
+or damaged weight file or config.json, a checkpoint that fails its digests, disk full), with one
+line naming the file; --out is then left as it was.
 """
 
 from __future__ import annotations
@@ -11,15 +16,19 @@ import pathlib
 import sys
 from typing import Sequence
 
+from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
+
 DTYPES = ("float32", "bfloat16")
+PROG = "alexatm-convert"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with the two conversion directions as subcommands."""
     parser = argparse.ArgumentParser(
-        prog="alexatm-convert",
+        prog=PROG,
         description="Convert between HuggingFace-format AlexaTM directories and alexatm-jax "
                     "model checkpoints, streaming tensor by tensor.")
+    add_log_level_argument(parser)
     sub = parser.add_subparsers(dest="direction", required=True)
 
     to_jax = sub.add_parser("hf-to-jax", help="HuggingFace directory -> model checkpoint")
@@ -72,7 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one conversion; prints where the result went. Returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
     _validate(args, parser)
+    return run_command(PROG, lambda: _convert(args))
+
+
+def _convert(args: argparse.Namespace) -> int:
     if args.direction == "hf-to-jax":
         from alexatm_jax.conversion.hf_to_jax import convert_hf_to_checkpoint
         out = convert_hf_to_checkpoint(args.hf_dir, args.out, scan_layers=args.scan_layers,

@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -24,13 +26,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmarks", nargs="+", required=True, help="benchmark text/jsonl files")
     parser.add_argument("--out", required=True, help="output n-gram file (one n-gram per line)")
     parser.add_argument("--n", type=int, default=13, help="n-gram length in units (default 13)")
+    add_log_level_argument(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `alexatm-decontaminate`."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `alexatm-decontaminate`; returns the exit status (alexatm_jax.cli.errors: 2 for bad
+    arguments, 1 with one line for a failure, --log_level DEBUG for its traceback)."""
+    return run_command("alexatm-decontaminate", lambda: _main(argv) or 0)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
     missing = [path for path in args.benchmarks if not os.path.isfile(path)]
     if missing:
         parser.error(f"benchmark files not found: {', '.join(missing)}")
@@ -63,4 +72,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

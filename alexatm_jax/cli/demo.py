@@ -238,16 +238,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("[1/4] Demo tokenizer (SentencePiece, trained on data/sample on first use)", flush=True)
     import tasks
 
-    vocab = tasks.demo_vocabulary_path()
+    vocab = os.environ.get(tasks.VOCAB_ENV) or tasks.train_demo_vocabulary()
     print(f"      {vocab}", flush=True)
 
     print(f"[2/4] Pretraining the demo model ({DEMO_GIN}) in {args.model_dir}", flush=True)
-    if args.fresh and os.path.isdir(args.model_dir):
-        shutil.rmtree(args.model_dir)
     import gin
     from alexatm_jax import gin_registry
 
-    gin_registry.parse_gin([DEMO_GIN], [f"MODEL_DIR = {args.model_dir!r}"] + bindings)
+    try:  # strict gin: a misspelt macro or parameter is refused, not silently ignored
+        gin_registry.parse_gin([DEMO_GIN], [f"MODEL_DIR = {args.model_dir!r}"] + bindings)
+    except (FileNotFoundError, ValueError, SyntaxError) as error:
+        print(f"alexatm-demo: error: gin configuration: {error}", file=sys.stderr)
+        return 2
+    if args.fresh and os.path.isdir(args.model_dir):
+        shutil.rmtree(args.model_dir)
     sequence_length = dict(gin.query_parameter("train.sequence_length"))
     train_started = time.perf_counter()
     result = gin_registry.gin_train()

@@ -1,7 +1,10 @@
 """alexatm-generate: continue (CLM mode) or denoise prompts with a checkpoint.
 
 Prompts come one per line from --input_file or stdin (a `.jsonl` file takes each line's
-`input` field). Newlines cannot be tokenised: write `<br>` inside a prompt instead.
+`input` field). Newlines cannot be tokenised: write `<br>` inside a prompt instead. There is one
+output per input line, in order, blank lines included (a blank prompt is generated from like any
+other); a `.jsonl` line that is blank or not an object with a string `input` is refused with its
+line number. Exit codes follow alexatm_jax.cli.errors.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ import sys
 from typing import Sequence
 
 from alexatm_jax.cli import inference_arguments as common
+from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
 from alexatm_jax.tokenization import clm_prompt
+
+PROG = "alexatm-generate"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of alexatm-generate."""
     parser = argparse.ArgumentParser(
-        prog="alexatm-generate", description=__doc__,
+        prog=PROG, description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_arguments(parser)
     parser.add_argument("--mode", choices=("clm", "denoise"), default="clm",
@@ -32,27 +38,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop", nargs="*", default=[], metavar="STR",
                         help="cut each output before the first of these strings")
     common.add_decoding_arguments(parser, max_new_tokens=64)
+    add_log_level_argument(parser)
     return parser
 
 
 def read_prompts(parser: argparse.ArgumentParser, path: str | None) -> list[str]:
-    """Prompts from `path` (lines, or JSONL `input` fields) or stdin; blank lines are skipped."""
+    """Prompts from `path` (lines, or JSONL `input` fields) or stdin, one per line, blank lines
+    included; exits (status 2) naming a malformed `.jsonl` line as FILE:LINE."""
     if path is not None and not os.path.isfile(path):
         common.fail(parser, f"--input_file {path} does not exist")
-    lines = (open(path, encoding="utf-8").read() if path else sys.stdin.read()).splitlines()
+    try:
+        text = open(path, encoding="utf-8").read() if path else sys.stdin.read()
+    except UnicodeDecodeError as error:
+        common.fail(parser, f"{path or 'stdin'} is not UTF-8 text ({error})")
+    lines = text.splitlines()
+    if not path or not path.endswith(".jsonl"):
+        if not lines:
+            common.fail(parser, f"no prompts in {path or 'stdin'}")
+        return lines
     prompts = []
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if path and path.endswith(".jsonl"):
+        try:
             record = json.loads(line)
-            if "input" not in record:
-                common.fail(parser, f"{path}:{number} has no `input` field")
-            prompts.append(record["input"])
-        else:
-            prompts.append(line)
+        except ValueError as error:
+            common.fail(parser, f"{path}:{number} is not a JSON object ({error}); every line of "
+                                "a .jsonl input holds one prompt as {\"input\": ...}")
+        if not isinstance(record, dict) or not isinstance(record.get("input"), str):
+            common.fail(parser, f"{path}:{number} has no string `input` field")
+        prompts.append(record["input"])
     if not prompts:
-        common.fail(parser, f"no prompts in {path or 'stdin'}")
+        common.fail(parser, f"no prompts in {path}")
     return prompts
 
 
@@ -60,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run_command(PROG, lambda: generate(parser, args))
+
+
+def generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Generate for every prompt and write the results; returns 0."""
     common.check_model_arguments(parser, args)
     common.decode_options(parser, args)  # validate before the (slow) model load
     prompts = read_prompts(parser, args.input_file)

@@ -103,11 +103,16 @@ def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tex
     """The TextModel for the model arguments; load errors exit with their message."""
     from alexatm_jax.decoding.loading import load_text_model
 
+    from alexatm_jax.checkpoints.digests import DigestMismatchError
+
     overrides = {k: getattr(args, k) for k in ("dtype", "param_dtype") if getattr(args, k)}
     try:
         return load_text_model(args.checkpoint, tokenizer_path=args.tokenizer,
                                partitioner=partitioner_for(args), batch_size=args.batch_size,
                                show_progress=True, **overrides)
+    except DigestMismatchError as e:  # corrupt data, not a usage error: exit 1, one line
+        print(f"{parser.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
     except (ValueError, FileNotFoundError) as e:
         fail(parser, str(e))
         raise

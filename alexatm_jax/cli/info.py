@@ -1,10 +1,13 @@
-"""`alexatm-info`: parameter counts and memory of a gin-configured model, allocating nothing.
+"""`alexatm-info`: parameter counts and memory of a gin-configured model, allocating nothing;
+or `--verify`: check checkpoints against their recorded digests.
 
     alexatm-info --gin_file=models/alexatm_20b.gin [--gin.ModelConfig.scan_layers=True ...]
+    alexatm-info --verify MODEL_DIR|MODEL_DIR/checkpoints/STEP|MODEL_CHECKPOINT
 
 Prints parameters per top-level module, bytes of parameters and of Adam optimizer state, and
 as its last line `total_params: <integer>`. Shapes come from jax.eval_shape, so even the 20B
-model takes seconds.
+model takes seconds. `--verify` prints one line per checkpoint (verified / unverified / CORRUPT)
+and exits 1 when one is corrupt. Exit codes follow alexatm_jax.cli.errors.
 """
 
 from __future__ import annotations
@@ -14,26 +17,40 @@ import sys
 from typing import Sequence
 
 import numpy as np
+
+from alexatm_jax.cli.errors import (UsageError, add_log_level_argument, configure_logging,
+                                   run_command)
 from alexatm_jax.cli.gin_flags import gin_bindings
 
 GIB = 2**30
+PROG = "alexatm-info"
 
 
 def parse_args(argv: Sequence[str] | None
                ) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
     """The parser, its parsed options and the gin bindings from `--gin.KEY=VALUE` arguments."""
     parser = argparse.ArgumentParser(
-        prog="alexatm-info",
+        prog=PROG,
         description="Count the parameters of a gin-configured AlexaTM model and estimate the "
                     "memory of its parameters and Adam state. Extra arguments of the form "
-                    "--gin.KEY=VALUE are gin bindings, e.g. --gin.ModelConfig.d_model=1024.")
-    parser.add_argument("--gin_file", action="append", required=True,
+                    "--gin.KEY=VALUE are gin bindings, e.g. --gin.ModelConfig.d_model=1024. "
+                    "With --verify, check checkpoints against their digests instead.")
+    parser.add_argument("--gin_file", action="append", default=[],
                         help="gin file(s) binding ModelConfig, e.g. models/tiny.gin "
                              "(searched in the current directory, the repo root and gin/)")
     parser.add_argument("--gin_search_path", action="append", default=[],
                         help="extra directory to search for gin files")
+    parser.add_argument("--verify", metavar="DIR", default=None,
+                        help="check the checkpoints of a training MODEL_DIR, one "
+                             "MODEL_DIR/checkpoints/STEP or a model checkpoint against their "
+                             "recorded content digests, without training or loading a model")
+    add_log_level_argument(parser)
     args, rest = parser.parse_known_args(argv)
     bindings = gin_bindings(parser, rest, "--gin.ModelConfig.d_model=1024")
+    if args.verify is None and not args.gin_file:
+        parser.error("give --gin_file (e.g. --gin_file=models/tiny.gin) or --verify DIR")
+    if args.verify is not None and (args.gin_file or bindings):
+        parser.error("--verify takes no --gin_file or --gin.KEY=VALUE")
     return parser, args, bindings
 
 
@@ -65,16 +82,38 @@ def memory_lines(total: int, param_dtype: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the report for the configured model; returns the exit status."""
-    parser, args, bindings = parse_args(argv)
+    """Print the report for the configured model (or the --verify verdicts); returns the exit
+    status."""
+    _, args, bindings = parse_args(argv)
+    configure_logging(args.log_level)
+    if args.verify is not None:
+        return run_command(PROG, lambda: verify(args.verify))
+    return run_command(PROG, lambda: report(args, bindings))
+
+
+def verify(path: str) -> int:
+    """Print one line per checkpoint under `path`; 1 if any is corrupt, else 0."""
+    from alexatm_jax.checkpoints.verify import CORRUPT, verify as verify_checkpoints
+
+    try:
+        verdicts = verify_checkpoints(path)
+    except FileNotFoundError as error:
+        raise UsageError(f"--verify: {error}") from error
+    for verdict in verdicts:
+        print(f"{verdict.path}: {verdict.status}: {verdict.detail}")
+    return 1 if any(v.status == CORRUPT for v in verdicts) else 0
+
+
+def report(args: argparse.Namespace, bindings: list[str]) -> int:
+    """Print the parameter and memory report of the gin-configured model."""
     from alexatm_jax import gin_registry
     from alexatm_jax.model.params import param_shapes
 
     try:
         files = gin_registry.parse_gin(args.gin_file, bindings, args.gin_search_path)
-    except FileNotFoundError as error:
-        parser.error(str(error))
-    config = gin_registry.model_config_from_gin()
+        config = gin_registry.model_config_from_gin()
+    except (FileNotFoundError, ValueError, SyntaxError) as error:
+        raise UsageError(f"gin configuration: {error}") from error
     counts = module_counts(param_shapes(config))
     total = sum(counts.values())
     print(f"gin files: {', '.join(str(f) for f in files)}")

@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
+
 _ANSI = ("\033[41;97m", "\033[0m")
 _BRACKETS = ("⟦", "⟧")
 
@@ -61,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="gin binding(s), e.g. MixtureConfig.clm_share=0.3",
     )
+    add_log_level_argument(parser)
     return parser
 
 
@@ -135,10 +138,16 @@ def _intended(mixture: str) -> tuple[dict[str, float], float]:
     return languages, clm
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `alexatm-inspect`."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `alexatm-inspect`; returns the exit status (alexatm_jax.cli.errors: 2 for bad
+    arguments, 1 with one line for a failure, --log_level DEBUG for its traceback)."""
+    return run_command("alexatm-inspect", lambda: _main(argv) or 0)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
     _validate(args, parser)
 
     import gin
@@ -182,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         count = max(args.n, args.stats)
         records = inspection.collect_examples(ds, count)
     except (OSError, ValueError, tf.errors.OpError) as e:
-        known = sorted(n for n in seqio.MixtureRegistry.names() if n.startswith("alexatm"))
+        registered = {n for n in seqio.MixtureRegistry.names() if n.startswith("alexatm")}
+        known = sorted(registered | {tasks.LOCAL_MIXTURE})
         sys.exit(f"alexatm-inspect: {e}\n(known mixtures: {', '.join(known)})")
     if not records:
         sys.exit(f"alexatm-inspect: {args.mixture} produced no {args.split} examples")
@@ -244,4 +254,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

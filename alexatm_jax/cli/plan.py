@@ -1,17 +1,22 @@
 """`alexatm-plan`: will a gin-configured training job fit, and how fast could it run?
 
+    alexatm-plan --gin_file gin/experiments/alexatm_20b_v5p256.gin --topology v5p-256 \\
+        [--timing_layers 2 | --no_step_time] [--gin.KEY=VALUE ...] [--format text|json]
     alexatm-plan --gin_file gin/experiments/alexatm_20b_v5p256.gin --devices 128 \\
         --peak_tflops 459 --mfu 0.45 --device_memory_gib 95 [--gin.KEY=VALUE ...] \\
         [--extrapolate_from_layers 2] [--format text|json] [--json_out plan.json]
 
-Emulates N CPU devices, compiles the job's train step ahead of time against abstract arrays
-(nothing is allocated) and reports per-device memory, FLOPs per step and the step time implied
-by a peak FLOP/s and an MFU. See `alexatm_jax.planning` for what each number means.
+With --topology the TPU compiler (libtpu, on this CPU) compiles the job's train step for the
+compile-only devices of a TPU slice: per-chip memory is the TPU's own buffer assignment, and the
+step time is the TPU cost model's. With --devices it emulates N CPU devices and compiles with
+XLA:CPU; the step time then follows from a peak FLOP/s and an assumed MFU. Nothing is allocated
+either way. See `alexatm_jax.planning` for what each number means.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,9 +25,18 @@ from typing import TYPE_CHECKING, Any, Sequence
 from alexatm_jax.cli.gin_flags import gin_bindings
 
 if TYPE_CHECKING:  # importing planning imports JAX, which must wait for emulate_cpu_devices
-    from alexatm_jax.planning import Plan, TrainJob
+    from alexatm_jax.planning import Plan, StepTimeEstimate, TrainJob
 
 GIB = 2**30
+TPU_BACKEND_NOTE = (
+    "Compiled buffer sizes are the TPU compiler's (libtpu) buffer assignment of the partitioned "
+    "step for these chips. The step time is its cost model (cost_analysis()['optimal_seconds']), "
+    "not a measurement: it models compute and memory traffic, and may not see every "
+    "interconnect stall or host delay.")
+GPU_BACKEND_NOTE = (
+    "Compiled buffer sizes are XLA:GPU's buffer assignment of the partitioned step for these "
+    "GPUs (compiled on this CPU, with no GPU to autotune on). NCCL buffers and cuBLAS/cuDNN workspaces "
+    "are allocated at run time and are not in it: keep headroom.")
 CPU_BACKEND_NOTE = (
     "Compiled buffer sizes come from XLA:CPU's buffer assignment of the partitioned step, not "
     "from the TPU/GPU compiler: fusion, layouts, scheduling and rematerialisation differ there, "
@@ -38,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (gin bindings `--gin.KEY=VALUE` are taken from the leftovers)."""
     parser = argparse.ArgumentParser(
         prog="alexatm-plan",
-        description="Compile a gin-configured train step ahead of time on N emulated CPU devices "
-                    "and report per-device memory, FLOPs per step and the predicted step time. "
+        description="Compile a gin-configured train step ahead of time, with the TPU compiler "
+                    "for a TPU slice (--topology) or XLA:CPU on N emulated devices (--devices), "
+                    "and report per-device memory, FLOPs per step and the step time. "
                     "Extra arguments --gin.KEY=VALUE are gin bindings applied after the files, "
                     "e.g. --gin.MESH_FSDP=64 --gin.BATCH_SIZE=1024.",
         epilog="XLA's C++ warnings (e.g. SPMD resharding notes) are hidden; set "
@@ -48,9 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gin file (repeatable), e.g. gin/experiments/alexatm_20b_v5p256.gin")
     parser.add_argument("--gin_search_path", action="append", default=[],
                         help="extra directory to search for gin files and their includes")
-    parser.add_argument("--devices", type=int, required=True,
-                        help="number of devices to plan for (emulated on the CPU); the mesh "
-                             "sizes of the gin files must multiply to it (-1 takes the rest)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--devices", type=int, default=None,
+                        help="number of devices to plan for (emulated on the CPU, compiled by "
+                             "XLA:CPU); the mesh sizes of the gin files must multiply to it "
+                             "(-1 takes the rest)")
+    target.add_argument("--topology", default=None, metavar="NAME",
+                        help="compile with the TPU compiler for a TPU slice: a Cloud TPU type "
+                             "(v4-8 ... v4-4096, v5p-8 ... v5p-12288, v5litepod-N, v6e-N) or a "
+                             "topology such as v5p:4x4x8; needs libtpu "
+                             "(pip install -e '.[tpu-aot]'). Or h100-NODESxGPUS (e.g. h100-16x8): "
+                             "XLA:GPU, memory only, needs the CUDA plugin ('.[gpu-aot]')")
+    parser.add_argument("--timing_layers", type=int, default=2, metavar="K",
+                        help="with --topology: the step time comes from the TPU cost model of "
+                             "the layers compiled unscanned at (K,K), (2K,K), (K,2K) encoder/"
+                             "decoder layers, one microbatch, extrapolated (default 2)")
+    parser.add_argument("--no_step_time", action="store_true",
+                        help="with --topology: skip the step-time compiles (memory only)")
     parser.add_argument("--extrapolate_from_layers", type=int, default=None, metavar="K",
                         help="compile with (K,K), (2K,K) and (K,2K) encoder/decoder layers and "
                              "extrapolate linearly to the configured depth (faster for deep "
@@ -59,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="peak dense TFLOP/s of one target device (bf16: TPU v5p 459, "
                              "v4 275, H100 989, A100 312); needed for the step time")
-    parser.add_argument("--mfu", type=float, default=0.45,
-                        help="assumed model FLOPs utilisation in (0, 1] (default 0.45; the paper "
-                             "reports up to 49%% on A100s)")
+    parser.add_argument("--mfu", type=float, default=None,
+                        help="with --devices: assumed model FLOPs utilisation in (0, 1] (default "
+                             "0.45; the paper reports up to 49%% on A100s)")
     parser.add_argument("--device_memory_gib", type=float, default=None,
                         help="memory of one target device in GiB (TPU v5p 95, v4 32, H100 80): "
                              "the report then says whether the compiled step fits")
@@ -79,8 +108,25 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if not args.gin_file:
         parser.error("give at least one --gin_file, e.g. "
                      "--gin_file=gin/experiments/alexatm_20b_v5p256.gin")
-    if args.devices < 1:
+    if args.devices is not None and args.devices < 1:
         parser.error(f"--devices must be >= 1, got {args.devices}")
+    args.target = None
+    if args.topology is not None:
+        from alexatm_jax.gpu_topology import parse_gpu_target
+        from alexatm_jax.tpu_topology import parse_tpu_target
+
+        try:
+            args.target = parse_gpu_target(args.topology) or parse_tpu_target(args.topology)
+        except ValueError as error:
+            parser.error(f"--topology: {error}")
+        if args.mfu is not None:
+            parser.error("--mfu assumes an MFU; with --topology the TPU compiler's cost model "
+                         "estimates the step time: drop --mfu")
+        if args.timing_layers < 1:
+            parser.error(f"--timing_layers must be >= 1, got {args.timing_layers}")
+        args.peak_tflops = args.peak_tflops or args.target.peak_bf16_tflops
+        args.device_memory_gib = args.device_memory_gib or args.target.hbm_gib
+    args.mfu = 0.45 if args.mfu is None else args.mfu
     if args.extrapolate_from_layers is not None and args.extrapolate_from_layers < 1:
         parser.error(f"--extrapolate_from_layers must be >= 1, got {args.extrapolate_from_layers}")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
@@ -144,9 +190,11 @@ def train_job_from_gin() -> "TrainJob":
         grad_accum_steps=int(values["grad_accum_steps"]), z_loss=float(values["z_loss"]))
 
 
-def report(plan: "Plan", args: argparse.Namespace) -> dict[str, Any]:
+def report(plan: "Plan", args: argparse.Namespace,
+           estimate: "StepTimeEstimate | None" = None) -> dict[str, Any]:
     """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, provenance notes."""
     job, compiled = plan.job, plan.compiled
+    compiler = {"tpu": "the TPU compiler (libtpu)", "gpu": "XLA:GPU"}.get(plan.platform, "XLA:CPU")
     cfg = job.model_config
     depths = [list(d) for d in plan.compiled_depths]
     source = (f"extrapolated from compiles at (encoder, decoder) layers {depths}"
@@ -163,7 +211,7 @@ def report(plan: "Plan", args: argparse.Namespace) -> dict[str, Any]:
         "compiled_generated_code_bytes": compiled.generated_code_bytes,
         "compiled_total_bytes": compiled.total_bytes,
         "analytic_source": "exact: shard shapes of the train state and batch",
-        "compiled_source": source + " on XLA:CPU",
+        "compiled_source": f"{source} by {compiler}",
     }
     if args.device_memory_gib:
         memory["device_memory_bytes"] = args.device_memory_gib * GIB
@@ -180,7 +228,7 @@ def report(plan: "Plan", args: argparse.Namespace) -> dict[str, Any]:
     }
     result = {
         "gin_files": list(args.gin_file),
-        "devices": plan.num_devices, "emulated_device_kind": plan.device_kind,
+        "devices": plan.num_devices, "device_kind": plan.device_kind, "platform": plan.platform,
         "mesh": plan.mesh_shape, "rules": plan.rules_name,
         "model": {"num_params": plan.num_params, "encoder_layers": cfg.num_encoder_layers,
                   "decoder_layers": cfg.num_decoder_layers, "d_model": cfg.d_model,
@@ -202,9 +250,16 @@ def report(plan: "Plan", args: argparse.Namespace) -> dict[str, Any]:
             for depth, step in plan.compiled_points],
         "compile_seconds": plan.compile_seconds,
         "warnings": list(plan.warnings),
-        "notes": [CPU_BACKEND_NOTE] + ([SCAN_FLOPS_NOTE] if cfg.scan_layers else []),
+        "notes": [{"tpu": TPU_BACKEND_NOTE, "gpu": GPU_BACKEND_NOTE}.get(plan.platform,
+                                                                          CPU_BACKEND_NOTE)]
+                 + list(getattr(args, "target_notes", []))
+                 + ([SCAN_FLOPS_NOTE] if cfg.scan_layers else []) + _attention_notes(plan),
     }
-    if args.peak_tflops:
+    if args.target is not None:
+        result["target"] = args.target.describe()
+        if estimate is not None:
+            result["step_time"] = cost_model_step_time(plan, estimate, args.peak_tflops)
+    elif args.peak_tflops:
         seconds = plan.step_time_s(args.peak_tflops * 1e12, args.mfu)
         result["step_time"] = {
             "peak_tflops_per_device": args.peak_tflops, "mfu": args.mfu,
@@ -213,6 +268,50 @@ def report(plan: "Plan", args: argparse.Namespace) -> dict[str, Any]:
             "days_for_train_steps": seconds * job.train_steps / 86400,
             "formula": "model_flops_per_step / (devices * peak_tflops * 1e12 * mfu)"}
     return result
+
+
+def _attention_notes(plan: "Plan") -> list[str]:
+    from alexatm_jax.planning import planned_model_config
+
+    impl = plan.job.model_config.attention_impl
+    planned = planned_model_config(plan.job.model_config, plan.platform).attention_impl
+    if planned == impl == "splash":
+        return ["the splash kernels' q.k and p.v products run inside Pallas calls: the traced "
+                "matmul FLOPs leave them out (the model FLOPs and the cost model count them)"]
+    if planned == impl:
+        return []
+    return [f"attention_impl '{impl}' does not exist on {plan.platform}: planned as '{planned}', "
+            "which materialises the attention scores (an upper bound on memory)"]
+
+
+def cost_model_step_time(plan: "Plan", estimate: "StepTimeEstimate",
+                         peak_tflops: float) -> dict[str, Any]:
+    """The TPU cost model's step time, the MFU it implies and how it was derived."""
+    job = plan.job
+    seconds = estimate.seconds
+    depths = [list(depth) for depth, _ in estimate.points]
+    how = (f"optimal_seconds of one microbatch ({job.batch_size // estimate.microbatches} "
+           f"sequences), layers unscanned, compiled at (encoder, decoder) layers {depths}"
+           + (f", extrapolated linearly to {list(job.depths)}" if estimate.extrapolated else "")
+           + (f", x {estimate.microbatches} microbatches" if estimate.microbatches > 1 else "")
+           + (f"; + {estimate.uncosted_kernel_seconds:.3f} s for the splash kernels' matmuls at "
+              "peak FLOP/s, which the cost model does not cost (a lower bound on their time)"
+              if estimate.uncosted_kernel_seconds else ""))
+    return {
+        "source": "the TPU compiler's cost model (cost_analysis()['optimal_seconds']), "
+                  "not a measurement",
+        "method": how,
+        "seconds_per_step": seconds,
+        "peak_tflops_per_device": peak_tflops,
+        "implied_mfu": estimate.mfu(plan.model_flops_per_step, plan.num_devices,
+                                    peak_tflops * 1e12),
+        "positions_per_second": plan.positions_per_step / seconds,
+        "days_for_train_steps": seconds * job.train_steps / 86400,
+        "timing_points": [{"encoder_layers": d[0], "decoder_layers": d[1],
+                           "optimal_seconds": t} for d, t in estimate.points],
+        "timing_compile_seconds": estimate.compile_seconds,
+        "uncosted_kernel_seconds": estimate.uncosted_kernel_seconds,
+    }
 
 
 def _size(num_bytes: float) -> str:
@@ -233,10 +332,15 @@ def format_text(result: dict[str, Any]) -> str:
                                 result["flops"])
     lengths = batch["sequence_length"]
     mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
+    if "target" in result:
+        target = result["target"]
+        devices = (f"{result['devices']} x {result['device_kind']} ({target['topology']} = "
+                   f"{target['cloud_type']}, compile-only devices)")
+    else:
+        devices = f"{result['devices']} (emulated {result['device_kind']})"
     lines = [
         f"alexatm-plan: {' + '.join(result['gin_files'])}",
-        f"  devices    {result['devices']} (emulated {result['emulated_device_kind']}), "
-        f"mesh {mesh}, rules '{result['rules']}'",
+        f"  devices    {devices}, mesh {mesh}, rules '{result['rules']}'",
         f"  model      {model['num_params'] / 1e9:.3f}B parameters, {model['encoder_layers']} + "
         f"{model['decoder_layers']} layers, d_model {model['d_model']}, vocab "
         f"{model['vocab_size']}; compute {model['dtype']}, params float32, scan_layers="
@@ -277,7 +381,20 @@ def format_text(result: dict[str, Any]) -> str:
         f"x {result['devices']} devices = {flops['xla_flops_all_devices']:.4g}; "
         f"{flops['xla_source']}",
     ]
-    if "step_time" in result:
+    if "step_time" in result and "implied_mfu" in result["step_time"]:
+        step = result["step_time"]
+        lines += [
+            "",
+            f"Step time, estimated by {step['source']}",
+            f"  {step['seconds_per_step']:.4g} s/step, implied MFU "
+            f"{100 * step['implied_mfu']:.1f}% of {step['peak_tflops_per_device']:g} TFLOP/s "
+            f"per device, {step['positions_per_second']:,.0f} positions/s, "
+            f"{_duration(step['days_for_train_steps'])} for {result['train_steps']:,} steps",
+            f"  from {step['method']}: "
+            + ", ".join(f"{p['encoder_layers']}+{p['decoder_layers']} layers "
+                        f"{p['optimal_seconds']:.4g} s" for p in step["timing_points"]),
+        ]
+    elif "step_time" in result:
         step = result["step_time"]
         lines += [
             "",
@@ -287,6 +404,11 @@ def format_text(result: dict[str, Any]) -> str:
             f"positions/s, {_duration(step['days_for_train_steps'])} for "
             f"{result['train_steps']:,} steps",
         ]
+    elif "target" in result:
+        why = ("--no_step_time" if result["target"]["cost_model"]
+               else "the GPU compiler has no cost model; give --devices N --peak_tflops for an "
+                    "assumed-MFU figure")
+        lines += ["", f"Step time: not estimated ({why})"]
     else:
         lines += ["", "Step time: give --peak_tflops (and --mfu) to predict it"]
     if len(result["compiled_points"]) > 1:
@@ -294,43 +416,101 @@ def format_text(result: dict[str, Any]) -> str:
         lines += [f"  {p['encoder_layers']:3d} + {p['decoder_layers']:<3d} layers: temporaries "
                   f"{_size(p['temp_bytes'])}, total {_size(p['total_bytes'])}, traced matmul "
                   f"FLOPs {p['traced_matmul_flops']:.4g}" for p in result["compiled_points"]]
-    lines += ["", f"Compile time here: {result['compile_seconds']:.0f} s"]
+    timing = result.get("step_time", {}).get("timing_compile_seconds", 0.0)
+    lines += ["", f"Compile time here: {result['compile_seconds'] + timing:.0f} s"]
     lines += [f"WARNING: {warning}" for warning in result["warnings"]]
     lines += ["Notes:"]
     lines += [f"  - {note}" for note in result["notes"]]
     return "\n".join(lines)
 
 
+def target_devices(args: argparse.Namespace) -> list[Any] | None:
+    """Start JAX for the plan's target and return its devices (None: the emulated CPU devices).
+    Raises RuntimeError naming the problem."""
+    if args.target is None:
+        emulate_cpu_devices(args.devices)
+        return None
+    os.environ["JAX_PLATFORMS"] = "cpu"  # the target compiler is used through its topology only
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from alexatm_jax.gpu_topology import GpuTarget, gpu_devices
+
+    if isinstance(args.target, GpuTarget):
+        return gpu_devices(args.target)
+    from alexatm_jax.tpu_topology import (libtpu_problem, prepare_compile_only_environment,
+                                          topology_devices)
+
+    problem = libtpu_problem()
+    if problem:
+        raise RuntimeError(f"--topology needs the TPU compiler: {problem}")
+    prepare_compile_only_environment(args.target)
+    return topology_devices(args.target)
+
+
+def adapt_job_to_target(job: "TrainJob", args: argparse.Namespace) -> "TrainJob":
+    """cuDNN attention needs the cuDNN library to compile; without it a GPU plan uses XLA's
+    attention, and the report says so."""
+    from alexatm_jax.gpu_topology import GpuTarget, cudnn_problem
+
+    args.target_notes = []
+    problem = cudnn_problem()
+    if (isinstance(args.target, GpuTarget) and job.model_config.attention_impl == "cudnn"
+            and problem):
+        args.target_notes.append(f"attention_impl 'cudnn' could not be compiled here "
+                                 f"({problem}): planned as 'dot_product'")
+        config = job.model_config.replace(attention_impl="dot_product")
+        return dataclasses.replace(job, model_config=config)
+    return job
+
+
+def run_plan(job: "TrainJob", devices: list[Any] | None, args: argparse.Namespace
+             ) -> tuple["Plan", "StepTimeEstimate | None"]:
+    """The plan and, for a TPU target, the cost model's step time, with a progress bar."""
+    from tqdm import tqdm
+
+    from alexatm_jax.planning import estimate_step_time, make_plan, timing_depths
+
+    timed = args.target is not None and args.target.has_cost_model and not args.no_step_time
+    timing_compiles = len(timing_depths(job, args.timing_layers)) if timed else 0
+    stages = 3 * ((1 if args.extrapolate_from_layers is None else 3) + timing_compiles)
+    with tqdm(total=stages, desc="plan", unit="stage", file=sys.stderr) as bar:
+        def progress(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(1)
+        plan = make_plan(job, devices=devices, extrapolate_from_layers=args.extrapolate_from_layers,
+                         progress=progress)
+        estimate = (estimate_step_time(job, devices, layers=args.timing_layers,
+                                       peak_flops_per_device=args.peak_tflops * 1e12,
+                                       progress=progress) if timed else None)
+    return plan, estimate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `alexatm-plan`; returns the exit status."""
     args, bindings = parse_args(argv)
     try:
-        emulate_cpu_devices(args.devices)
+        devices = target_devices(args)
     except RuntimeError as error:
         print(f"alexatm-plan: error: {error}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
-    from alexatm_jax.planning import make_plan
-
     try:
         parse_gin_config(args.gin_file, bindings, args.gin_search_path)
         job = train_job_from_gin()
     except (FileNotFoundError, ValueError, SyntaxError) as error:
         print(f"alexatm-plan: error: gin configuration: {error}", file=sys.stderr)
         return 2
-    stages = 3 * (1 if args.extrapolate_from_layers is None else 3)
-    with tqdm(total=stages, desc="plan", unit="stage", file=sys.stderr) as bar:
-        def progress(stage: str) -> None:
-            bar.set_postfix_str(stage)
-            bar.update(1)
-        try:
-            plan = make_plan(job, extrapolate_from_layers=args.extrapolate_from_layers,
-                             progress=progress)
-        except ValueError as error:
-            print(f"alexatm-plan: error: {error}", file=sys.stderr)
-            return 2
-    result = report(plan, args)
+    job = adapt_job_to_target(job, args)
+    from alexatm_jax.planning import DoesNotFit
+
+    try:
+        plan, estimate = run_plan(job, devices, args)
+    except ValueError as error:
+        print(f"alexatm-plan: error: {error}", file=sys.stderr)
+        return 2
+    except DoesNotFit as error:
+        print(f"alexatm-plan: {' + '.join(args.gin_file)} on {args.topology}: DOES NOT FIT: "
+              f"{error}")
+        return 0
+    result = report(plan, args, estimate)
     print(json.dumps(result, indent=2) if args.format == "json" else format_text(result))
     if args.json_out:
         path = pathlib.Path(args.json_out)

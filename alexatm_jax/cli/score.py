@@ -3,6 +3,7 @@
 Reads JSONL lines `{"input": ..., "target": ...}` and writes one JSONL line per pair with
 `score_sum` (sum of the target tokens' natural-log probabilities), `score_mean` (per token) and
 `num_tokens` (target tokens scored, EOS included, and BOS when the vocabulary has one).
+Exit codes follow alexatm_jax.cli.errors (a malformed line is refused as FILE:LINE, status 2).
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ import sys
 from typing import Sequence
 
 from alexatm_jax.cli import inference_arguments as common
+from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
 from alexatm_jax.evaluation.data import iter_jsonl
+
+PROG = "alexatm-score"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of alexatm-score."""
     parser = argparse.ArgumentParser(
-        prog="alexatm-score", description=__doc__,
+        prog=PROG, description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_arguments(parser)
     parser.add_argument("--input_file", required=True, help="JSONL with `input` and `target`")
     parser.add_argument("--output", help="write JSONL scores here (default: stdout)")
+    add_log_level_argument(parser)
     return parser
 
 
@@ -44,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run_command(PROG, lambda: score(parser, args))
+
+
+def score(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Score every pair and write the results; returns 0."""
     common.check_model_arguments(parser, args)
     pairs = read_pairs(parser, args.input_file)
     text_model = common.load_model(parser, args)

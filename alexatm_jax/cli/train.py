@@ -6,7 +6,10 @@
 Gin files are layered in order (later files and then --gin.KEY=VALUE bindings override earlier
 ones; values use gin syntax, so strings need quotes: --gin.MODEL_DIR="'/tmp/run'"). The job
 resumes from MODEL_DIR's latest checkpoint when there is one. SIGTERM/SIGINT save a checkpoint
-and exit 0. Exit codes: 0 done or stopped cleanly, 1 training failed, 2 bad arguments/config.
+and exit 0. Exit codes (alexatm_jax.cli.errors): 0 done or stopped cleanly, 1 training failed
+(I/O, disk full, no readable checkpoint, non-finite steps past the limits), 2 refused before
+MODEL_DIR was touched (bad arguments, gin configuration, MODEL_DIR or DATA_DIR unusable, another
+architecture in MODEL_DIR).
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ import os
 import sys
 from typing import Sequence
 
+from alexatm_jax.cli.errors import (UsageError, add_log_level_argument, configure_logging,
+                                   run_command)
 from alexatm_jax.cli.gin_flags import gin_bindings
 from alexatm_jax.storage import absolute
+
+PROG = "alexatm-train"
 
 NUM_CPU_DEVICES_ENV = "ALEXATM_NUM_CPU_DEVICES"
 COORDINATOR_ENV = "ALEXATM_COORDINATOR_ADDRESS"
@@ -36,7 +43,7 @@ def _env_int(name: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (gin bindings `--gin.KEY=VALUE` are taken from the leftovers)."""
     parser = argparse.ArgumentParser(
-        prog="alexatm-train",
+        prog=PROG,
         description="Train an AlexaTM-style encoder-decoder as configured by gin files. Extra "
                     "arguments --gin.KEY=VALUE are gin bindings applied after the files, e.g. "
                     "--gin.TRAIN_STEPS=20 --gin.MESH_FSDP=2 --gin.train.log_every=1.")
@@ -61,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"number of processes of a multi-process run (env {NUM_PROCESSES_ENV})")
     parser.add_argument("--process_id", type=int, default=_env_int(PROCESS_ID_ENV),
                         help=f"this process's index, 0..num_processes-1 (env {PROCESS_ID_ENV})")
-    parser.add_argument("--log_level", default="WARNING",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        help="Python logging level (default WARNING)")
+    add_log_level_argument(parser)
     return parser
 
 
@@ -129,37 +134,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `alexatm-train`; returns the process exit code."""
     args, bindings = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(levelname)s %(name)s: %(message)s")
-    initialize_jax(args)
+    configure_logging(args.log_level)
+    return run_command(PROG, lambda: _train(args, bindings))
 
+
+def _train(args: argparse.Namespace, bindings: list[str]) -> int:
+    initialize_jax(args)
     _register_data_configurables()
     from alexatm_jax import gin_registry
     from alexatm_jax.training.checkpointing import IncompatibleCheckpointError
     from alexatm_jax.training.model_dir import ArchitectureMismatchError
-    from alexatm_jax.training.trainer import InvalidTrainArguments, NonFiniteLossError
+    from alexatm_jax.training.trainer import InvalidTrainArguments
 
     try:
         gin_registry.parse_gin(args.gin_file, bindings, args.gin_search_path)
     except (FileNotFoundError, ValueError, SyntaxError) as error:
-        print(f"alexatm-train: error: gin configuration: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"gin configuration: {error}") from error
     try:
         result = gin_registry.gin_train()
     except (ArchitectureMismatchError, IncompatibleCheckpointError,
-            InvalidTrainArguments) as error:
-        print(f"alexatm-train: error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # configuration values the run cannot use (mesh, batch, ...)
-        logging.debug("traceback of the configuration error", exc_info=True)
-        print(f"alexatm-train: error: {error}\n(--log_level DEBUG shows the traceback)",
-              file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"alexatm-train: error: {error}", file=sys.stderr)
-        return 1
-    print(f"alexatm-train: finished at step {result.final_step}"
-          + (f" (stopped by {result.stopped_by_signal})" if result.stopped_by_signal else ""))
+            InvalidTrainArguments) as error:  # refused before MODEL_DIR was touched
+        raise UsageError(str(error).split("\n  In call to configurable")[0]) from error
+    print(f"{PROG}: finished at step {result.final_step}"
+          + (f" (stopped by {result.stopped_by_signal})" if result.stopped_by_signal else "")
+          + (f"; {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps
+             else ""))
     return 0
 
 

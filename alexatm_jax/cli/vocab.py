@@ -1,6 +1,7 @@
 """`alexatm-vocab`: train a SentencePiece vocabulary for pretraining, or show a model's special ids.
 
 alexatm-vocab train --data_dir D --vocab_size N --out PATH.model [--num_reserved_tags K]
+alexatm-vocab train --demo      (the demo vocabulary on data/sample, into artifacts/vocab/)
 alexatm-vocab info PATH.model
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,12 +22,14 @@ def _parser() -> argparse.ArgumentParser:
         help="train a unigram model (pad=0 eos=1 unk=2, [CLM], [DOC], tags, byte fallback)",
     )
     train.add_argument(
-        "--data_dir", required=True, help="corpus: DATA_DIR/<lang>/*.{txt,jsonl}[.gz]"
+        "--demo",
+        action="store_true",
+        help="train (or reuse) the demo vocabulary on data/sample, which the tasks use when no "
+        "other is configured (its corpus, size and settings are fixed)",
     )
-    train.add_argument(
-        "--vocab_size", type=int, required=True, help="total pieces, specials included"
-    )
-    train.add_argument("--out", required=True, help="output model path, ending in .model")
+    train.add_argument("--data_dir", help="corpus: DATA_DIR/<lang>/*.{txt,jsonl}[.gz]")
+    train.add_argument("--vocab_size", type=int, help="total pieces, specials included")
+    train.add_argument("--out", help="output model path, ending in .model")
     train.add_argument(
         "--num_reserved_tags",
         type=int,
@@ -45,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     info = commands.add_parser("info", help="print the special ids of a SentencePiece model")
     info.add_argument("model", help="a .model file (ours or the released 20b_tokenizer.model)")
+    add_log_level_argument(parser)
     return parser
 
 
@@ -52,11 +58,30 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> None:
     parser.error(message)
 
 
+_TRAIN_OPTIONS = ("data_dir", "vocab_size", "out")  # required by `train`, refused with --demo
+
+
+def _train_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from tasks.vocab_training import train_demo_vocabulary
+
+    given = [f"--{name}" for name in _TRAIN_OPTIONS if getattr(args, name) is not None]
+    if given:
+        _fail(parser, f"--demo takes no {', '.join(given)}: its corpus and size are fixed")
+    try:
+        path = train_demo_vocabulary()
+    except (OSError, ValueError) as e:
+        sys.exit(f"alexatm-vocab: {e}")
+    print(f"demo vocabulary: {path}")
+
+
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     from tasks import corpus_files
     from tasks.vocab_training import corpus_sentences, train_vocabulary
     from tasks.vocabularies import read_special_ids
 
+    missing = [f"--{name}" for name in _TRAIN_OPTIONS if getattr(args, name) is None]
+    if missing:
+        _fail(parser, f"train needs {', '.join(missing)} (or --demo)")
     if not os.path.isdir(args.data_dir):
         _fail(parser, f"--data_dir {args.data_dir} is not a directory")
     if not args.out.endswith(".model"):
@@ -120,15 +145,23 @@ def _info(args: argparse.Namespace) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `alexatm-vocab`."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `alexatm-vocab`; returns the exit status (alexatm_jax.cli.errors: 2 for bad
+    arguments, 1 with one line for a failure, --log_level DEBUG for its traceback)."""
+    return run_command("alexatm-vocab", lambda: _main(argv) or 0)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "train":
+    configure_logging(args.log_level)
+    if args.command == "train" and args.demo:
+        _train_demo(args, parser)
+    elif args.command == "train":
         _train(args, parser)
     else:
         _info(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

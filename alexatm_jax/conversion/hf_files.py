@@ -51,7 +51,12 @@ class TorchBinFile:
                 "safetensors files need no torch") from error
         self._torch = torch
         self.path = os.fspath(path)
-        self._state = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        try:
+            self._state = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as error:  # torch's messages do not name the file
+            raise ValueError(f"{self.path} is not a readable PyTorch weight file "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+                             ) from error
 
     def keys(self) -> list[str]:
         """Tensor names in file order."""
@@ -85,7 +90,10 @@ def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{hf_dir} has no config.json: is it a HuggingFace model directory?")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from error
 
 
 def _indexed_files(index_path: pathlib.Path) -> list[pathlib.Path]:

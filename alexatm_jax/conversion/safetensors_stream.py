@@ -37,12 +37,22 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
-        self.metadata: dict[str, str] = header.pop("__metadata__", {}) or {}
+        try:
+            with open(self.path, "rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_len))
+            self.metadata: dict[str, str] = header.pop("__metadata__", {}) or {}
+            data_bytes = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
+        except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError,
+                AttributeError, IndexError) as error:
+            raise ValueError(f"{self.path} is not a readable safetensors file (damaged header: "
+                             f"{type(error).__name__}: {error})") from error
         self._entries = header
         self._data_start = 8 + header_len
+        size = os.path.getsize(self.path)
+        if size < self._data_start + data_bytes:
+            raise ValueError(f"{self.path} is truncated: its header lists "
+                             f"{self._data_start + data_bytes} bytes, the file has {size}")
         self._buffer: np.memmap | None = None
 
     def keys(self) -> list[str]:

@@ -67,6 +67,26 @@ def build_dataset(*, mixture: str, split: str, seed: int, sequence_length: Mappi
         decoder_start_id=decoder_start_token_id)
 
 
+def check_dataset(*, mixture: str, data_dir: str | None, vocab_path: str | None) -> None:
+    """Register what `mixture` needs without reading any data, so a missing or empty DATA_DIR or
+    an unknown mixture fails (FileNotFoundError / ValueError naming the fix) before a run
+    touches its MODEL_DIR."""
+    import dataclasses
+
+    import tasks
+    config = tasks.MixtureConfig()
+    tasks.register_for(mixture, data_dir=data_dir,
+                       config=dataclasses.replace(config, vocab_path=vocab_path) if vocab_path
+                       else config)
+
+
+def pipeline_report() -> tuple[dict[str, int], dict[str, str]]:
+    """(the input pipeline's counters over all tasks, {path: why} of the files it skipped) of
+    this process; see tasks/counters.py."""
+    import tasks
+    return tasks.pipeline_counter_totals(), tasks.bad_files()
+
+
 class SeqioHostBatches:
     """This process's batches `{feature: int32 [per_host_batch_size, length]}` of a SeqIO stream.
 
@@ -123,6 +143,10 @@ class SeqioHostBatches:
         self.stream_position += self.per_host_batch_size
         return {k: np.asarray(v, np.int32) for k, v in batch.items() if k in TRAINING_FEATURES}
 
+    def pipeline_report(self) -> tuple[dict[str, int], dict[str, str]]:
+        """This process's input-pipeline counters and skipped files (see `pipeline_report`)."""
+        return pipeline_report()
+
     def state(self) -> dict[str, Any]:
         """JSON: examples consumed in total, the current stream's seed and position in it, and
         the stream's identity."""
@@ -135,7 +159,7 @@ def resolve_vocabulary(vocab_path: str | None) -> tuple[str, int]:
     """(path, number of pieces) of the SentencePiece model the SeqIO tasks will use.
 
     `vocab_path` None resolves like the tasks do: gin's MixtureConfig.vocab_path, then
-    $ALEXATM_VOCAB, then the demo vocabulary (trained on data/sample on first use).
+    `tasks.vocabulary_path()` ($ALEXATM_VOCAB, then the demo vocabulary once it is trained).
     """
     import tasks  # TensorFlow/SeqIO: only when a SeqIO source is used
 

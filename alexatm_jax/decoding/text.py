@@ -38,9 +38,13 @@ class TextModel:
         self.tokenizer = tokenizer
 
     def generate(self, prompts: Sequence[str], options: DecodeOptions,
-                 stop: Sequence[str] = (), seed: int = 0) -> list[Generation]:
-        """One `Generation` per prompt, in order (prompts may start with `[CLM] `)."""
-        ids = [self.tokenizer.encode(p) for p in prompts]
+                 stop: Sequence[str] = (), seed: int = 0,
+                 truncate: bool = False) -> list[Generation]:
+        """One `Generation` per prompt, in order (prompts may start with `[CLM] `).
+
+        truncate: cut prompts over max_positions tokens with `Tokenizer.fit` instead of failing.
+        """
+        ids = self._encode(prompts, truncate)
         outputs = self.engine.generate_ids(ids, options, seed)
         generations = []
         for prompt, out in zip(prompts, outputs):
@@ -49,8 +53,15 @@ class TextModel:
                                           out.token_ids, out.score))
         return generations
 
-    def score(self, inputs: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
+    def score(self, inputs: Sequence[str], targets: Sequence[str],
+              truncate: bool = False) -> list[TargetScore]:
         """Teacher-forced log-probability of each target given its input (targets encoded with
-        the same BOS/EOS template as inputs, so EOS is scored)."""
-        return self.engine.score_ids([self.tokenizer.encode(i) for i in inputs],
-                                     [self.tokenizer.encode(t) for t in targets])
+        the same BOS/EOS template as inputs, so EOS is scored). truncate: as for `generate`."""
+        return self.engine.score_ids(self._encode(inputs, truncate),
+                                     self._encode(targets, truncate))
+
+    def _encode(self, texts: Sequence[str], truncate: bool) -> list[list[int]]:
+        ids = [self.tokenizer.encode(t) for t in texts]
+        if truncate:
+            ids = [self.tokenizer.fit(i, self.engine.config.max_positions) for i in ids]
+        return ids

@@ -1,5 +1,7 @@
-"""Few-shot / zero-shot evaluation (PAPER.md §5): tasks, prompts, metrics and the harness."""
+"""Few-shot / zero-shot evaluation (the paper's benchmarks): tasks, prompts, data, metrics, the
+harness and suites."""
 
+from alexatm_jax.evaluation.data import DataError
 from alexatm_jax.evaluation.harness import (
     EvalResult,
     default_options,
@@ -8,5 +10,7 @@ from alexatm_jax.evaluation.harness import (
     task_names,
     write_results,
 )
+from alexatm_jax.evaluation.suites import SUITES, run_suite
 
-__all__ = ["EvalResult", "default_options", "evaluate", "get_task", "task_names", "write_results"]
+__all__ = ["DataError", "EvalResult", "SUITES", "default_options", "evaluate", "get_task",
+           "run_suite", "task_names", "write_results"]

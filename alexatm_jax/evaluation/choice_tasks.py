@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
-from alexatm_jax.evaluation import data, metrics
+from alexatm_jax.evaluation import data, metrics, sources
+from alexatm_jax.evaluation.data import DataError
 
 Example = dict[str, Any]
 
@@ -54,12 +55,22 @@ def _answers(context: str, answers: Sequence[str], gold: int, **keys: str) -> Ch
     return ChoiceItem(tuple(spaced(context, a) for a in answers), tuple(answers), (gold,), **keys)
 
 
-def _label(example: Example, names: Sequence[str] = ()) -> int:
-    """The integer label, also accepting booleans and the class names in `names`."""
-    label = example["label"]
+def _label(example: Example, num_classes: int, names: Sequence[str] = ()) -> int:
+    """The label as a class index in [0, num_classes): an integer (or boolean), or one of the
+    class `names`; DataError naming the place and the accepted values otherwise."""
+    label = example.get("label")
     if isinstance(label, str) and label in names:
         return list(names).index(label)
-    return int(label)
+    if isinstance(label, bool) or (isinstance(label, int) and 0 <= label < num_classes):
+        return int(label)
+    accepted = f"an integer 0..{num_classes - 1}" + (f" or one of {list(names)}" if names else "")
+    raise DataError(f"{example.get(data.WHERE, '?')}: field `label` must be {accepted}, got "
+                    f"{label!r}")
+
+
+def _text(example: Example, *names: str) -> list[str]:
+    """The string fields `names` of `example` (DataError naming a field that is not a string)."""
+    return [data.field(example, n) for n in names]
 
 
 def _question(text: str) -> str:
@@ -73,7 +84,8 @@ def _yes_no(context: str, label: int, **keys: str) -> ChoiceItem:
 
 def boolq(e: Example) -> ChoiceItem:
     """`{passage} Question: {question}? Answer: No|Yes`; fields passage, question, label (1=yes)."""
-    return _yes_no(f"{e['passage']} Question: {_question(e['question'])} Answer:", _label(e))
+    passage, question = _text(e, "passage", "question")
+    return _yes_no(f"{passage} Question: {_question(question)} Answer:", _label(e, 2))
 
 
 def cb(e: Example) -> ChoiceItem:
@@ -81,23 +93,27 @@ def cb(e: Example) -> ChoiceItem:
     label 0 entailment, 1 contradiction, 2 neutral."""
     context = f"{e['premise']} Question: {e['hypothesis']} True, False, or Neither? Answer:"
     return _answers(context, ("True", "False", "Neither"),
-                    _label(e, ("entailment", "contradiction", "neutral")))
+                    _label(e, 3, ("entailment", "contradiction", "neutral")))
 
 
 def rte(e: Example) -> ChoiceItem:
     """`{premise} Question: {hypothesis} True or False? Answer: True|False`;
     label 0 entailment, 1 not_entailment."""
     context = f"{e['premise']} Question: {e['hypothesis']} True or False? Answer:"
-    return _answers(context, ("True", "False"), _label(e, ("entailment", "not_entailment")))
+    return _answers(context, ("True", "False"), _label(e, 2, ("entailment", "not_entailment")))
 
 
 def copa(e: Example) -> ChoiceItem:
     """`{premise without final period} because|so {choice, first letter lower-cased}`;
     fields premise, choice1, choice2, question (cause/effect), label (0/1); also XCOPA."""
-    connective = {"cause": "because", "effect": "so"}[e["question"]]
-    context = f"{e['premise'].rstrip().rstrip('.')} {connective}"
+    premise, question, choice1, choice2 = _text(e, "premise", "question", "choice1", "choice2")
+    if question not in ("cause", "effect"):
+        raise DataError(f"{e.get(data.WHERE, '?')}: field `question` must be 'cause' or "
+                        f"'effect' (lower case), got {question!r}")
+    connective = {"cause": "because", "effect": "so"}[question]
+    context = f"{premise.rstrip().rstrip('.')} {connective}"
     lower = lambda s: s[:1].lower() + s[1:]
-    return _answers(context, [lower(e[k]) for k in ("choice1", "choice2")], _label(e),
+    return _answers(context, [lower(c) for c in (choice1, choice2)], _label(e, 2),
                     language=e.get("language", ""))
 
 
@@ -106,14 +122,14 @@ def wic(e: Example) -> ChoiceItem:
     meaning in both sentences? Answer: No|Yes`; fields word, sentence1, sentence2, label."""
     return _yes_no(f"Sentence 1: {e['sentence1']} Sentence 2: {e['sentence2']} Question: Is the "
                    f"word '{e['word']}' used with the same meaning in both sentences? Answer:",
-                   _label(e))
+                   _label(e, 2))
 
 
 def wsc(e: Example) -> ChoiceItem:
     """`{text} Question: In the passage above, does the pronoun '{span2_text}' refer to
     '{span1_text}'? Answer: No|Yes`; label 1 = it does."""
     return _yes_no(f"{e['text']} Question: In the passage above, does the pronoun "
-                   f"'{e['span2_text']}' refer to '{e['span1_text']}'? Answer:", _label(e))
+                   f"'{e['span2_text']}' refer to '{e['span1_text']}'? Answer:", _label(e, 2))
 
 
 def multirc(e: Example) -> ChoiceItem:
@@ -121,19 +137,32 @@ def multirc(e: Example) -> ChoiceItem:
     Is the candidate answer correct? Answer: No|Yes`; fields paragraph, question, answer, label,
     question_id (groups the options of one question for EM)."""
     return _yes_no(f"{e['paragraph']} Question: {e['question']} Candidate answer: {e['answer']} "
-                   "Is the candidate answer correct? Answer:", _label(e),
+                   "Is the candidate answer correct? Answer:", _label(e, 2),
                    group=str(e["question_id"]))
 
 
 def record(e: Example) -> ChoiceItem:
     """One choice per entity: `{passage} {query with @placeholder = entity}`; fields passage
     (its `@highlight` lines become `- ` bullets, newlines spaces), query, entities, answers."""
-    passage = " ".join(e["passage"].replace("@highlight\n", "- ").split())
-    entities = list(dict.fromkeys(e["entities"]))
+    passage = " ".join(data.field(e, "passage").replace("@highlight\n", "- ").split())
+    entities = list(dict.fromkeys(_strings(e, "entities")))
+    answers = _strings(e, "answers")
+    if not entities or not answers:
+        raise DataError(f"{e.get(data.WHERE, '?')}: ReCoRD needs non-empty `entities` and "
+                        "`answers`")
     choices = tuple(spaced(passage, e["query"].replace("@placeholder", entity))
                     for entity in entities)
-    gold = tuple(i for i, entity in enumerate(entities) if entity in e["answers"])
-    return ChoiceItem(choices, tuple(entities), gold, answers=tuple(e["answers"]))
+    gold = tuple(i for i, entity in enumerate(entities) if entity in answers)
+    return ChoiceItem(choices, tuple(entities), gold, answers=tuple(answers))
+
+
+def _strings(e: Example, name: str) -> list[str]:
+    """A list-of-strings field (DataError naming the place otherwise)."""
+    value = data.field(e, name, list)
+    if not all(isinstance(v, str) for v in value):
+        raise DataError(f"{e.get(data.WHERE, '?')}: field `{name}` must be a list of strings, "
+                        f"got {value!r}")
+    return value
 
 
 def xnli(e: Example) -> ChoiceItem:
@@ -141,25 +170,33 @@ def xnli(e: Example) -> ChoiceItem:
     label 0 entailment, 1 neutral, 2 contradiction; field language."""
     context = f"{e['premise']} Question: {e['hypothesis']} True, False, or Neither? Answer:"
     return _answers(context, ("True", "Neither", "False"),
-                    _label(e, ("entailment", "neutral", "contradiction")), language=e["language"])
+                    _label(e, 3, ("entailment", "neutral", "contradiction")),
+                    language=e["language"])
 
 
 def pawsx(e: Example) -> ChoiceItem:
     """`Sentence 1: {s1} Sentence 2: {s2} Question: Do both sentences mean the same thing?
     Answer: No|Yes`; label 1 = paraphrase; field language."""
     return _yes_no(f"Sentence 1: {e['sentence1']} Sentence 2: {e['sentence2']} Question: Do both "
-                   "sentences mean the same thing? Answer:", _label(e), language=e["language"])
+                   "sentences mean the same thing? Answer:", _label(e, 2), language=e["language"])
 
 
 def xwinograd(e: Example) -> ChoiceItem:
     """The sentence with its `_` replaced by each option; context = text up to and including
     the option, continuation = the rest; fields sentence, option1, option2, answer (1 or 2),
     language."""
-    before, after = e["sentence"].split("_", 1)
-    choices = tuple(Choice((before + e[k]).strip(), after.strip(), before + e[k] + after)
-                    for k in ("option1", "option2"))
-    return ChoiceItem(choices, (e["option1"], e["option2"]), (int(e["answer"]) - 1,),
-                      language=e["language"])
+    sentence, option1, option2 = _text(e, "sentence", "option1", "option2")
+    where = e.get(data.WHERE, "?")
+    if sentence.count("_") != 1:
+        raise DataError(f"{where}: field `sentence` must contain exactly one `_` (the blank the "
+                        f"options fill), got {sentence!r}")
+    answer = e.get("answer")
+    if str(answer) not in ("1", "2") or isinstance(answer, bool):
+        raise DataError(f"{where}: field `answer` must be 1 or 2 (or \"1\"/\"2\"), got {answer!r}")
+    before, after = sentence.split("_", 1)
+    choices = tuple(Choice((before + o).strip(), after.strip(), before + o + after)
+                    for o in (option1, option2))
+    return ChoiceItem(choices, (option1, option2), (int(answer) - 1,), language=e["language"])
 
 
 def accuracy_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> dict[str, float]:
@@ -185,14 +222,16 @@ def multirc_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> di
 
 
 def record_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> dict[str, float]:
-    """SQuAD-normalised EM and token F1 of the chosen entity, max over the gold answers."""
+    """SQuAD-normalised EM and token F1 of the chosen entity, max over the gold answers; also
+    how many examples had no answer among their entities (kept: they score by overlap only)."""
     em = f1 = 0.0
     for item, p in zip(items, predicted):
         entity = item.names[p]
         em += max(metrics.exact_match(entity, a) for a in item.answers)
         f1 += max(metrics.token_f1(entity, a) for a in item.answers)
     count = max(len(items), 1)
-    return {"exact_match": 100.0 * em / count, "f1": 100.0 * f1 / count}
+    return {"exact_match": 100.0 * em / count, "f1": 100.0 * f1 / count,
+            "answers_not_among_entities": sum(not i.gold for i in items)}
 
 
 def per_language_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> dict[str, float]:
@@ -220,10 +259,14 @@ class ChoiceTask:
     max_shots: int = 0
 
     def items(self, data_dir: str, split: str, limit: int | None) -> list[ChoiceItem]:
-        """The `split` examples as ChoiceItems (ReCoRD examples without a gold entity dropped)."""
-        examples = data.task_split(data_dir, self.name, split, self.fields, limit)
-        items = [self.build(e) for e in examples]
-        return [i for i in items if i.gold]
+        """The `split` examples as ChoiceItems (`limit`: the first N, of each language for the
+        multilingual tasks)."""
+        if self.name in sources.LANGUAGE_CONFIGS:
+            examples = sources.load_multilingual(data_dir, self.name, split, self.fields, limit)
+        else:
+            examples = data.load_split(data_dir, sources.source(self.name), split, self.fields,
+                                       limit)
+        return [self.build(e) for e in examples]
 
 
 CHOICE_TASKS: dict[str, ChoiceTask] = {t.name: t for t in (
@@ -239,12 +282,12 @@ CHOICE_TASKS: dict[str, ChoiceTask] = {t.name: t for t in (
                multirc, multirc_metrics),
     ChoiceTask("record", "dev", ("passage", "query", "entities", "answers"), record,
                record_metrics),
-    ChoiceTask("xnli", "test", ("premise", "hypothesis", "label", "language"), xnli,
+    ChoiceTask("xnli", "test", ("premise", "hypothesis", "label"), xnli,
                per_language_metrics),
-    ChoiceTask("xcopa", "test", ("premise", "choice1", "choice2", "question", "label",
-                                 "language"), copa, per_language_metrics),
-    ChoiceTask("pawsx", "test", ("sentence1", "sentence2", "label", "language"), pawsx,
+    ChoiceTask("xcopa", "test", ("premise", "choice1", "choice2", "question", "label"), copa,
                per_language_metrics),
-    ChoiceTask("xwinograd", "test", ("sentence", "option1", "option2", "answer", "language"),
-               xwinograd, per_language_metrics),
+    ChoiceTask("pawsx", "test", ("sentence1", "sentence2", "label"), pawsx,
+               per_language_metrics),
+    ChoiceTask("xwinograd", "test", ("sentence", "option1", "option2", "answer"), xwinograd,
+               per_language_metrics),
 )}

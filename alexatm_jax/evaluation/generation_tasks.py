@@ -1,5 +1,5 @@
-"""Generation tasks (greedy decoding, PAPER.md §5): XSum / MLSum summarisation, Flores-101
-translation, SQuAD v2 extractive QA.
+"""Generation tasks (greedy decoding, the release's 1-shot recipes): XSum / MLSum summarisation,
+SQuAD v2 extractive QA, E2E NLG data-to-text (translation: `translation_tasks`).
 
 Each task turns its data into prompts, cuts the model's output back to the answer, and scores it.
 """
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import itertools
 from typing import Sequence
 
-from alexatm_jax.evaluation import data, metrics
+from alexatm_jax.evaluation import data, metrics, sources
+from alexatm_jax.evaluation.data import DataError
 from alexatm_jax.evaluation.text_processing import (
     cut_before,
     last_word,
@@ -19,15 +19,6 @@ from alexatm_jax.evaluation.text_processing import (
     word_count,
 )
 from alexatm_jax.tokenization import Tokenizer, clm_prompt
-
-# ISO 639-1 code -> (name used in the prompt, Flores-101 file code) for the 12 languages.
-FLORES_LANGUAGES: dict[str, tuple[str, str]] = {
-    "ar": ("Arabic", "ara"), "en": ("English", "eng"), "fr": ("French", "fra"),
-    "de": ("German", "deu"), "hi": ("Hindi", "hin"), "it": ("Italian", "ita"),
-    "ja": ("Japanese", "jpn"), "mr": ("Marathi", "mar"), "pt": ("Portuguese", "por"),
-    "es": ("Spanish", "spa"), "ta": ("Tamil", "tam"), "te": ("Telugu", "tel"),
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class GenerationItem:
@@ -81,32 +72,37 @@ class Summarization(GenerationTask):
         self.english = english
 
     @staticmethod
-    def document(example: data.Example, where: str) -> str:
-        """The example's `document` (or `text`) field."""
-        for key in ("document", "text"):
-            if key in example:
-                return example[key]
-        raise ValueError(f"{where}: an example has neither `document` nor `text`")
+    def document(example: data.Example) -> str:
+        """The example's `document` (or MLSum's `text`) field."""
+        key = "document" if "document" in example else "text"
+        if key not in example:
+            raise DataError(f"{example.get(data.WHERE, '?')}: an example has neither `document` "
+                            "nor `text`")
+        return data.field(example, key)
 
     def shots(self, data_dir: str, count: int) -> list[data.Example]:
         """The first `count` training examples with documents under SHOT_WORD_LIMIT words."""
-        path = data.split_path(data_dir, self.name, "train")
-        short = (e for e in data.iter_jsonl(path, ("summary",))
-                 if word_count(self.document(e, str(path))) < self.SHOT_WORD_LIMIT)
-        chosen = list(itertools.islice(short, count))
+        source = sources.source(self.name)
+        for limit in (1000, None):
+            train = data.load_split(data_dir, source, "train", ("summary",), limit)
+            chosen = [e for e in train
+                      if word_count(self.document(e)) < self.SHOT_WORD_LIMIT][:count]
+            if len(chosen) == count or limit is None or len(train) < limit:
+                break
         if len(chosen) < count:
-            raise ValueError(f"{path} has only {len(chosen)} documents under "
-                             f"{self.SHOT_WORD_LIMIT} words; {count} shots were asked for")
+            raise DataError(f"the {self.name} train split has only {len(chosen)} documents under "
+                            f"{self.SHOT_WORD_LIMIT} words; {count} shots were asked for")
         return chosen
 
     def items(self, data_dir, split, tokenizer, shots, limit):
-        prefix = "".join(self.SHOT.format(document=self.document(e, "train"), summary=e["summary"])
+        prefix = "".join(self.SHOT.format(document=self.document(e),
+                                          summary=data.field(e, "summary"))
                          for e in (self.shots(data_dir, shots) if shots else []))
-        examples = data.task_split(data_dir, self.name, split, ("summary",), limit)
+        examples = data.load_split(data_dir, sources.source(self.name), split, ("summary",), limit)
         return [GenerationItem(
             clm_prompt(prefix + self.QUERY.format(document=truncate_document(
-                self.document(e, split), tokenizer, self.DOCUMENT_TOKEN_LIMIT))),
-            (e["summary"],)) for e in examples]
+                self.document(e), tokenizer, self.DOCUMENT_TOKEN_LIMIT))),
+            (data.field(e, "summary"),)) for e in examples]
 
     def clean(self, output):
         return cut_before(output, self.SEPARATOR)
@@ -115,66 +111,14 @@ class Summarization(GenerationTask):
         return metrics.rouge(predictions, [i.references[0] for i in items], self.english)
 
 
-class Flores(GenerationTask):
-    """Flores-101 translation between two of the 12 languages, the release's 1-shot recipe.
-
-    Data: see `data.flores_sentences` (dev for shots, devtest for evaluation). Shot:
-    `Sentence:  {src}; Translation in {Target}: {tgt}; ` (two spaces after `Sentence:`),
-    the first dev sentences. Output: cut at the first `;`.
-    """
-
-    SHOT = "Sentence:  {source}; Translation in {target}: {translation}; "
-    QUERY = "Sentence:  {source}; Translation in {target}:"
-    split = "devtest"
-    default_shots = 1
-
-    def __init__(self, source: str, target: str):
-        for code in (source, target):
-            if code not in FLORES_LANGUAGES:
-                raise ValueError(f"unknown Flores language {code!r}; use two of "
-                                 f"{', '.join(FLORES_LANGUAGES)}")
-        if source == target:
-            raise ValueError(f"flores101:{source}-{target} translates a language into itself")
-        self.source, self.target = source, target
-        self.name = f"flores101:{source}-{target}"
-
-    def sentences(self, data_dir: str, split: str, language: str,
-                  limit: int | None) -> list[str]:
-        """One language's sentences of `split`."""
-        return data.flores_sentences(data_dir, split, language, FLORES_LANGUAGES[language][1],
-                                     limit)
-
-    def items(self, data_dir, split, tokenizer, shots, limit):
-        target_name = FLORES_LANGUAGES[self.target][0]
-        prefix = ""
-        if shots:
-            pairs = zip(self.sentences(data_dir, "dev", self.source, shots),
-                        self.sentences(data_dir, "dev", self.target, shots))
-            prefix = "".join(self.SHOT.format(source=s, target=target_name, translation=t)
-                             for s, t in pairs)
-        sources = self.sentences(data_dir, split, self.source, limit)
-        targets = self.sentences(data_dir, split, self.target, limit)
-        if len(sources) != len(targets):
-            raise ValueError(f"Flores {split} files of {self.source} and {self.target} have "
-                             f"{len(sources)} and {len(targets)} sentences; they must align")
-        return [GenerationItem(clm_prompt(prefix + self.QUERY.format(source=s, target=target_name)),
-                               (t,)) for s, t in zip(sources, targets)]
-
-    def clean(self, output):
-        return cut_before(output, ";")
-
-    def metrics(self, predictions, items):
-        return metrics.translation_scores(predictions, [i.references[0] for i in items],
-                                          metrics.bleu_tokenizer())
-
-
 class SquadV2(GenerationTask):
     """SQuAD v2, zero-shot with the release notebook's dummy shot.
 
-    Data: `squad_v2/dev.jsonl` with `context`, `question`, `answers` (list of strings, empty for
-    unanswerable). Prompt: `[CLM] Context: {context} Question: What is the last word in the
-    passage? Answer: {last word}; Question: {question} Answer:`. Output: cut at the first `;`
-    (the shot's answer terminator). Metrics: official SQuAD v2 exact / F1.
+    Data: `squad_v2/dev.jsonl` with `context`, `question`, `answers` (a list of strings, empty
+    for unanswerable, or HuggingFace's `{"text": [...], "answer_start": [...]}`). Prompt:
+    `[CLM] Context: {context} Question: What is the last word in the passage? Answer:
+    {last word}; Question: {question} Answer:`. Output: cut at the first `;` (the shot's answer
+    terminator). Metrics: official SQuAD v2 exact / F1, overall and HasAns / NoAns.
     """
 
     PROMPT = ("Context: {context} Question: What is the last word in the passage? "
@@ -185,12 +129,25 @@ class SquadV2(GenerationTask):
     max_shots = 0
 
     def items(self, data_dir, split, tokenizer, shots, limit):
-        examples = data.task_split(data_dir, self.name, split,
+        examples = data.load_split(data_dir, sources.source(self.name), split,
                                    ("context", "question", "answers"), limit)
         return [GenerationItem(
-            clm_prompt(self.PROMPT.format(context=e["context"], last_word=last_word(e["context"]),
-                                          question=e["question"])),
-            tuple(e["answers"])) for e in examples]
+            clm_prompt(self.PROMPT.format(context=data.field(e, "context"),
+                                          last_word=last_word(e["context"]),
+                                          question=data.field(e, "question"))),
+            tuple(self.answers(e))) for e in examples]
+
+    @staticmethod
+    def answers(example: data.Example) -> list[str]:
+        """The gold answer strings: a list of strings, or the texts of HuggingFace's dict."""
+        value = example["answers"]
+        if isinstance(value, dict) and isinstance(value.get("text"), list):
+            value = value["text"]
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise DataError(f"{example.get(data.WHERE, '?')}: field `answers` must be a list of "
+                            "strings ([] when unanswerable) or {\"text\": [...], "
+                            f"\"answer_start\": [...]}}, got {value!r}")
+        return value
 
     def clean(self, output):
         return cut_before(output, ";")
@@ -199,18 +156,45 @@ class SquadV2(GenerationTask):
         return metrics.squad_scores(predictions, [i.references for i in items])
 
 
-def generation_task(name: str) -> GenerationTask | None:
-    """The generation task called `name`, or None if `name` is not one."""
-    summaries = {"xsum": True, "mlsum_de": False, "mlsum_es": False, "mlsum_fr": False}
-    if name in summaries:
-        return Summarization(name, summaries[name])
-    if name == "squad_v2":
-        return SquadV2()
-    if name.startswith("flores101:"):
-        pair = name.split(":", 1)[1]
-        if pair.count("-") != 1:
-            raise ValueError(f"write Flores tasks as flores101:<src>-<tgt>, e.g. flores101:en-de; "
-                             f"got {name!r}")
-        return Flores(*pair.split("-"))
-    return None
+class E2ENLG(GenerationTask):
+    """E2E NLG (restaurant meaning representations -> text), the release notebook's 1-shot prompt.
 
+    Data: `e2e_nlg/{train,test}.jsonl` (or HuggingFace e2e_nlg) with `meaning_representation` and
+    `human_reference`; the test rows of one meaning representation are its references. Shot: the
+    first training row, `{mr} ==> sentence describing the place: {ref} ; `; prompt `[CLM] ` +
+    shots + `{mr} ==> sentence describing the place:`. Output: cut at the first `;`. Metrics:
+    multi-reference BLEU (sacrebleu 13a), chrF, ROUGE-L (best over the references).
+    """
+
+    SHOT = "{mr} ==> sentence describing the place: {ref} ; "
+    QUERY = "{mr} ==> sentence describing the place:"
+    FIELDS = ("meaning_representation", "human_reference")
+    name = "e2e_nlg"
+    split = "test"
+    default_shots = 1
+
+    def items(self, data_dir, split, tokenizer, shots, limit):
+        source = sources.source(self.name)
+        prefix = ""
+        if shots:
+            train = data.load_split(data_dir, source, "train", self.FIELDS, shots)
+            if len(train) < shots:
+                raise DataError(f"the e2e_nlg train split has {len(train)} rows; {shots} shots "
+                                "were asked for")
+            prefix = "".join(self.SHOT.format(mr=data.field(e, self.FIELDS[0]),
+                                              ref=data.field(e, self.FIELDS[1])) for e in train)
+        references: dict[str, list[str]] = {}
+        for e in data.load_split(data_dir, source, split, self.FIELDS):
+            references.setdefault(data.field(e, self.FIELDS[0]), []).append(
+                data.field(e, self.FIELDS[1]))
+        grouped = list(references.items())[:limit]
+        return [GenerationItem(clm_prompt(prefix + self.QUERY.format(mr=mr)), tuple(refs))
+                for mr, refs in grouped]
+
+    def clean(self, output):
+        return cut_before(output, ";")
+
+    def metrics(self, predictions, items):
+        references = [i.references for i in items]
+        return {**metrics.translation_scores(predictions, references, "13a", plain_name=True),
+                "rougeL": metrics.rouge_l_multi(predictions, references)}

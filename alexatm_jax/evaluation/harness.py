@@ -13,17 +13,25 @@ import numpy as np
 from alexatm_jax.decoding.options import DecodeOptions
 from alexatm_jax.decoding.text import TextModel
 from alexatm_jax.evaluation.choice_tasks import CHOICE_TASKS, ChoiceTask
-from alexatm_jax.evaluation.generation_tasks import GenerationTask, generation_task
+from alexatm_jax.evaluation.generation_tasks import (
+    E2ENLG,
+    GenerationTask,
+    SquadV2,
+    Summarization,
+)
+from alexatm_jax.evaluation.translation_tasks import translation_task
 from alexatm_jax.tokenization import clm_prompt
 
 CHOICE_MODES = ("denoise", "clm")
 # The release recipes generate with HF max_length=64, which counts the decoder start token.
 DEFAULT_MAX_NEW_TOKENS = 63
+SUMMARIZATION = {"xsum": True, "mlsum_de": False, "mlsum_es": False, "mlsum_fr": False}
 
 
 def task_names() -> list[str]:
-    """Every task name `get_task` accepts (Flores as its pattern)."""
-    return (["xsum", "mlsum_de", "mlsum_es", "mlsum_fr", "flores101:<src>-<tgt>", "squad_v2"]
+    """Every task name `get_task` accepts (translation as patterns)."""
+    return (list(SUMMARIZATION) + ["flores101:<src>-<tgt>", "wmt14:<src>-<tgt>",
+                                   "wmt16:<src>-<tgt>", "e2e_nlg", "squad_v2"]
             + list(CHOICE_TASKS))
 
 
@@ -31,7 +39,13 @@ def get_task(name: str) -> GenerationTask | ChoiceTask:
     """The task called `name`; ValueError listing the known names otherwise."""
     if name in CHOICE_TASKS:
         return CHOICE_TASKS[name]
-    task = generation_task(name)
+    if name in SUMMARIZATION:
+        return Summarization(name, SUMMARIZATION[name])
+    if name == "squad_v2":
+        return SquadV2()
+    if name == "e2e_nlg":
+        return E2ENLG()
+    task = translation_task(name)
     if task is None:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(task_names())}")
     return task
@@ -78,7 +92,9 @@ def evaluate(task: GenerationTask | ChoiceTask, text_model: TextModel, data_dir:
         return _evaluate_choices(task, text_model, data_dir, split, limit, choice_mode)
     options = options or default_options(text_model)
     items = task.items(data_dir, split, text_model.tokenizer, shots, limit)
-    generations = text_model.generate([i.prompt for i in items], options)
+    prompts = [i.prompt for i in items]
+    truncated = count_truncated(text_model, prompts)
+    generations = text_model.generate(prompts, options, truncate=True)
     predictions = [task.clean(g.text) for g in generations]
     records = [{"prompt": i.prompt, "prediction": p, "reference": list(i.references),
                 "raw_output": g.raw_text} for i, p, g in zip(items, predictions, generations)]
@@ -86,7 +102,17 @@ def evaluate(task: GenerationTask | ChoiceTask, text_model: TextModel, data_dir:
                 "num_beams": options.num_beams, "sample": options.sample,
                 "bad_words": [list(w) for w in options.bad_words]}
     return EvalResult(task.name, split, {"num_examples": len(items),
-                                         **task.metrics(predictions, items)}, records, settings)
+                                         **task.metrics(predictions, items),
+                                         "truncated_inputs": truncated}, records, settings)
+
+
+def count_truncated(text_model: TextModel, texts: list[str]) -> int:
+    """How many `texts` encode to more than the model's positions (`Tokenizer.fit` cuts them)."""
+    engine = getattr(text_model, "engine", None)
+    if engine is None:
+        return 0
+    limit = engine.config.max_positions
+    return sum(len(text_model.tokenizer.encode(t)) > limit for t in texts)
 
 
 def _evaluate_choices(task: ChoiceTask, text_model: TextModel, data_dir: str, split: str,
@@ -97,7 +123,8 @@ def _evaluate_choices(task: ChoiceTask, text_model: TextModel, data_dir: str, sp
     pairs = [(c.full_text, c.full_text) if mode == "denoise"
              else (clm_prompt(c.context), c.continuation)
              for item in items for c in item.choices]
-    scores = text_model.score([p[0] for p in pairs], [p[1] for p in pairs])
+    truncated = count_truncated(text_model, [t for p in pairs for t in p])
+    scores = text_model.score([p[0] for p in pairs], [p[1] for p in pairs], truncate=True)
     predicted, records, offset = [], [], 0
     for item in items:
         means = [s.score_mean for s in scores[offset:offset + len(item.choices)]]
@@ -108,11 +135,17 @@ def _evaluate_choices(task: ChoiceTask, text_model: TextModel, data_dir: str, sp
         records.append({"prompt": [p[0] for p in item_pairs], "targets": [p[1] for p in item_pairs],
                         "choices": list(item.names), "score_mean": means,
                         "prediction": item.names[best],
-                        "reference": [item.names[g] for g in item.gold]})
+                        "reference": list(item.answers) or [item.names[g] for g in item.gold]})
     return EvalResult(task.name, split, {"num_examples": len(items),
-                                         **task.metrics(items, predicted)},
+                                         **task.metrics(items, predicted),
+                                         "truncated_inputs": truncated},
                       records, {"shots": 0, "choice_mode": mode,
                                 "choice_score": "mean target log-probability"})
+
+
+def markdown_cell(text: str) -> str:
+    """`text` safe inside a markdown table cell (`|` escaped, newlines as spaces)."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def write_results(result: EvalResult, out_dir: str | pathlib.Path,
@@ -129,7 +162,7 @@ def write_results(result: EvalResult, out_dir: str | pathlib.Path,
     rows = ["| task | split | metric | value |", "| --- | --- | --- | --- |"]
     for name, value in result.metrics.items():
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        rows.append(f"| {result.task} | {result.split} | {name} | {shown} |")
+        rows.append(f"| {result.task} | {result.split} | {name} | {markdown_cell(shown)} |")
     paths["results.md"].write_text("\n".join(rows) + "\n", encoding="utf-8")
     with paths["predictions.jsonl"].open("w", encoding="utf-8") as f:
         for record in result.records:

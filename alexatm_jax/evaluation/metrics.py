@@ -42,11 +42,22 @@ def rouge(predictions: Sequence[str], references: Sequence[str],
     return {name: 100.0 * totals[name] / count for name in types}
 
 
+SPBLEU_MODEL_ENV = "ALEXATM_SPBLEU_MODEL"
+FLORES_SPM_FILE = "sacrebleu_tokenizer_spm.model"
+FLORES_SPM_URL = "https://dl.fbaipublicfiles.com/fairseq/models/flores/" + FLORES_SPM_FILE
+
+
+_WARNED: set[str] = set()  # model paths already warned about
+
+
 def flores_spm_model_path() -> str:
-    """Where sacrebleu looks for the Flores-101 SentencePiece model ($SACREBLEU/models/...)."""
+    """The Flores-101 SentencePiece model spBLEU needs: $ALEXATM_SPBLEU_MODEL (set by
+    `alexatm-eval --spbleu_model`) when set, else where sacrebleu keeps it ($SACREBLEU/models/)."""
+    if os.environ.get(SPBLEU_MODEL_ENV):
+        return os.environ[SPBLEU_MODEL_ENV]
     from sacrebleu.utils import SACREBLEU_DIR
 
-    return os.path.join(SACREBLEU_DIR, "models", "sacrebleu_tokenizer_spm.model")
+    return os.path.join(SACREBLEU_DIR, "models", FLORES_SPM_FILE)
 
 
 def bleu_tokenizer() -> str:
@@ -54,29 +65,70 @@ def bleu_tokenizer() -> str:
 
     sacrebleu would download the Flores model on first use; this harness never downloads.
     """
-    if os.path.isfile(flores_spm_model_path()):
+    path = flores_spm_model_path()
+    if os.path.isfile(path):
         return "flores101"
+    if os.environ.get(SPBLEU_MODEL_ENV):
+        raise FileNotFoundError(f"${SPBLEU_MODEL_ENV} / --spbleu_model {path} does not exist")
+    if path in _WARNED:
+        return "13a"
+    _WARNED.add(path)
     logging.warning(
         "the Flores-101 SentencePiece model is not at %s, so spBLEU cannot be computed offline; "
-        "reporting BLEU with sacrebleu's 13a tokenizer instead (download "
-        "https://dl.fbaipublicfiles.com/fairseq/models/flores/sacrebleu_tokenizer_spm.model "
-        "to that path for spBLEU)", flores_spm_model_path())
+        "reporting BLEU with sacrebleu's 13a tokenizer instead, named bleu_13a (pass "
+        "--spbleu_model or set $%s to a copy of %s for spBLEU)", path, SPBLEU_MODEL_ENV,
+        FLORES_SPM_URL)
     return "13a"
 
 
-def translation_scores(predictions: Sequence[str], references: Sequence[str],
-                       tokenize: str) -> dict[str, float | str]:
-    """Corpus BLEU (named `spbleu` with the flores101 tokenizer, else `bleu_<tokenizer>`), chrF."""
+def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:
+    """Per-example reference lists -> sacrebleu's reference streams (None where one is short)."""
+    width = max((len(r) for r in references), default=1)
+    return [[r[k] if k < len(r) else None for r in references] for k in range(width)]
+
+
+def translation_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                       tokenize: str, plain_name: bool = False) -> dict[str, float | str]:
+    """Corpus BLEU and chrF over one or more references per example.
+
+    The BLEU is named `spbleu` with the flores101 tokenizer (SentencePiece from
+    `flores_spm_model_path`), `bleu_<tokenizer>` otherwise (`bleu` when `plain_name`: WMT's
+    standard 13a BLEU);
+    `bleu_tokenize` and the sacrebleu signatures say which tokenization produced it.
+    """
     from sacrebleu.metrics import BLEU, CHRF
 
-    bleu = BLEU(tokenize=tokenize)
-    bleu_score = bleu.corpus_score(list(predictions), [list(references)])
+    hypotheses, streams = list(predictions), _reference_streams(references)
+    if tokenize == "flores101":
+        import sentencepiece as spm
+
+        model = spm.SentencePieceProcessor(model_file=flores_spm_model_path())
+        split = lambda text: " ".join(model.encode(text, out_type=str))
+        bleu = BLEU(tokenize="none")
+        score = bleu.corpus_score([split(h) for h in hypotheses],
+                                  [[None if r is None else split(r) for r in s] for s in streams])
+        signature = str(bleu.get_signature()).replace("tok:none", "tok:flores101")
+        name = "spbleu"
+    else:
+        bleu = BLEU(tokenize=tokenize)
+        score = bleu.corpus_score(hypotheses, streams)
+        signature = str(bleu.get_signature())
+        name = "bleu" if plain_name else f"bleu_{tokenize}"
     chrf = CHRF()
-    chrf_score = chrf.corpus_score(list(predictions), [list(references)])
-    name = "spbleu" if tokenize == "flores101" else f"bleu_{tokenize}"
-    return {name: bleu_score.score, "chrf": chrf_score.score,
-            "bleu_signature": str(bleu.get_signature()),
-            "chrf_signature": str(chrf.get_signature())}
+    chrf_score = chrf.corpus_score(hypotheses, streams)
+    return {name: score.score, "chrf": chrf_score.score, "bleu_tokenize": tokenize,
+            "bleu_signature": signature, "chrf_signature": str(chrf.get_signature())}
+
+
+def rouge_l_multi(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Mean over examples of the best ROUGE-L F1 (x100) against any of its references
+    (rouge-score's default tokenizer, Porter stemmer)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    total = sum(scorer.score_multi(list(refs), p)["rougeL"].fmeasure
+                for p, refs in zip(predictions, references))
+    return 100.0 * total / max(len(predictions), 1)
 
 
 def normalize_answer(text: str) -> str:
@@ -107,14 +159,25 @@ def token_f1(prediction: str, gold: str) -> float:
 
 def squad_scores(predictions: Sequence[str],
                  gold_answers: Sequence[Sequence[str]]) -> dict[str, float]:
-    """SQuAD v2 `exact` and `f1` (x100): max over gold answers; no answer = gold [""]."""
-    em = f1 = 0.0
+    """SQuAD v2 `exact` and `f1` (x100; max over gold answers; no answer = gold [""]), and the
+    same over the answerable (`HasAns_*`) and unanswerable (`NoAns_*`) questions with their
+    counts, as the official evaluation script reports them."""
+    per = {"HasAns": ([], []), "NoAns": ([], [])}
     for prediction, golds in zip(predictions, gold_answers):
-        golds = [g for g in golds if normalize_answer(g)] or [""]
-        em += max(exact_match(prediction, g) for g in golds)
-        f1 += max(token_f1(prediction, g) for g in golds)
+        golds = [g for g in golds if normalize_answer(g)]
+        ems, f1s = per["HasAns" if golds else "NoAns"]
+        golds = golds or [""]
+        ems.append(max(exact_match(prediction, g) for g in golds))
+        f1s.append(max(token_f1(prediction, g) for g in golds))
     count = max(len(predictions), 1)
-    return {"exact": 100.0 * em / count, "f1": 100.0 * f1 / count}
+    out = {"exact": 100.0 * sum(sum(v[0]) for v in per.values()) / count,
+           "f1": 100.0 * sum(sum(v[1]) for v in per.values()) / count}
+    for name, (ems, f1s) in per.items():
+        if ems:
+            out[f"{name}_exact"] = 100.0 * sum(ems) / len(ems)
+            out[f"{name}_f1"] = 100.0 * sum(f1s) / len(f1s)
+        out[f"{name}_total"] = len(ems)
+    return out
 
 
 def accuracy(predicted: Sequence[int], labels: Sequence[int]) -> float:

@@ -28,7 +28,7 @@ def truncate_document(text: str, tokenizer: Tokenizer, max_tokens: int) -> str:
     if len(tokenizer.encode(text)) <= max_tokens:
         return text
     keep = max_tokens - (1 if tokenizer.special.bos is not None else 0)
-    cut = tokenizer.processor.decode(tokenizer.pieces(text)[:keep])
+    cut = tokenizer.plain_text(tokenizer.pieces(text)[:keep])
     sentences = split_sentences(cut)
     return " ".join(sentences[:-1] if len(sentences) > 1 else sentences)
 

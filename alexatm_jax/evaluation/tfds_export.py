@@ -1,8 +1,9 @@
 """Export an already prepared TFDS dataset to the harness's JSONL schema (never downloads).
 
-Supported: xsum, mlsum_{de,es,fr}, the eight SuperGLUE tasks and squad_v2 (one TFDS dataset
-each). The multilingual sets (xnli, xcopa, pawsx, xwinograd) and Flores-101 are read from JSONL
-only: export them yourself in the documented schema.
+Supported: xsum, mlsum_de and mlsum_es (TFDS has MLSum only inside GEM: `gem/mlsum_de`,
+`gem/mlsum_es`; there is no French one), the eight SuperGLUE tasks, squad_v2 and the WMT pairs
+wmt14:fr-en, wmt16:de-en, wmt16:ro-en (`wmt14_translate/fr-en`, ...). The multilingual sets and
+Flores-101 come from JSONL or HuggingFace files (see `data`).
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ _SUPERGLUE_FIELDS = {
 # task -> (TFDS name, {our split: TFDS split}, converter)
 TFDS_SOURCES: dict[str, tuple[str, dict[str, str], Converter]] = {
     "xsum": ("xsum", {"train": "train", "test": "test"}, _pick("document", "summary")),
-    **{f"mlsum_{lang}": (f"mlsum/{lang}", {"train": "train", "test": "test"},
-                         _pick("text", "summary", rename={"text": "document"}))
-       for lang in ("de", "es", "fr")},
+    **{f"mlsum_{lang}": (f"gem/mlsum_{lang}", {"train": "train", "test": "test"},
+                         _pick("text", "target", rename={"text": "document", "target": "summary"}))
+       for lang in ("de", "es")},
+    **{f"{year}:{pair}": (f"{year}_translate/{pair}",
+                          {"validation": "validation", "test": "test"}, _pick(*pair.split("-")))
+       for year, pair in (("wmt14", "fr-en"), ("wmt16", "de-en"), ("wmt16", "ro-en"))},
     **{task: (f"super_glue/{'wsc.fixed' if task == 'wsc' else task}",
               {"train": "train", "dev": "validation"}, _pick(*fields))
        for task, fields in _SUPERGLUE_FIELDS.items()},
@@ -82,7 +86,9 @@ def export_split(task: str, split: str, tfds_data_dir: str, data_dir: str) -> pa
     if not builder.is_prepared():
         raise FileNotFoundError(f"TFDS dataset {name} is not prepared under {tfds_data_dir}; "
                                 "prepare it there first (this tool never downloads)")
-    out = pathlib.Path(data_dir) / task / f"{split}.jsonl"
+    year, _, pair = task.partition(":")
+    directory = f"{year}/{pair}" if pair else task
+    out = pathlib.Path(data_dir) / directory / f"{split}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
         for example in tfds.as_numpy(builder.as_dataset(split=splits[split])):

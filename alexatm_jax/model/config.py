@@ -8,9 +8,15 @@ from typing import Any
 
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
 # einsum: explicit softmax (attention dropout supported); dot_product: jax.nn.dot_product_attention,
-# XLA picks the kernel; cudnn: the same call forced onto cuDNN flash attention (GPU, bf16/fp16).
-ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product", "cudnn")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# XLA picks the kernel; cudnn: the same call forced onto cuDNN flash attention (GPU, bf16/fp16);
+# splash: the Pallas TPU splash-attention kernels (model/splash.py; elsewhere the Pallas
+# interpreter runs them, for tests).
+ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product", "cudnn", "splash")
+# none: keep everything; full: keep each layer's input only; dots / dots_no_batch: keep every
+# matmul output / those without batch dimensions (the projections, not q.k); save_mlp: keep the
+# FFN's first projection ('mlp_wi', 4 x d_model per token), the largest recompute of 'full';
+# save_mlp_qkv: also the attention's q, k, v.
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mlp", "save_mlp_qkv")
 # How dropout masks are drawn (alexatm_jax/model/dropout.py): threefry_packed = one Threefry hash
 # per four elements (~4x cheaper than jax.random.bernoulli, same guarantees); the others are
 # jax.random.bernoulli with a key of that PRNG implementation.

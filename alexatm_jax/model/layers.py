@@ -11,9 +11,11 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.dropout import Dropout
+from alexatm_jax.model.splash import SegmentMask, splash_attention
 
 Array = jax.Array
 LogicalAxes = tuple[str | None, ...]
@@ -143,7 +145,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        h = Dense(cfg, (self.ffn_dim,), ("embed", "mlp"), name="wi")(x)
+        h = checkpoint_name(Dense(cfg, (self.ffn_dim,), ("embed", "mlp"), name="wi")(x), "mlp_wi")
         h = activation_fn(cfg.activation)(h)
         h = constrain(h, ("batch", "length", "mlp"))
         h = Dropout(cfg.activation_dropout_rate, cfg.dropout_rng_impl)(
@@ -167,7 +169,8 @@ class Attention(nn.Module):
     """Multi-head attention with biases, scaling after q.k (the release's order).
 
     Modes:
-      * plain: keys/values from `inputs_kv`; `mask` is a boolean [batch, 1, q_len, kv_len].
+      * plain: keys/values from `inputs_kv`; `mask` is a boolean [batch, 1, q_len, kv_len], or
+        with attention_impl='splash' a `SegmentMask` (segment ids and causality).
       * `decode=True`, self-attention: keys/values are appended to a cache of `max_decode_length`
         steps; the causal mask comes from the cache index (the `mask` argument is ignored).
       * `decode=True`, cross-attention (`cache_kv=True`): keys/values are projected from
@@ -187,7 +190,8 @@ class Attention(nn.Module):
     max_decode_length: int = 0
 
     @nn.compact
-    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None) -> Array:
+    def __call__(self, inputs_q: Array, inputs_kv: Array,
+                 mask: Array | SegmentMask | None) -> Array:
         cfg = self.config
         head_dim = cfg.d_model // self.num_heads
         proj = lambda name: Dense(cfg, (self.num_heads, head_dim), ("embed", "heads", "kv"),
@@ -204,9 +208,10 @@ class Attention(nn.Module):
                 key, value = self._cross_kv_from_cache(proj, inputs_kv)
             else:
                 key, value = proj("key")(inputs_kv), proj("value")(inputs_kv)
-        query = constrain(query, qkv_axes)
+        query = checkpoint_name(constrain(query, qkv_axes), "attention_q")
         if not (self.decode and self.cache_kv):
-            key, value = constrain(key, qkv_axes), constrain(value, qkv_axes)
+            key = checkpoint_name(constrain(key, qkv_axes), "attention_k")
+            value = checkpoint_name(constrain(value, qkv_axes), "attention_v")
             if self.decode:
                 key, value, mask = self._append_to_cache(key, value)
 
@@ -215,6 +220,8 @@ class Attention(nn.Module):
         if self.decode:
             weights = _attention_weights_einsum(query, key, mask, scale, "bqhd,bhkd->bhqk")
             out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(dtype), value)
+        elif isinstance(mask, SegmentMask):
+            out = splash_attention(query, key, value, mask, scale)
         elif cfg.attention_impl in ("dot_product", "cudnn"):
             implementation = "cudnn" if cfg.attention_impl == "cudnn" else None
             out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale,

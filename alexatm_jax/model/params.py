@@ -7,7 +7,6 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.transformer import AlexaTM
@@ -66,8 +65,3 @@ def _prod(shape: tuple[int, ...]) -> int:
     for d in shape:
         out *= int(d)
     return out
-
-
-def is_logical_spec(x: Any) -> bool:
-    """True for the PartitionSpec leaves returned by `param_logical_axes`."""
-    return isinstance(x, PartitionSpec)

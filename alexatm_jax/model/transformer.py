@@ -28,6 +28,7 @@ from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.dropout import Dropout
 from alexatm_jax.model.layers import (MLP, Attention, LayerNorm, constrain, cotangent_barrier,
                                      dense_init)
+from alexatm_jax.model.splash import SegmentMask
 
 Array = jax.Array
 HIDDEN_AXES = ("batch", "length", "embed")
@@ -36,6 +37,9 @@ _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_mlp": jax.checkpoint_policies.save_only_these_names("mlp_wi"),
+    "save_mlp_qkv": jax.checkpoint_policies.save_only_these_names(
+        "mlp_wi", "attention_q", "attention_k", "attention_v"),
 }
 
 
@@ -228,8 +232,11 @@ class AlexaTM(nn.Module):
         tokens = encoder_input_tokens
         positions = _default_positions(tokens) if encoder_positions is None else encoder_positions
         types = jnp.zeros_like(tokens) if encoder_token_type_ids is None else encoder_token_type_ids
-        return self.encoder(self.token_embedder(tokens), types, positions,
-                            masks.encoder_self_mask(encoder_segment_ids), deterministic)
+        if self.config.attention_impl == "splash":
+            mask = SegmentMask(encoder_segment_ids, encoder_segment_ids)
+        else:
+            mask = masks.encoder_self_mask(encoder_segment_ids)
+        return self.encoder(self.token_embedder(tokens), types, positions, mask, deterministic)
 
     def decode(self, encoded: Array, encoder_segment_ids: Array | None,
                decoder_input_tokens: Array, decoder_segment_ids: Array | None = None,
@@ -256,8 +263,12 @@ class AlexaTM(nn.Module):
         tokens = decoder_input_tokens
         length = tokens.shape[1]
         positions = _default_positions(tokens) if decoder_positions is None else decoder_positions
-        self_mask = None if decode else masks.decoder_self_mask(decoder_segment_ids, length)
-        cross = masks.cross_mask(decoder_segment_ids, encoder_segment_ids, length)
+        if self.config.attention_impl == "splash" and not decode:
+            self_mask = SegmentMask(decoder_segment_ids, decoder_segment_ids, causal=True)
+            cross = SegmentMask(decoder_segment_ids, encoder_segment_ids)
+        else:
+            self_mask = None if decode else masks.decoder_self_mask(decoder_segment_ids, length)
+            cross = masks.cross_mask(decoder_segment_ids, encoder_segment_ids, length)
         return self.decoder(self._decoder_embedder()(tokens), positions, encoded, self_mask,
                             cross, deterministic, decode, max_decode_length)
 

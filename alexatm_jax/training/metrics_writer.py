@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from typing import Mapping
 
 from alexatm_jax.storage import as_path, copy_file, is_remote
@@ -50,6 +51,20 @@ def truncate_metrics_after(path: str, step: int) -> int:
             f.writelines(kept)
         os.replace(tmp, path)
     return len(lines) - len(kept)
+
+
+def rotate_run_logs(model_dir: str) -> list[str]:
+    """Rename `metrics.jsonl` and `tensorboard/` of `model_dir` aside (suffix `.before-<time>`)
+    so a run that starts again from step 0 keeps the old history. Returns the new names."""
+    suffix = time.strftime("before-%Y%m%d-%H%M%S")
+    rotated = []
+    for name, new_name in ((METRICS_FILE, f"metrics.{suffix}.jsonl"),
+                           (TENSORBOARD_DIR, f"{TENSORBOARD_DIR}.{suffix}")):
+        path = as_path(model_dir) / name
+        if path.exists():
+            path.rename(path.parent / new_name)
+            rotated.append(new_name)
+    return rotated
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -51,8 +51,8 @@ def _microbatches(batch: Batch, num: int, sharding: NamedSharding) -> Batch:
 def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransformation,
                     partitioner: Partitioner, *, grad_accum_steps: int = 1, z_loss: float = 0.0,
                     skip_nonfinite: bool = True, freeze_prefixes: tuple[str, ...] = (),
-                    freeze_steps: int = 0, fused_head: bool = True,
-                    parallel_branches: int | None = 1
+                    freeze_steps: int = 0, inject_nonfinite_steps: tuple[int, ...] = (),
+                    fused_head: bool = True, parallel_branches: int | None = 1
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """train_step(state, batch, rng) -> (new_state, metrics); the input state is donated.
 
@@ -62,15 +62,21 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
     and floating-point optimizer statistics stay as they were, integer counters (schedule,
     freeze window) and `step` advance, and metrics['skipped'] is 1. Dropout uses
     fold_in(rng, step) (masks drawn per `model_config.dropout_rng_impl`). Metrics are float32
-    scalars: loss (nats/token), accuracy, grad_norm (before clipping), learning_rate,
-    num_target_tokens, skipped (+ z_loss). `fused_head=True` computes the LM head inside the
-    loss (`fused_head_statistics`: same values, less memory, faster on CPU); False applies the
-    model's own head and `token_statistics`. `parallel_branches` splits each (micro)batch into
-    that many contiguous blocks of rows whose gradients are independent branches of the
-    program, summed (the same gradient up to float rounding, the same dropout masks); XLA:CPU
-    runs each matmul on one core but independent ops side by side. Measured on a quiet 2-core
-    CPU it gained only 2% over 1 (XLA already keeps ~1.6 threads busy) for 50% more compile
-    time, so the default is 1; None picks `auto_parallel_branches` (cores per device on CPU).
+    scalars: loss (nats/token), accuracy, grad_norm (before clipping), learning_rate (the
+    schedule's value at this step, also when the update is skipped), num_target_tokens, skipped
+    (+ z_loss).
+
+    `inject_nonfinite_steps` (fault injection for tests; empty = off, and then not compiled in)
+    makes the loss and gradients NaN at those 1-based steps, as a diverging model would.
+
+    `fused_head=True` computes the LM head inside the loss (`fused_head_statistics`: same
+    values, less memory, faster on CPU); False applies the model's own head and
+    `token_statistics`. `parallel_branches` splits each (micro)batch into that many contiguous
+    blocks of rows whose gradients are independent branches of the program, summed (the same
+    gradient up to float rounding, the same dropout masks); XLA:CPU runs each matmul on one core
+    but independent ops side by side. Measured on a quiet 2-core CPU it gained only 2% over 1
+    (XLA already keeps ~1.6 threads busy) for 50% more compile time, so the default is 1; None
+    picks `auto_parallel_branches` (cores per device on CPU).
 
     `freeze_prefixes`/`freeze_steps` (pass the values of OptimizerConfig, whose optimizer does
     the actual freezing) additionally stop gradients into those subtrees while
@@ -171,10 +177,16 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
         denominator = jnp.maximum(num_tokens, 1.0)
         key = jax.random.fold_in(rng, state.step)
         grads, stats = gradients_maybe_frozen(state.params, batch, key, denominator, state.step,
-                                             branches)
+                                              branches)
+        if inject_nonfinite_steps:
+            poison = jnp.where(jnp.isin(state.step + 1, jnp.asarray(inject_nonfinite_steps)),
+                               jnp.float32(jnp.nan), jnp.float32(0.0))
+            grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
+            stats = dict(stats, loss_sum=stats["loss_sum"] + poison)
         grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        learning_rate = applied_learning_rate(opt_state)  # before a skip restores the old state
         params = optax.apply_updates(state.params, updates)
         objective = (stats["loss_sum"] + stats["z_loss_sum"]) / denominator
         finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
@@ -186,7 +198,7 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
             "loss": stats["loss_sum"] / denominator,
             "accuracy": stats["correct_tokens"] / denominator,
             "grad_norm": grad_norm,
-            "learning_rate": applied_learning_rate(opt_state),
+            "learning_rate": learning_rate,
             "num_target_tokens": num_tokens,
             "skipped": (1.0 - finite.astype(jnp.float32)) if skip_nonfinite
             else jnp.zeros([], jnp.float32),

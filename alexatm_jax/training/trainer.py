@@ -7,15 +7,27 @@ Start-up precedence (T5X lesson: "resume" and "initialise from" are separate and
    `init_from_prefixes`) come from that model checkpoint or training MODEL_DIR.
 3. else -> fresh run from random parameters (seed).
 
+Nothing is written to MODEL_DIR until the launch is known to be sound: arguments, MODEL_DIR
+(a writable directory), the architecture, the vocabulary and the data directory are checked
+first, so a refused launch (InvalidTrainArguments, ArchitectureMismatchError) leaves it untouched.
+When MODEL_DIR holds checkpoints but none is intact (all unreadable or failing their digests),
+the run stops (NoReadableCheckpointError) unless `on_unreadable='restart'`, which starts at step 0
+after rotating the old metrics aside.
+
 Per step: one global batch, one jitted sharded step, metrics every `log_every` steps (JSONL,
 TensorBoard, progress bar), evaluation every `eval_period` (on the same first `eval_steps`
 batches of the held-out split each time, read once), a checkpoint every `checkpoint_period`
-and at the end. SIGTERM/SIGINT finish the current step, save and return normally.
+and at the end. Non-finite steps are skipped within limits (`alexatm_jax.training.nonfinite`);
+the newest checkpoint from before the run's first one is never garbage-collected. A background
+save that fails stops the run at the next step (CheckpointSaveError). The input pipeline's
+counters of bad records are logged at start, at each evaluation and at the end.
+SIGTERM/SIGINT finish the current step, save and return normally.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -32,14 +44,15 @@ from alexatm_jax.data.sources import DATA_SOURCES, make_host_source
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import abstract_params
 from alexatm_jax.partitioning import MeshConfig, Partitioner
-from alexatm_jax.storage import absolute, as_path, copy_file
+from alexatm_jax.storage import absolute, as_path, copy_file, is_remote
 from alexatm_jax.training.checkpointing import TrainingCheckpointer
 from alexatm_jax.training.flops import peak_flops_per_device as lookup_peak_flops
 from alexatm_jax.training.flops import train_flops_per_step
-from alexatm_jax.training.metrics_writer import MetricsWriter
+from alexatm_jax.training.metrics_writer import MetricsWriter, rotate_run_logs
 from alexatm_jax.training.model_dir import (GIN_CONFIG_FILE, SHARDING_TABLE_FILE, TOKENIZER_DIR,
-                                            check_architecture, write_model_config,
-                                            write_text_file)
+                                            UNREADABLE_CHECKPOINTS_DIR, check_architecture,
+                                            write_model_config, write_text_file)
+from alexatm_jax.training.nonfinite import NonFiniteLossError, SkippedSteps
 from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
 from alexatm_jax.training.preemption import StopRequest
 from alexatm_jax.training.state import (abstract_train_state, create_train_state,
@@ -50,15 +63,21 @@ from alexatm_jax.training.warm_start import warm_start_params
 
 NAN_POLICIES = ("skip", "stop")
 DATA_RESUME_MODES = ("exact", "reseed")
+ON_UNREADABLE = ("stop", "restart")
 DEFAULT_SEQUENCE_LENGTH = {"inputs": 1024, "targets": 1024}
+DATA_METRIC_PREFIX = "data/"
+
+logger = logging.getLogger(__name__)
+__all__ = ["InvalidTrainArguments", "NoReadableCheckpointError", "NonFiniteLossError",
+           "TrainResult", "train"]
 
 
 class InvalidTrainArguments(ValueError):
     """An argument of `train` is out of range or inconsistent (the message says which)."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """nan_policy='stop' met a step whose loss or gradient norm was NaN/Inf."""
+class NoReadableCheckpointError(RuntimeError):
+    """MODEL_DIR had checkpoints but none could be restored (and on_unreadable='stop')."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +89,7 @@ class TrainResult:
     last_checkpoint_step: int | None
     stopped_by_signal: str | None
     last_metrics: dict[str, float]
+    skipped_steps: int = 0
 
 
 def _validate(**args: Any) -> None:
@@ -81,6 +101,18 @@ def _validate(**args: Any) -> None:
     for name in ("eval_period", "eval_steps"):
         if int(args[name]) < 0:
             problems.append(f"{name} must be >= 0 (0 disables evaluation), got {args[name]}")
+    if int(args["max_skipped_steps"]) < 0 or int(args["skipped_window"]) < 1:
+        problems.append(f"max_skipped_steps must be >= 0 and skipped_window >= 1, got "
+                        f"{args['max_skipped_steps']} and {args['skipped_window']}")
+    if not 0.0 <= float(args["max_skipped_fraction"]) <= 1.0:
+        problems.append(f"max_skipped_fraction must be in [0, 1], got "
+                        f"{args['max_skipped_fraction']}")
+    if args["on_unreadable"] not in ON_UNREADABLE:
+        problems.append(f"on_unreadable must be one of {ON_UNREADABLE}, got "
+                        f"{args['on_unreadable']!r}")
+    if any(int(step) < 1 for step in args["inject_nonfinite_steps"]):
+        problems.append(f"inject_nonfinite_steps are 1-based steps, got "
+                        f"{tuple(args['inject_nonfinite_steps'])}")
     if args["nan_policy"] not in NAN_POLICIES:
         problems.append(f"nan_policy must be one of {NAN_POLICIES}, got {args['nan_policy']!r}")
     if args["data_resume"] not in DATA_RESUME_MODES:
@@ -103,12 +135,90 @@ def _checked_vocabulary(model_config: ModelConfig, vocab_path: str | None) -> st
     than the model has embeddings."""
     from alexatm_jax.data.seqio_batches import resolve_vocabulary
 
-    path, size = resolve_vocabulary(vocab_path)
+    try:
+        path, size = resolve_vocabulary(vocab_path)
+    except (OSError, ValueError) as error:
+        raise InvalidTrainArguments(f"the vocabulary cannot be used: {error}") from error
     if size > model_config.vocab_size:
         raise InvalidTrainArguments(
             f"the vocabulary {path} has {size} pieces but ModelConfig.vocab_size is "
             f"{model_config.vocab_size}: set the model's VOCAB_SIZE macro to at least {size}")
     return path
+
+
+def _check_model_dir(model_dir: str) -> None:
+    """Refuse a local MODEL_DIR that is not a directory or cannot be written (checked without
+    creating anything); remote MODEL_DIRs are checked by their first write."""
+    if is_remote(model_dir):
+        return
+    existing = model_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    where = (f"MODEL_DIR {model_dir}" if existing == model_dir
+             else f"{existing} (on the way to MODEL_DIR {model_dir})")
+    if not os.path.isdir(existing):
+        raise InvalidTrainArguments(f"{where} exists and is not a directory: choose another "
+                                    "--model_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidTrainArguments(f"{where} is not writable (read-only file system or "
+                                    "permissions): choose another --model_dir")
+
+
+def _check_data(data_source: str, mixture: str, data_dir: str | None,
+                vocab_path: str | None) -> None:
+    """Refuse a missing/empty DATA_DIR or an unknown mixture before MODEL_DIR is touched."""
+    if data_source != "seqio":
+        return
+    from alexatm_jax.data.seqio_batches import check_dataset
+    try:
+        check_dataset(mixture=mixture, data_dir=data_dir, vocab_path=vocab_path)
+    except (OSError, ValueError) as error:
+        raise InvalidTrainArguments(f"the training data cannot be read: {error}") from error
+
+
+def _check_unreadable(model_dir: str, checkpointer: TrainingCheckpointer,
+                      on_unreadable: str) -> None:
+    """No checkpoint could be restored: stop (NoReadableCheckpointError) if this MODEL_DIR held
+    a run whose checkpoints are all unreadable, unless on_unreadable='restart' (then rotate its
+    metrics aside). A MODEL_DIR that never had a checkpoint starts fresh."""
+    quarantined = list(checkpointer.quarantined)
+    unreadable_dir = as_path(model_dir) / UNREADABLE_CHECKPOINTS_DIR
+    earlier = (sorted((p.name for p in unreadable_dir.iterdir()),
+                      key=lambda name: (len(name.split("-")[0]), name))
+               if unreadable_dir.is_dir() else [])
+    if not quarantined and not earlier:
+        return
+    found = ("; ".join(quarantined) if quarantined else
+             f"no checkpoint left; {UNREADABLE_CHECKPOINTS_DIR}/ holds {', '.join(earlier)}")
+    if on_unreadable == "stop":
+        raise NoReadableCheckpointError(
+            f"MODEL_DIR {model_dir} has no readable checkpoint ({found}); unreadable ones are in "
+            f"{unreadable_dir}. Refusing to start this run again from step 0. Restore a good "
+            f"checkpoint into {checkpointer.directory}, use another --model_dir, or pass "
+            "--gin.train.on_unreadable=\"'restart'\" to start afresh here (the old metrics are "
+            "kept, renamed).")
+    rotated = rotate_run_logs(model_dir) if jax.process_index() == 0 else []
+    _say(f"No readable checkpoint in {model_dir} ({found}); starting again from step 0 as "
+         f"on_unreadable='restart' asks" + (f"; kept the old logs as {', '.join(rotated)}"
+                                             if rotated else ""))
+
+
+def _report_data(report: tuple[dict[str, int], dict[str, str]] | None,
+                 previous: Mapping[str, int], when: str) -> dict[str, float]:
+    """Warn about input-pipeline counters that grew since `previous` (naming skipped files);
+    returns the counters as metrics ({} for a source without counters)."""
+    if report is None:
+        return {}
+    counts, bad_files = report
+    grown = {name: value for name, value in counts.items()
+             if name != "documents" and value > previous.get(name, 0)}
+    if grown:
+        logger.warning("data pipeline %s: %s (distinct bad records, each counted once however "
+                       "often it is re-read; see README 'Bad input')%s", when,
+                       ", ".join(f"{name}={value}" for name, value in grown.items()),
+                       "".join(f"\n  skipped {path}: {why}" for path, why in bad_files.items())
+                       if "bad_files" in grown else "")
+    return {DATA_METRIC_PREFIX + name: float(value) for name, value in counts.items()}
 
 
 def _record_tokenizer(model_dir: str, vocab_file: str) -> None:
@@ -162,7 +272,10 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
           data_source: str = "seqio", data_dir: str | None = None,
           vocab_path: str | None = None, pack: bool = True, data_resume: str = "exact",
           grad_accum_steps: int = 1,
-          z_loss: float = 0.0, nan_policy: str = "skip", init_from: str | None = None,
+          z_loss: float = 0.0, nan_policy: str = "skip", max_skipped_steps: int = 5,
+          max_skipped_fraction: float = 0.1, skipped_window: int = 100,
+          on_unreadable: str = "stop", inject_nonfinite_steps: tuple[int, ...] = (),
+          init_from: str | None = None,
           init_from_prefixes: tuple[str, ...] = (), peak_flops_per_device: float | None = None,
           progress_bar: bool = True) -> TrainResult:
     """Train `model_config` until step `train_steps` in `model_dir` (resuming if possible).
@@ -173,21 +286,61 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
     time, for very long runs); freezing is configured in
     `optimizer_config` (freeze_prefixes, freeze_steps). `peak_flops_per_device` (FLOP/s)
     overrides the chip table used for MFU (CPUs have none: MFU is then not logged).
-    Returns a TrainResult; raises NonFiniteLossError with nan_policy='stop'.
+    Non-finite steps are skipped (nan_policy='skip') until more than `max_skipped_steps` in a
+    row or more than `max_skipped_fraction` of the last `skipped_window` steps were, or stop the
+    run at the first one (nan_policy='stop'). `on_unreadable` ('stop' or 'restart') decides what
+    a MODEL_DIR whose checkpoints are all unreadable does. `inject_nonfinite_steps` makes those
+    1-based steps non-finite on purpose (fault injection for tests; empty by default).
+    Returns a TrainResult; raises InvalidTrainArguments / ArchitectureMismatchError before
+    touching MODEL_DIR, NonFiniteLossError, NoReadableCheckpointError, CheckpointSaveError.
     """
     _validate(**locals())
     sequence_length = {k: int(v) for k, v in sequence_length.items()}
     model_dir = absolute(model_dir)
     is_chief = jax.process_index() == 0
+    _check_model_dir(model_dir)
     check_architecture(model_dir, model_config)
     vocab_file = _checked_vocabulary(model_config, vocab_path) if data_source == "seqio" else None
+    _check_data(data_source, mixture, data_dir, vocab_path)
 
-    partitioner = Partitioner(mesh_config, rules)
-    optimizer = make_optimizer(optimizer_config, train_steps)
-    state_shardings = train_state_shardings(model_config, optimizer, partitioner)
-    target = _with_shardings(abstract_train_state(model_config, optimizer), state_shardings)
-    shard_index, num_shards = partitioner.data_shard_info()
-    host_batch = per_host_batch_size(batch_size, partitioner)
+    try:  # configuration the run cannot use (mesh, batch split): refused, nothing written
+        partitioner = Partitioner(mesh_config, rules)
+        optimizer = make_optimizer(optimizer_config, train_steps)
+        state_shardings = train_state_shardings(model_config, optimizer, partitioner)
+        target = _with_shardings(abstract_train_state(model_config, optimizer), state_shardings)
+        shard_index, num_shards = partitioner.data_shard_info()
+        host_batch = per_host_batch_size(batch_size, partitioner)
+        micro = batch_size // grad_accum_steps
+        if batch_size % grad_accum_steps or micro % partitioner.num_batch_shards:
+            raise ValueError(
+                f"batch_size={batch_size} must be a multiple of grad_accum_steps="
+                f"{grad_accum_steps} x the {partitioner.num_batch_shards} batch shards")
+    except ValueError as error:
+        raise InvalidTrainArguments(str(error)) from error
+
+    # The launch is sound: from here on MODEL_DIR is written.
+    checkpointer = TrainingCheckpointer(model_dir, keep=keep_checkpoints,
+                                        async_save=async_checkpointing)
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    restored = checkpointer.restore_latest(target)
+    if restored is not None:
+        state, progress = restored.state, restored.progress
+        _say(f"Resuming from checkpoint step {restored.step} in {checkpointer.directory}"
+             + ("" if restored.verified else " (unverified: written before digests)")
+             + (f" (init_from={init_from} ignored: it only applies to a new run)"
+                if init_from else ""))
+    else:
+        _check_unreadable(model_dir, checkpointer, on_unreadable)
+        state, progress = create_train_state(model_config, optimizer, partitioner, init_key), {}
+        if init_from:
+            try:
+                params, copied = warm_start_params(state.params, model_config, init_from,
+                                                   tuple(init_from_prefixes))
+            except (FileNotFoundError, ValueError) as error:
+                raise InvalidTrainArguments(f"init_from: {error}") from error
+            state = state.replace(params=params)
+            _say(f"Initialised {len(copied)} parameter arrays from {init_from}"
+                 + (f" (prefixes {list(init_from_prefixes)})" if init_from_prefixes else ""))
     if is_chief:
         write_model_config(model_dir, model_config)
         if vocab_file:
@@ -198,25 +351,29 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
         write_text_file(model_dir, SHARDING_TABLE_FILE, table + "\n")
         _say(f"{partitioner}; devices: {jax.device_count()} x {jax.devices()[0].device_kind}, "
              f"{jax.process_count()} process(es)\n{table}")
-
-    checkpointer = TrainingCheckpointer(model_dir, keep=keep_checkpoints,
-                                        async_save=async_checkpointing)
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
-    restored = checkpointer.restore_latest(target)
-    if restored is not None:
-        state, progress = restored.state, restored.progress
-        _say(f"Resuming from checkpoint step {restored.step} in {checkpointer.directory}"
-             + (f" (init_from={init_from} ignored: it only applies to a new run)"
-                if init_from else ""))
-    else:
-        state, progress = create_train_state(model_config, optimizer, partitioner, init_key), {}
-        if init_from:
-            params, copied = warm_start_params(state.params, model_config, init_from,
-                                               tuple(init_from_prefixes))
-            state = state.replace(params=params)
-            _say(f"Initialised {len(copied)} parameter arrays from {init_from}"
-                 + (f" (prefixes {list(init_from_prefixes)})" if init_from_prefixes else ""))
     start_step = int(state.step)
+    saved_steps = checkpointer.steps()
+
+    def last_good_checkpoint() -> int | None:
+        """The newest checkpoint saved before the run's first non-finite step (all when none)."""
+        first = skipped.first_step
+        before = [s for s in saved_steps if first is None or s < first]
+        return before[-1] if before else None
+
+    def describe_last_good() -> str:
+        good = last_good_checkpoint()
+        if good is None:
+            return (f"No checkpoint was saved before the first non-finite step "
+                    f"({skipped.first_step}); checkpoints in {checkpointer.directory}: "
+                    f"{checkpointer.steps() or 'none'}")
+        return (f"Last good checkpoint: step {good} in {checkpointer.directory} (the newest "
+                f"saved before the first non-finite step, {skipped.first_step})")
+
+    skipped = SkippedSteps(max_consecutive=max_skipped_steps, max_fraction=max_skipped_fraction,
+                           window=skipped_window, progress=progress,
+                           describe_last_good=describe_last_good, stop_at_first=nan_policy == "stop")
+    if skipped.first_step is not None:
+        checkpointer.protect(last_good_checkpoint())
 
     def batches_for(split: str, split_seed: int, resume: Mapping[str, Any] | None) -> GlobalBatches:
         source = make_host_source(
@@ -232,7 +389,8 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
     train_step = make_train_step(
         model_config, optimizer, partitioner, grad_accum_steps=grad_accum_steps, z_loss=z_loss,
         skip_nonfinite=True, freeze_prefixes=optimizer_config.freeze_prefixes,
-        freeze_steps=optimizer_config.freeze_steps)
+        freeze_steps=optimizer_config.freeze_steps,
+        inject_nonfinite_steps=tuple(int(s) for s in inject_nonfinite_steps))
     eval_step = make_eval_step(model_config, partitioner) if eval_period and eval_steps else None
     eval_batches: list[dict[str, jax.Array]] = []  # read once, reused by every evaluation
     # Replicate the key over the whole mesh with jit: device_put cannot target the devices of
@@ -250,15 +408,36 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
     writer.write_text("config/gin", gin.operative_config_str(), start_step)
     bar = tqdm(total=train_steps, initial=start_step, desc="train", unit="step",
                disable=not (is_chief and progress_bar), dynamic_ncols=True)
-    skipped_total = jnp.asarray(float(progress.get("skipped_steps", 0)), jnp.float32)
+    data_report = getattr(train_batches.source, "pipeline_report", None)
+    data_counts: dict[str, float] = {}
     last_saved = restored.step if restored is not None else None
     last_record: dict[str, float] = {}
     stopped_by = None
     step = start_step
+
+    def data_metrics(when: str) -> dict[str, float]:
+        nonlocal data_counts
+        previous = {k[len(DATA_METRIC_PREFIX):]: v for k, v in data_counts.items()}
+        data_counts = _report_data(data_report() if data_report else None, previous, when)
+        return data_counts
+
+    def note_skips_then_save(at_step: int) -> None:
+        nonlocal last_saved
+        skipped.flush()
+        if skipped.first_step is not None and checkpointer.protected_step is None:
+            checkpointer.protect(last_good_checkpoint())
+        checkpointer.save(at_step, state, {"data_iterator": train_batches.state(),
+                                           **skipped.progress()})
+        saved_steps.append(at_step)
+        writer.sync()  # a remote MODEL_DIR gets the staged metrics/TensorBoard files
+        last_saved = at_step
+
+    failed = True
     try:
         with StopRequest() as stop_request:
             if start_step < train_steps:
                 batch = next(train_batches)
+                data_metrics("at start")
                 compile_start = time.perf_counter()
                 with partitioner.activate():
                     compiled = train_step.jitted.lower(state, batch, dropout_key).compile()
@@ -268,52 +447,66 @@ def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_
                 if step > start_step + 1:
                     batch = next(train_batches)
                 state, metrics = compiled(state, batch, dropout_key)
+                skipped.push(step, metrics)  # acts on the previous step's flag: no device wait
+                checkpointer.poll()  # a failed background save stops the run now
                 meter.add_step(metrics["num_target_tokens"])
-                skipped_total = skipped_total + metrics["skipped"]
                 bar.update(1)
-                if nan_policy == "stop" and float(metrics["skipped"]) > 0:
-                    raise NonFiniteLossError(
-                        f"step {step}: the loss or gradient norm is not finite "
-                        f"(nan_policy='stop'); the run stops without saving this state. Last good "
-                        f"checkpoint: step {last_saved} in {checkpointer.directory}")
                 evaluate = eval_step is not None and step % eval_period == 0
                 if (step % log_every == 0 or step == train_steps or step == start_step + 1
                         or evaluate):
                     record = _fetch(metrics)
-                    record["skipped_total"] = float(skipped_total)
+                    # Every earlier step is observed already; this one is still pending.
+                    record["skipped_total"] = float(skipped.total) + record["skipped"]
                     record.update(meter.report())
                     if evaluate:
                         if not eval_batches:
                             source = batches_for(eval_split, seed, None)
                             eval_batches = [next(source) for _ in range(eval_steps)]
                         record.update(_evaluate(eval_step, state.params, eval_batches))
+                        record.update(data_metrics(f"at step {step}"))
                         meter.restart()
+                    if step == train_steps:
+                        record.update(data_metrics("at the end"))
                     writer.write(step, record)
                     bar.set_postfix(_postfix(record), refresh=False)
                     last_record = record
                 stop_now = stop_request.should_stop()
                 if step % checkpoint_period == 0 or step == train_steps or stop_now:
-                    checkpointer.save(step, state, {"data_iterator": train_batches.state(),
-                                                    "skipped_steps": int(skipped_total)})
-                    writer.sync()  # a remote MODEL_DIR gets the staged metrics/TensorBoard files
-                    last_saved = step
+                    note_skips_then_save(step)
                 if stop_now:
                     stopped_by = stop_request.signal_name or "a stop request on another process"
                     break
+            skipped.flush()
         checkpointer.wait_until_finished()
+        failed = False
     finally:
         bar.close()
-        checkpointer.close()
-        writer.close()
+        try:
+            _close(checkpointer, quietly=failed)
+        finally:
+            _close(writer, quietly=failed)
     final_step = step
     if stopped_by:
         _say(f"Stopped by {stopped_by} after step {final_step}; checkpoint saved.")
+    if skipped.summary():
+        _say(skipped.summary())
     _say(f"Model dir: {model_dir}\n  checkpoints: {checkpointer.directory} (latest step "
          f"{last_saved})\n  metrics: {writer.jsonl_path}\n  TensorBoard: tensorboard --logdir "
          f"{writer.tensorboard_dir}")
     return TrainResult(model_dir=model_dir, final_step=final_step,
                        last_checkpoint_step=last_saved, stopped_by_signal=stopped_by,
-                       last_metrics=last_record)
+                       last_metrics=last_record, skipped_steps=skipped.total)
+
+
+def _close(resource: Any, *, quietly: bool) -> None:
+    """`resource.close()`; when the run already failed, an error here (e.g. the disk is still
+    full) is only logged, so that the first error is the one reported."""
+    try:
+        resource.close()
+    except Exception as error:  # noqa: BLE001 - re-raised unless another error is in flight
+        if not quietly:
+            raise
+        logger.warning("while stopping after an error: %s", error)
 
 
 def _postfix(record: Mapping[str, float]) -> dict[str, str]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from tasks import counters as names
-from tasks.counters import ScopedCounters
+from tasks.counters import ScopedCounters, record_key
 from tasks.preprocessors.seeds import example_seed
 
 
@@ -57,7 +57,8 @@ def causal_lm(
     @tf.autograph.experimental.do_not_convert
     def long_enough(ex):
         short = tf.size(ex["tokens"]) < 2
-        with tf.control_dependencies([counters.add(names.CLM_TOO_SHORT, short)]):
+        key = tf.cond(short, lambda: record_key(ex["tokens"]), lambda: tf.constant(0, tf.int64))
+        with tf.control_dependencies([counters.add(names.CLM_TOO_SHORT, short, key)]):
             return tf.logical_not(tf.identity(short))
 
     @tf.autograph.experimental.do_not_convert

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tasks import counters as names
-from tasks.counters import ScopedCounters
+from tasks.counters import ScopedCounters, record_key
 from tasks.preprocessors.seeds import example_seed
 from tasks.preprocessors.spoken_form import maybe_spoken
 from tasks.vocabularies import SpecialIds
@@ -120,11 +120,12 @@ def prepare_documents(
     @tf.autograph.experimental.do_not_convert
     def prepare(ex):
         pieces, invalid, length = _prepare_text(ex["text"], max_bytes)
+        key = record_key(ex["text"])  # problem counters count each distinct document once
         updates = [
             counters.add(names.DOCUMENTS, 1),
-            counters.add(names.INVALID_UTF8, invalid),
-            counters.add(names.EMPTY, tf.equal(length, 0)),
-            counters.add(names.SPLIT_LONG, length > max_bytes),
+            counters.add(names.INVALID_UTF8, invalid, key),
+            counters.add(names.EMPTY, tf.equal(length, 0), key),
+            counters.add(names.SPLIT_LONG, length > max_bytes, key),
         ]
         with tf.control_dependencies(updates):
             rng = tf.tile(ex["rng"][None, :], [tf.size(pieces), 1])
@@ -156,9 +157,10 @@ def tokenize_documents(
         text = maybe_spoken(text, spoken_share)
         tokens = encode(text)
         special = tf.equal(tokens, ids.clm) | tf.equal(tokens, ids.doc)
+        key = record_key(ex["text"])
         updates = [
-            counters.add(names.SPECIAL_PIECES, tf.reduce_sum(tf.cast(special, tf.int64))),
-            counters.add(names.CONTAMINATED, dirty),
+            counters.add(names.SPECIAL_PIECES, tf.reduce_sum(tf.cast(special, tf.int64)), key),
+            counters.add(names.CONTAMINATED, dirty, key),
         ]
         with tf.control_dependencies(updates):
             keep = tf.logical_not(special) & tf.logical_not(dirty)
