@@ -17,8 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from machine_load import LoadMonitor  # noqa: E402
 
 
 def pin_to_cores(count: int) -> list[int]:
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data_dir {args.data_dir} is not a directory")
     cpus = pin_to_cores(args.cores)
+    monitor = LoadMonitor()
 
     import tensorflow as tf
 
@@ -170,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"({model['step_seconds'] * 1000:.0f} ms/step on {model['devices']}, "
                 f"{args.cores} core(s))"
             )
+    results["machine_load"] = monitor.finish(cores_used=args.cores)
+    print(LoadMonitor.describe(results["machine_load"]), file=sys.stderr)
     print(json.dumps(results))
 
 

@@ -40,6 +40,9 @@ import time
 import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from machine_load import LoadMonitor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -175,6 +178,7 @@ def products_alone(layers: list[tuple], head_kernel, batch: int, heads: int, cac
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    monitor = LoadMonitor()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.threads == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -259,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"products alone take {row['products_ms_per_step']:.1f} ms => "
                   f"decode-loop ratio <= {row['decode_ratio_ceiling']:.2f}x with these kernels",
                   flush=True)
+    # Single-threaded (--threads 1) each side uses one core; else torch and XLA use them all.
+    load = monitor.finish(cores_used=1 if args.threads == 1 else os.cpu_count())
+    print(LoadMonitor.describe(load))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"args": vars(args), "results": rows},
-                                                      indent=2) + "\n")
+        pathlib.Path(args.json).write_text(json.dumps(
+            {"args": vars(args), "results": rows, "machine_load": load}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -26,6 +26,9 @@ import tempfile
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from machine_load import LoadMonitor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +93,7 @@ def group_label(op_name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    monitor = LoadMonitor()
     out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="decode_profile_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(groups.values())
     for label, ms in groups.most_common(args.top):
         print(f"{ms:8.3f}  {ms / total:6.1%}  {shapes[label]:<22} {label}")
+    print(LoadMonitor.describe(monitor.finish(cores_used=1)))
     print(f"trace and HLO dump: {out}")
     return 0
 

@@ -1,14 +1,27 @@
 """Train-step throughput of alexatm-jax, side by side with the PyTorch reference on CPU.
 
     python benchmarks/train_step.py --gin_file gin/models/small.gin --batch 8 \
-        --input_len 256 --target_len 256 --steps 3
+        --input_len 256 --target_len 256 --steps 2 --rounds 3
 
 Times our jitted, sharded AdamW train step (compile and warm-up steps excluded) and reports step
-time, tokens/s (input + target tokens of the global batch per second), model FLOP/s and MFU
-(against the chip's peak from `alexatm_jax.training.flops`, or --cpu_peak_flops on CPU). On CPU
-it also trains the reference implementation (`alexa_teacher_models`, same shapes, same batch,
-torch.optim.AdamW, model.train(), same dropout) and prints the ratio ours / reference. The two
-are timed in alternating rounds so that load from other processes hits both alike.
+time, CPU time per step, tokens/s (input + target tokens of the global batch per second), model
+FLOP/s and MFU (against the chip's peak from `alexatm_jax.training.flops`, or --cpu_peak_flops
+on CPU). On CPU it also trains the reference implementation (`alexa_teacher_models`, same shapes,
+same batch, torch.optim.AdamW, model.train(), same dropout, all cores) and prints the ratio
+ours / reference. All trainers are timed in alternating rounds so that load from other
+processes hits them alike.
+
+"ours" is the project's default train step on one device. `--variant NAME:KEY=VALUE,...` adds
+more of our trainers to the same rounds, e.g. to measure what one setting is worth:
+
+    --variant old:fused_head=0,cotangent_barriers=off,dropout_rng_impl=threefry2x32 \
+    --variant 2branches:branches=2 --variant nobarrier:cotangent_barriers=off
+
+KEY is a ModelConfig field, `fused_head` (0/1: the LM head fused with the loss), `branches`
+(parallel_branches) or `devices` (use the first N of --num_cpu_devices emulated devices,
+data-parallel). The machine's load average and core count are recorded before and
+after the run (benchmarks/machine_load.py); a busy machine gets a loud warning and
+`"machine_load": {"busy": true, ...}` in the JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +37,10 @@ import time
 import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from machine_load import LoadMonitor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--remat", default=None, help="override ModelConfig.remat_policy")
     parser.add_argument("--attention_impl", default=None,
                         help="override ModelConfig.attention_impl (einsum, dot_product, cudnn)")
+    parser.add_argument("--num_cpu_devices", type=int, default=1,
+                        help="emulated CPU devices, data-parallel (default 1; variants can use "
+                             "fewer with devices=N)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="another of our trainers, timed in the same rounds (see above)")
     parser.add_argument("--no_reference", action="store_true",
                         help="skip the PyTorch reference (always skipped off CPU)")
     parser.add_argument("--cpu_peak_flops", type=float, default=None,
@@ -64,7 +86,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--model_config_json {args.model_config_json} does not exist")
     if args.gin_file is None and args.model_config_json is None:
         args.gin_file = str(REPO_ROOT / "gin" / "models" / "small.gin")
+    if args.num_cpu_devices < 1:
+        parser.error("--num_cpu_devices must be >= 1")
+    try:
+        args.variants = [parse_variant(text) for text in args.variant]
+    except ValueError as error:
+        parser.error(str(error))
     return args
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """'name:key=value,key=value' -> (name, {key: value})."""
+    name, _, spec = text.partition(":")
+    if not name or name in ("ours", "reference"):
+        raise ValueError(f"--variant {text!r}: needs a NAME other than ours/reference")
+    settings = {}
+    for item in filter(None, spec.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--variant {text!r}: {item!r} is not KEY=VALUE")
+        settings[key.strip()] = value.strip()
+    return name, settings
+
+
+def apply_variant(cfg, settings: dict[str, str]) -> tuple[object, dict]:
+    """(ModelConfig with the ModelConfig keys applied, {fused_head, branches, devices})."""
+    import dataclasses
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changes, options = {}, {}
+    for key, value in settings.items():
+        if key == "fused_head":
+            options[key] = value.lower() in ("1", "true", "yes")
+        elif key in ("devices", "branches"):
+            options[key] = int(value)
+        elif key in fields:
+            current = getattr(cfg, key)
+            if isinstance(current, bool):
+                changes[key] = value.lower() in ("1", "true", "yes")
+            else:
+                changes[key] = type(current)(value)
+        else:
+            raise SystemExit(f"--variant: unknown key {key!r} (ModelConfig field, fused_head, "
+                             "branches or devices)")
+    return cfg.replace(**changes), options
 
 
 def load_model_config(args: argparse.Namespace):
@@ -99,18 +163,22 @@ def synthetic_batch(cfg, batch: int, input_len: int, target_len: int) -> dict[st
 
 
 class OurTrainer:
-    """Our jitted train step on all local devices."""
+    """Our jitted train step, data-parallel over the first `devices` devices (default: all)
+    with `branches` parallel gradient branches (default: make_train_step's)."""
 
-    def __init__(self, cfg, host_batch: dict[str, np.ndarray], rules: str) -> None:
+    def __init__(self, cfg, host_batch: dict[str, np.ndarray], rules: str,
+                 devices: int | None = None, fused_head: bool = True,
+                 branches: int | None = None) -> None:
         import jax
         from alexatm_jax.partitioning import MeshConfig, Partitioner
         from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
                                           make_train_step)
         self.jax = jax
-        partitioner = Partitioner(MeshConfig(), rules)
+        partitioner = Partitioner(MeshConfig(), rules, devices=jax.devices()[:devices])
         tx = make_optimizer(OptimizerConfig(), 10_000)
         self.state = create_train_state(cfg, tx, partitioner, jax.random.key(0))
-        self.step_fn = make_train_step(cfg, tx, partitioner)
+        extra = {} if branches is None else {"parallel_branches": branches}
+        self.step_fn = make_train_step(cfg, tx, partitioner, fused_head=fused_head, **extra)
         self.batch = partitioner.shard_batch(host_batch)
         self.rng = jax.random.key(1)
         self.num_devices = partitioner.mesh.size
@@ -169,19 +237,22 @@ class ReferenceTrainer:
         return float(loss.detach())
 
 
-def time_steps(trainer, steps: int) -> list[float]:
-    """Seconds per step for `steps` consecutive steps."""
+def time_steps(trainer, steps: int) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each of `steps` consecutive steps."""
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         trainer.step()
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
     return times
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    monitor = LoadMonitor()
     import jax
+    if args.num_cpu_devices > 1:  # before the first JAX computation
+        jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
     from tqdm import tqdm
     from alexatm_jax.model import count_params, param_shapes
     from alexatm_jax.training.flops import mfu, peak_flops_per_device, train_flops_per_step
@@ -194,10 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     num_params = count_params(param_shapes(cfg))
     print(f"model: {num_params / 1e6:.1f}M parameters, d_model={cfg.d_model}, layers="
           f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers}, vocab={cfg.vocab_size}, "
-          f"dtype={cfg.dtype}; batch {args.batch} x ({args.input_len} + {args.target_len}) "
-          f"tokens on {jax.device_count()} x {device.device_kind}", flush=True)
+          f"dtype={cfg.dtype}, dropout {cfg.dropout_rate} ({cfg.dropout_rng_impl}); batch "
+          f"{args.batch} x ({args.input_len} + {args.target_len}) tokens on "
+          f"{jax.device_count()} x {device.device_kind}", flush=True)
 
     trainers = {"ours": OurTrainer(cfg, host_batch, args.rules)}
+    variant_settings = {"ours": {}}
+    for name, settings in args.variants:
+        variant_cfg, options = apply_variant(cfg, settings)
+        trainers[name] = OurTrainer(variant_cfg, host_batch, args.rules, **options)
+        variant_settings[name] = settings
     if run_reference:
         trainers["reference"] = ReferenceTrainer(cfg, host_batch)
     for name, trainer in trainers.items():
@@ -205,13 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.warmup):
             trainer.step()
 
-    times: dict[str, list[float]] = {name: [] for name in trainers}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in trainers}
     with tqdm(total=args.rounds * args.steps * len(trainers), desc="timed steps") as bar:
         for _ in range(args.rounds):
             for name, trainer in trainers.items():
                 for seconds in time_steps(trainer, args.steps):
                     times[name].append(seconds)
                     bar.update(1)
+    load = monitor.finish(cores_used=os.cpu_count())
 
     tokens_per_step = args.batch * (args.input_len + args.target_len)
     flops_per_step = train_flops_per_step(cfg, args.batch, args.input_len, args.target_len)
@@ -219,22 +297,35 @@ def main(argv: list[str] | None = None) -> int:
     results = {"config": cfg.to_dict(), "batch": args.batch, "input_len": args.input_len,
                "target_len": args.target_len, "device": device.device_kind,
                "num_devices": jax.device_count(), "flops_per_step": flops_per_step,
-               "peak_flops_per_device": peak}
-    for name, seconds in times.items():
+               "peak_flops_per_device": peak, "variants": variant_settings,
+               "machine_load": load}
+    for name, pairs in times.items():
+        seconds = [wall for wall, _ in pairs]
         median = statistics.median(seconds)
-        entry = {"step_time_s": median, "tokens_per_s": tokens_per_step / median,
-                 "model_flops_per_s": flops_per_step / median, "all_step_times_s": seconds}
+        cpu_median = statistics.median(cpu for _, cpu in pairs)
+        entry = {"step_time_s": median, "cpu_time_per_step_s": cpu_median,
+                 "tokens_per_s": tokens_per_step / median,
+                 "model_flops_per_s": flops_per_step / median, "all_step_times_s": seconds,
+                 "all_cpu_times_s": [cpu for _, cpu in pairs]}
         if peak:
-            num_devices = trainers["ours"].num_devices if name == "ours" else 1
+            num_devices = trainers[name].num_devices if name != "reference" else 1
             entry["mfu"] = mfu(flops_per_step, median, num_devices, peak)
         results[name] = entry
         mfu_text = f", MFU {entry['mfu'] * 100:.1f}%" if "mfu" in entry else ""
-        print(f"{name:>9}: {median:.3f} s/step, {entry['tokens_per_s']:.0f} tokens/s, "
-              f"{entry['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu_text}")
-    if "reference" in results:
-        ratio = results["ours"]["tokens_per_s"] / results["reference"]["tokens_per_s"]
-        results["ratio_ours_over_reference"] = ratio
-        print(f"ours / reference tokens/s: {ratio:.2f}x")
+        devices_text = (f" [{trainers[name].num_devices} device(s)]" if name != "reference"
+                        else "")
+        print(f"{name:>12}: {median:.3f} s/step, {cpu_median:.2f} CPU-s/step, "
+              f"{entry['tokens_per_s']:.0f} tokens/s, "
+              f"{entry['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu_text}{devices_text}")
+    for name in trainers:
+        if name != "ours":
+            ratio = results["ours"]["tokens_per_s"] / results[name]["tokens_per_s"]
+            print(f"ours / {name} tokens/s: {ratio:.2f}x")
+            if name == "reference":
+                results["ratio_ours_over_reference"] = ratio
+            else:
+                results[name]["ratio_ours_over_this"] = ratio
+    print(LoadMonitor.describe(load))
     if args.output_json:
         pathlib.Path(args.output_json).write_text(json.dumps(results, indent=2))
         print(f"results written to {args.output_json}")

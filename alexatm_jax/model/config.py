@@ -17,6 +17,12 @@ ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product", "cudnn", "splash")
 # FFN's first projection ('mlp_wi', 4 x d_model per token), the largest recompute of 'full';
 # save_mlp_qkv: also the attention's q, k, v.
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mlp", "save_mlp_qkv")
+# How dropout masks are drawn (alexatm_jax/model/dropout.py): threefry_packed = one Threefry hash
+# per four elements (~4x cheaper than jax.random.bernoulli, same guarantees); the others are
+# jax.random.bernoulli with a key of that PRNG implementation.
+DROPOUT_RNG_IMPLS = ("threefry_packed", "threefry2x32", "rbg", "unsafe_rbg")
+# Backward-pass cotangent barriers at every residual-stream sublayer input: "auto" = on CPU only.
+COTANGENT_BARRIERS = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,8 @@ class ModelConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_impl: str = "einsum"
+    dropout_rng_impl: str = "threefry_packed"
+    cotangent_barriers: str = "auto"
     pad_token_id: int = 0
     eos_token_id: int = 1
     bos_token_id: int = -1
@@ -72,6 +80,12 @@ class ModelConfig:
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
             problems.append(
                 f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention_impl!r}")
+        if self.dropout_rng_impl not in DROPOUT_RNG_IMPLS:
+            problems.append(f"dropout_rng_impl must be one of {DROPOUT_RNG_IMPLS}, "
+                            f"got {self.dropout_rng_impl!r}")
+        if self.cotangent_barriers not in COTANGENT_BARRIERS:
+            problems.append(f"cotangent_barriers must be one of {COTANGENT_BARRIERS}, "
+                            f"got {self.cotangent_barriers!r}")
         if self.remat_policy not in REMAT_POLICIES:
             problems.append(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         for name in ("dropout_rate", "attention_dropout_rate", "activation_dropout_rate"):
@@ -120,5 +134,6 @@ class ModelConfig:
         Two configs with equal architectures can load each other's checkpoints.
         """
         runtime = {"dropout_rate", "attention_dropout_rate", "activation_dropout_rate", "init_std",
-                   "dtype", "remat_policy", "attention_impl", "scan_layers"}
+                   "dtype", "remat_policy", "attention_impl", "scan_layers", "dropout_rng_impl",
+                   "cotangent_barriers"}
         return {k: v for k, v in self.to_dict().items() if k not in runtime}

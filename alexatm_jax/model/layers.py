@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from alexatm_jax.model.config import ModelConfig
+from alexatm_jax.model.dropout import Dropout
 from alexatm_jax.model.splash import SegmentMask, splash_attention
 
 Array = jax.Array
@@ -33,6 +34,43 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
 def dense_init(config: ModelConfig) -> nn.initializers.Initializer:
     """Weights ~ N(0, init_std), the release's `_init_weights`."""
     return nn.initializers.normal(stddev=config.init_std)
+
+
+@jax.custom_vjp
+def _materialize_cotangent(x: Array) -> Array:
+    return x
+
+
+def _materialize_cotangent_fwd(x: Array) -> tuple[Array, None]:
+    return x, None
+
+
+def _materialize_cotangent_bwd(_, cotangent: Array) -> tuple[Array]:
+    # XLA:CPU removes optimization barriers before fusion, but never fuses across a conditional
+    # whose predicate it cannot fold. The predicate is false only when the cotangent's first
+    # element is NaN; the gradient is then non-finite anyway and comes out all NaN.
+    first = cotangent.reshape(-1)[0]
+    return (jax.lax.cond(first == first, lambda g: g, lambda g: jnp.full_like(g, jnp.nan),
+                         cotangent),)
+
+
+_materialize_cotangent.defvjp(_materialize_cotangent_fwd, _materialize_cotangent_bwd)
+
+
+def cotangent_barrier(x: Array, config: ModelConfig) -> Array:
+    """Identity whose backward pass materialises the incoming cotangent (a fusion barrier).
+
+    Placed on the residual stream before every sublayer. Without it XLA:CPU fuses the whole
+    backward residual-gradient chain (LayerNorm backward, dropout masks, residual adds) of all
+    later layers into the transposing copy that feeds each weight-gradient matmul, so layer i
+    recomputes the chain of layers i+1..N: quadratic work that took ~25% of a small.gin train
+    step (benchmarks/train_profile.py). `config.cotangent_barriers`: "auto" (CPU only), "on",
+    "off". GPU and TPU fusion heuristics do not duplicate the chain, so "auto" leaves them alone.
+    """
+    mode = config.cotangent_barriers
+    if mode == "off" or (mode == "auto" and jax.default_backend() != "cpu"):
+        return x
+    return _materialize_cotangent(x)
 
 
 def constrain(x: Array, axes: LogicalAxes) -> Array:
@@ -110,7 +148,8 @@ class MLP(nn.Module):
         h = checkpoint_name(Dense(cfg, (self.ffn_dim,), ("embed", "mlp"), name="wi")(x), "mlp_wi")
         h = activation_fn(cfg.activation)(h)
         h = constrain(h, ("batch", "length", "mlp"))
-        h = nn.Dropout(cfg.activation_dropout_rate)(h, deterministic=self.deterministic)
+        h = Dropout(cfg.activation_dropout_rate, cfg.dropout_rng_impl)(
+            h, deterministic=self.deterministic)
         return Dense(cfg, (cfg.d_model,), ("mlp", "embed"), name="wo")(h)
 
 
@@ -189,8 +228,8 @@ class Attention(nn.Module):
                                                implementation=implementation)
         else:
             weights = _attention_weights_einsum(query, key, mask, scale)
-            weights = nn.Dropout(cfg.attention_dropout_rate)(weights,
-                                                             deterministic=self.deterministic)
+            weights = Dropout(cfg.attention_dropout_rate, cfg.dropout_rng_impl)(
+                weights, deterministic=self.deterministic)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), value)
         out = constrain(out.astype(dtype), qkv_axes)
         return Dense(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in_axes=2, name="out")(out)

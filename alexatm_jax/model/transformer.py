@@ -25,7 +25,9 @@ import jax.numpy as jnp
 
 from alexatm_jax.model import masks
 from alexatm_jax.model.config import ModelConfig
-from alexatm_jax.model.layers import MLP, Attention, LayerNorm, constrain, dense_init
+from alexatm_jax.model.dropout import Dropout
+from alexatm_jax.model.layers import (MLP, Attention, LayerNorm, constrain, cotangent_barrier,
+                                     dense_init)
 from alexatm_jax.model.splash import SegmentMask
 
 Array = jax.Array
@@ -39,6 +41,11 @@ _REMAT_POLICIES = {
     "save_mlp_qkv": jax.checkpoint_policies.save_only_these_names(
         "mlp_wi", "attention_q", "attention_k", "attention_v"),
 }
+
+
+def _dropout(config: ModelConfig) -> Dropout:
+    """Residual/embedding dropout (`dropout_rate`) with the configured mask generator."""
+    return Dropout(config.dropout_rate, config.dropout_rng_impl)
 
 
 class Embed(nn.Module):
@@ -72,12 +79,13 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
         cfg, det = self.config, self.deterministic
+        x = cotangent_barrier(x, cfg)
         h = LayerNorm(cfg, name="attention_norm")(x)
         h = Attention(cfg, cfg.num_encoder_heads, deterministic=det, name="attention")(h, h, mask)
-        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        x = cotangent_barrier(x + _dropout(cfg)(h, deterministic=det), cfg)
         h = LayerNorm(cfg, name="mlp_norm")(x)
         h = MLP(cfg, cfg.encoder_ffn_dim, deterministic=det, name="mlp")(h)
-        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        x = x + _dropout(cfg)(h, deterministic=det)
         return constrain(x, HIDDEN_AXES), None
 
 
@@ -96,15 +104,16 @@ class DecoderLayer(nn.Module):
         attention = lambda name, cache_kv: Attention(
             cfg, cfg.num_decoder_heads, deterministic=det, decode=self.decode, cache_kv=cache_kv,
             max_decode_length=self.max_decode_length, name=name)
+        x = cotangent_barrier(x, cfg)
         h = LayerNorm(cfg, name="self_attention_norm")(x)
         h = attention("self_attention", False)(h, h, self_mask)
-        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        x = cotangent_barrier(x + _dropout(cfg)(h, deterministic=det), cfg)
         h = LayerNorm(cfg, name="cross_attention_norm")(x)
         h = attention("cross_attention", True)(h, encoded, cross_mask)
-        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        x = cotangent_barrier(x + _dropout(cfg)(h, deterministic=det), cfg)
         h = LayerNorm(cfg, name="mlp_norm")(x)
         h = MLP(cfg, cfg.decoder_ffn_dim, deterministic=det, name="mlp")(h)
-        x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=det)
+        x = x + _dropout(cfg)(h, deterministic=det)
         return constrain(x, HIDDEN_AXES), None
 
 
@@ -148,7 +157,7 @@ class Encoder(nn.Module):
                       name="token_type_embedder")(token_type_ids)
         x = x + Embed(cfg, cfg.max_positions, ("position", "embed"),
                       name="position_embedder")(positions)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = _dropout(cfg)(x, deterministic=deterministic)
         x = constrain(x, HIDDEN_AXES)
         x = run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, x, mask,
                        deterministic=deterministic)
@@ -168,7 +177,7 @@ class Decoder(nn.Module):
         table = Embed(cfg, cfg.max_positions + cfg.decoder_position_offset, ("position", "embed"),
                       name="position_embedder")
         x = token_embeddings + table(positions + cfg.decoder_position_offset)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = _dropout(cfg)(x, deterministic=deterministic)
         x = constrain(x, HIDDEN_AXES)
         x = run_layers(DecoderLayer, cfg, cfg.num_decoder_layers, x, encoded, self_mask,
                        cross_mask, deterministic=deterministic, decode=decode,
@@ -181,6 +190,11 @@ def project_to_vocab(hidden: Array, kernel: Array, bias: Array) -> Array:
     logits = jnp.einsum("bld,dv->blv", hidden, kernel.astype(hidden.dtype),
                         preferred_element_type=jnp.float32)
     return constrain(logits + bias.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def head_is_vocab_major(config: ModelConfig) -> bool:
+    """Whether `AlexaTM.hidden_and_head` returns a [vocab, embed] kernel (tied embeddings)."""
+    return config.tie_word_embeddings
 
 
 def _default_positions(tokens: Array) -> Array:
@@ -270,6 +284,32 @@ class AlexaTM(nn.Module):
         else:
             kernel = self.lm_head
         return kernel, self.final_logits_bias
+
+    def hidden_and_head(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                        encoder_segment_ids: Array | None = None,
+                        decoder_segment_ids: Array | None = None,
+                        encoder_positions: Array | None = None,
+                        decoder_positions: Array | None = None,
+                        encoder_token_type_ids: Array | None = None, *,
+                        deterministic: bool = True) -> tuple[Array, Array, Array]:
+        """`__call__` without the LM head: (decoder hidden states [batch, decoder_len, embed],
+        head kernel, head bias [vocab]), for a loss that fuses the head
+        (`alexatm_jax.training.loss.fused_head_statistics`).
+
+        The kernel is [embed, vocab] (`lm_head`), or, with tied embeddings, the decoder
+        embedding table itself, [vocab, embed] (`head_is_vocab_major(config)`): no transposed
+        copy of the table, nor of its gradient, is made.
+        """
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                              encoder_token_type_ids, deterministic=deterministic)
+        hidden = self.decode_hidden(encoded, encoder_segment_ids, decoder_input_tokens,
+                                    decoder_segment_ids, decoder_positions,
+                                    deterministic=deterministic)
+        if self.config.tie_word_embeddings:
+            kernel = self._decoder_embedder().embedding
+        else:
+            kernel = self.lm_head
+        return hidden, kernel, self.final_logits_bias
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  encoder_segment_ids: Array | None = None,
