@@ -6,7 +6,8 @@ dataclasses and arguments. This module makes those objects configurable:
     ModelConfig     -> builds an `alexatm_jax.model.ModelConfig` (bind `ModelConfig.d_model = 512`)
     MeshConfig      -> `alexatm_jax.partitioning.MeshConfig` (mesh axis sizes)
     OptimizerConfig -> `alexatm_jax.training.optimizer.OptimizerConfig`
-    train           -> the run function `alexatm_jax.training.trainer.train` (alexatm-train)
+    train           -> `alexatm_jax.training.config.TrainConfig`, the whole run (alexatm-train,
+                       alexatm-plan); `train_config_from_gin` builds it
 
 Gin files are looked up as given, then relative to the current directory, the repository root
 and its `gin/` folder (so `--gin_file=models/tiny.gin` works from anywhere in the checkout).
@@ -15,6 +16,8 @@ and its `gin/` folder (so `--gin_file=models/tiny.gin` works from anywhere in th
 (or other binding) uses is an error, since gin would silently define a new macro
 (`TRAIN_STEPSS = 3` next to the real TRAIN_STEPS). Unknown configurables and parameters were
 errors already; every such error is raised as GinConfigError with the nearest known name.
+A macro a run file marks `%gin.REQUIRED` (MODEL_DIR, TRAIN_STEPS, ...) that no experiment file or
+binding sets is refused by its name.
 """
 
 from __future__ import annotations
@@ -162,6 +165,13 @@ def _explained(error: ValueError) -> GinConfigError:
     """gin's error for an unknown configurable or parameter, with the nearest known name."""
     message = str(error).strip()
     first = message.splitlines()[0] if message else ""
+    required = re.match(r"(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently "
+                        r"overridden", first)
+    if required:
+        name = required.group(1)
+        return GinConfigError(f"the macro {name} is required (%gin.REQUIRED in the run file) and "
+                              f"no gin file or binding sets it: define it in the experiment file "
+                              f"or pass --gin.{name}=...")
     registered = _registered()
     hint = ""
     if first.startswith("No configurable matching"):
@@ -217,10 +227,10 @@ def parse_gin(gin_files: Sequence[str | os.PathLike], bindings: Sequence[str] = 
     return resolved
 
 
-# --- the training run (alexatm-train): MeshConfig, OptimizerConfig and `train` -------------------
+# --- the training run: MeshConfig, OptimizerConfig and TrainConfig (bound as `train`) -----------
 # Builders with the dataclasses' signatures, so gin returns the real (frozen) dataclasses.
 from alexatm_jax.partitioning import MeshConfig  # noqa: E402
-from alexatm_jax.training import trainer  # noqa: E402
+from alexatm_jax.training.config import TrainConfig  # noqa: E402
 from alexatm_jax.training.optimizer import OptimizerConfig  # noqa: E402
 
 
@@ -232,8 +242,30 @@ def _build_optimizer_config(**fields) -> OptimizerConfig:
     return OptimizerConfig(**fields)
 
 
+def _build_train_config(**fields) -> TrainConfig:
+    return TrainConfig(**fields)
+
+
 _build_mesh_config.__signature__ = inspect.signature(MeshConfig)
 _build_optimizer_config.__signature__ = inspect.signature(OptimizerConfig)
+_build_train_config.__signature__ = inspect.signature(TrainConfig)
 gin_mesh_config = gin.external_configurable(_build_mesh_config, name="MeshConfig")
 gin_optimizer_config = gin.external_configurable(_build_optimizer_config, name="OptimizerConfig")
-gin_train = gin.external_configurable(trainer.train, name="train")
+gin_train_config = gin.external_configurable(_build_train_config, name="train")
+
+
+def train_config_from_gin() -> TrainConfig:
+    """The TrainConfig the parsed gin configuration binds as `train.*`.
+
+    Raises GinConfigError naming each field with no default that nothing binds (a `%gin.REQUIRED`
+    macro left unset is refused by `parse_gin` already, by its name).
+    """
+    bindings = gin.get_bindings("train")
+    missing = [f"train.{name}" for name, parameter in
+               inspect.signature(TrainConfig).parameters.items()
+               if name not in bindings and parameter.default is inspect.Parameter.empty]
+    if missing:
+        raise GinConfigError(
+            f"the gin configuration binds no {', '.join(missing)}: a run needs a run file such "
+            "as gin/runs/pretrain.gin and a model file such as gin/models/tiny.gin")
+    return gin_train_config()

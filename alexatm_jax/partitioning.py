@@ -1,14 +1,17 @@
 """The device mesh and the logical-axis rules: the one place that knows mesh axis names.
 
-Model code names logical axes only (`vocab`, `embed`, `mlp`, `heads`, `kv`, `layers`, `position`,
-`type_vocab` on parameters; `batch`, `length`, `embed`, `heads`, `kv`, `mlp`, `vocab` on
-activations). A `Partitioner` maps them onto a 4-axis mesh ('replica', 'data', 'fsdp', 'tensor')
-with one of the `RULE_SETS`, builds `NamedSharding`s, and turns host batches into global arrays.
+Model code names logical axes only. Parameters use `vocab`, `embed`, `mlp`, `heads`, `kv`,
+`layers`, `position`, `type_vocab`; activations use their own names, `activation_batch`,
+`activation_length`, `activation_embed`, `activation_mlp`, `activation_heads`, `activation_kv`,
+`activation_vocab`, so that no rule depends on the order of the rules. A `Partitioner` maps them
+onto a 4-axis mesh ('replica', 'data', 'fsdp', 'tensor') with one of the `RULE_SETS`, builds
+`NamedSharding`s (the shardings of a whole abstract tree come from its flax `Partitioned` boxes),
+turns host batches into global arrays, and jits functions that run under its mesh and rules
+(`Partitioner.partition`).
 
-Rules follow Flax's semantics: they are tried in order; a rule is skipped when its mesh axis is
-already used by another dimension of the same array. `batch` therefore comes first, so an
-activation ('batch', 'length', 'embed') is sharded on batch only while a parameter
-('vocab', 'embed') is sharded on embed.
+Rules follow Flax's semantics: within one array, a rule is skipped when its mesh axis is already
+used by another dimension of that array (a parameter ('heads', 'kv', 'embed') under 'fsdp' is
+sharded on heads only).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -30,21 +33,31 @@ MESH_AXES = ("replica", "data", "fsdp", "tensor")
 BATCH_MESH_AXES = ("replica", "data", "fsdp")
 LogicalRules = tuple[tuple[str, Any], ...]
 
-_ACTIVATION_ONLY = (("batch", BATCH_MESH_AXES), ("length", None))
+BATCH_AXES = ("activation_batch", "activation_length")  # a [batch, length] input feature
+
+_UNSHARDED_ACTIVATIONS = tuple((name, None) for name in (
+    "activation_length", "activation_embed", "activation_kv"))
 _NEVER_SHARDED = (("kv", None), ("layers", None), ("position", None), ("type_vocab", None))
+_BATCH = (("activation_batch", BATCH_MESH_AXES),)
 
 RULE_SETS: dict[str, LogicalRules] = {
     # Pure data parallelism: every parameter replicated, the batch split over all batch axes.
-    "data_parallel": _ACTIVATION_ONLY + (
+    "data_parallel": _BATCH + _UNSHARDED_ACTIVATIONS + (
+        ("activation_mlp", None), ("activation_heads", None), ("activation_vocab", None),
         ("embed", None), ("mlp", None), ("heads", None), ("vocab", None)) + _NEVER_SHARDED,
-    # ZeRO-3-like (PAPER.md §4): parameters, gradients and optimizer state split over 'fsdp' on
-    # their embed dimension; biases without one fall back to their mlp/heads axis. The
-    # [vocab] logits bias stays replicated, so that an embedding table unsharded on embed for a
-    # lookup is whole (the model gathers it in the compute dtype, as ZeRO-3 does).
-    "fsdp": _ACTIVATION_ONLY + (
+    # ZeRO-3-like (docs/paper_facts.md#training-scale): parameters, gradients and optimizer
+    # state split over 'fsdp' on their embed dimension; biases without one fall back to their
+    # mlp/heads axis.
+    # The [vocab] logits bias stays replicated, so that an embedding table unsharded on embed for
+    # a lookup is whole (the model gathers it in the compute dtype, as ZeRO-3 does).
+    "fsdp": _BATCH + _UNSHARDED_ACTIVATIONS + (
+        ("activation_mlp", None), ("activation_heads", None), ("activation_vocab", None),
         ("embed", "fsdp"), ("mlp", "fsdp"), ("heads", "fsdp"), ("vocab", None)) + _NEVER_SHARDED,
-    # FSDP plus Megatron-style tensor parallelism: heads, FFN width and vocabulary over 'tensor'.
-    "fsdp_tensor": _ACTIVATION_ONLY + (
+    # FSDP plus Megatron-style tensor parallelism: heads, FFN width and vocabulary over 'tensor',
+    # for parameters and activations alike.
+    "fsdp_tensor": _BATCH + _UNSHARDED_ACTIVATIONS + (
+        ("activation_mlp", "tensor"), ("activation_heads", "tensor"),
+        ("activation_vocab", "tensor"),
         ("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"), ("embed", "fsdp"),
     ) + _NEVER_SHARDED,
 }
@@ -147,11 +160,27 @@ class Partitioner:
     def activate(self) -> Iterator["Partitioner"]:
         """Context in which the mesh is set (`jax.set_mesh`) and the logical rules are active.
 
-        Flax's logical constraints are silent no-ops without both; trace and run every sharded
-        function inside this context.
+        Flax's logical constraints are silent no-ops without both. Functions made by
+        `partition` enter it themselves; enter it by hand only to trace something else.
         """
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             yield self
+
+    def partition(self, fn: Callable[..., Any], in_shardings: Any = None,
+                  out_shardings: Any = None,
+                  donate_argnums: int | Sequence[int] = ()) -> "PartitionedFunction":
+        """`fn` jitted with these shardings (None: jit infers them); calling, tracing,
+        lowering and shape evaluation all run under this partitioner's mesh and rules."""
+        shardings = {name: value for name, value in (("in_shardings", in_shardings),
+                                                     ("out_shardings", out_shardings))
+                     if value is not None}
+        jitted = jax.jit(fn, donate_argnums=donate_argnums, **shardings)
+        return PartitionedFunction(jitted, self)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        """The sharding of an array every device holds whole (scalars, keys, counters)."""
+        return NamedSharding(self.mesh, PartitionSpec())
 
     # ----------------------------------------------------------------- logical -> mesh
     def logical_to_mesh_spec(self, logical: PartitionSpec | Sequence[str | None] | None,
@@ -161,7 +190,7 @@ class Partitioner:
         With `shape`, a dimension whose size is not divisible by its mesh axes is left
         unsharded (e.g. a 2-row token-type table on an 8-way fsdp axis).
         """
-        if logical is None:
+        if logical is None or len(logical) == 0:  # unnamed: replicated
             return PartitionSpec()
         spec = nn.logical_to_mesh_axes(tuple(logical), self.rules)
         if shape is None:
@@ -191,17 +220,21 @@ class Partitioner:
             lambda s, x: NamedSharding(self.mesh, self.logical_to_mesh_spec(s, x.shape)),
             logical_tree, shapes, is_leaf=is_spec)
 
+    def logical_shardings(self, abstract_tree: Any) -> Any:
+        """NamedSharding per leaf of a tree whose arrays sit in flax `Partitioned` boxes (as
+        `jax.eval_shape` of an initialiser returns them): each box's logical names by the rules,
+        with `logical_to_mesh_spec`'s divisibility check; unboxed leaves are replicated."""
+        specs = nn.get_partition_spec(abstract_tree)
+        return self.logical_to_sharding(specs, _strip_boxes(abstract_tree))
+
     def params_shardings(self, model_config: ModelConfig) -> Any:
         """NamedSharding per parameter of `model_config`'s model, by the rules."""
-        boxed = abstract_params(model_config)
-        return self.logical_to_sharding(nn.get_partition_spec(boxed), _strip_boxes(boxed))
+        return self.logical_shardings(abstract_params(model_config))
 
     # ----------------------------------------------------------------- batches
     def batch_spec(self, ndim: int = 2) -> PartitionSpec:
         """PartitionSpec of a batch array: leading dimension over the batch mesh axes."""
-        spec = self.logical_to_mesh_spec(("batch",) + ("length",) * (ndim > 1) +
-                                         (None,) * max(ndim - 2, 0))
-        return spec
+        return self.logical_to_mesh_spec(BATCH_AXES[:ndim] + (None,) * max(ndim - 2, 0))
 
     def batch_sharding(self, ndim: int = 2) -> NamedSharding:
         """NamedSharding of a [global_batch, ...] array of `ndim` dimensions."""
@@ -291,6 +324,34 @@ class Partitioner:
                      f"{per_device_total / 2**20:.2f} MiB per device on mesh "
                      f"{dict(self.mesh.shape)} with rules '{self.rules_name}'")
         return "\n".join(lines)
+
+
+class PartitionedFunction:
+    """A jitted function whose call, `.trace`, `.lower` and `.eval_shape` enter its
+    partitioner's mesh and logical rules (so constraints inside it are live)."""
+
+    def __init__(self, jitted: Any, partitioner: Partitioner) -> None:
+        self._jitted = jitted
+        self.partitioner = partitioner
+
+    def __call__(self, *args: Any) -> Any:
+        with self.partitioner.activate():
+            return self._jitted(*args)
+
+    def trace(self, *args: Any) -> Any:
+        """`jax.jit(...).trace` under the mesh and rules."""
+        with self.partitioner.activate():
+            return self._jitted.trace(*args)
+
+    def lower(self, *args: Any) -> Any:
+        """`jax.jit(...).lower` under the mesh and rules."""
+        with self.partitioner.activate():
+            return self._jitted.lower(*args)
+
+    def eval_shape(self, *args: Any) -> Any:
+        """`jax.jit(...).eval_shape` under the mesh and rules."""
+        with self.partitioner.activate():
+            return self._jitted.eval_shape(*args)
 
 
 def _strip_boxes(tree: Any) -> Any:

@@ -1,8 +1,8 @@
-"""Ahead-of-time planning of a training job: per-device memory, FLOPs and step time, allocating
+"""Ahead-of-time planning of a training run: per-device memory, FLOPs and step time, allocating
 nothing.
 
-The train step of a job (`TrainJob`: what `train()` is configured with) is traced, lowered and
-compiled against abstract arrays (`jax.ShapeDtypeStruct`s carrying the job's shardings) on the
+The train step of a run (its `TrainConfig`, as `train()` takes it) is traced, lowered and
+compiled against abstract arrays (`jax.ShapeDtypeStruct`s carrying the run's shardings) on the
 devices given: N emulated CPU devices (`alexatm-plan --devices N`), or the compile-only devices
 of a TPU slice that libtpu describes (`alexatm-plan --topology v5p-256`, `tpu_topology.py`),
 for which the TPU compiler itself compiles the step on this machine's CPU.
@@ -39,47 +39,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from alexatm_jax.data.synthetic import SyntheticHostBatches
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import count_params, param_shapes
 from alexatm_jax.model.splash import splash_kernel_flops
-from alexatm_jax.partitioning import MeshConfig, Partitioner
+from alexatm_jax.partitioning import Partitioner
 from alexatm_jax.training.flops import train_flops_per_step
-from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
+from alexatm_jax.training.config import TrainConfig
+from alexatm_jax.training.optimizer import make_optimizer
 from alexatm_jax.training.state import (abstract_train_state, train_state_shardings,
                                         training_model_config)
 from alexatm_jax.training.step import make_train_step
 
 Depths = tuple[int, int]
 ProgressCallback = Callable[[str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainJob:
-    """The arguments of `train()` that decide the compiled train step."""
-
-    model_config: ModelConfig
-    mesh_config: MeshConfig
-    rules: Any
-    batch_size: int
-    sequence_length: Mapping[str, int]
-    optimizer_config: OptimizerConfig
-    train_steps: int
-    grad_accum_steps: int = 1
-    z_loss: float = 0.0
-
-    @property
-    def depths(self) -> Depths:
-        """(encoder layers, decoder layers)."""
-        return self.model_config.num_encoder_layers, self.model_config.num_decoder_layers
-
-    def with_depths(self, depths: Depths) -> "TrainJob":
-        """This job with another number of encoder and decoder layers."""
-        config = self.model_config.replace(num_encoder_layers=depths[0],
-                                           num_decoder_layers=depths[1])
-        return dataclasses.replace(self, model_config=config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +80,9 @@ class CompiledStep:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Everything `alexatm-plan` reports about one job on one mesh (bytes are per device)."""
+    """Everything `alexatm-plan` reports about one run on one mesh (bytes are per device)."""
 
-    job: TrainJob
+    config: TrainConfig
     num_devices: int
     device_kind: str
     mesh_shape: dict[str, int]
@@ -137,8 +112,7 @@ class Plan:
     @property
     def positions_per_step(self) -> int:
         """Input + target positions of one global batch (padding included)."""
-        lengths = self.job.sequence_length
-        return self.job.batch_size * (int(lengths["inputs"]) + int(lengths["targets"]))
+        return self.config.positions_per_step
 
     def step_time_s(self, peak_flops_per_device: float, mfu: float) -> float:
         """Seconds per step if the devices run the model FLOPs at `mfu` of their peak FLOP/s."""
@@ -147,27 +121,22 @@ class Plan:
         return self.model_flops_per_step / (self.num_devices * peak_flops_per_device * mfu)
 
 
-def abstract_batch(job: TrainJob, partitioner: Partitioner) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(config: TrainConfig, partitioner: Partitioner) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch the trainer feeds (features of SeqIO's packed EncDec converter, as the
     synthetic source makes them), as batch-sharded ShapeDtypeStructs."""
     example = SyntheticHostBatches(
-        vocab_size=job.model_config.vocab_size, sequence_length=dict(job.sequence_length),
+        vocab_size=config.model_config.vocab_size, sequence_length=dict(config.sequence_length),
         per_host_batch_size=1).next_batch()
-    return {name: jax.ShapeDtypeStruct((job.batch_size,) + row.shape[1:], row.dtype,
+    return {name: jax.ShapeDtypeStruct((config.batch_size,) + row.shape[1:], row.dtype,
                                        sharding=partitioner.batch_sharding(row.ndim))
             for name, row in example.items()}
 
 
-def check_batch_layout(job: TrainJob, partitioner: Partitioner) -> None:
+def check_batch_layout(config: TrainConfig, partitioner: Partitioner) -> None:
     """Raises ValueError naming the fix when the global batch does not split evenly."""
-    shards = partitioner.num_batch_shards
-    if job.batch_size % shards:
-        raise ValueError(f"batch_size {job.batch_size} is not divisible by the {shards} batch "
-                         f"shards of mesh {dict(partitioner.mesh.shape)}; choose a multiple of "
-                         f"{shards} (--gin.BATCH_SIZE=...)")
-    if job.batch_size % job.grad_accum_steps:
-        raise ValueError(f"batch_size {job.batch_size} is not divisible by grad_accum_steps="
-                         f"{job.grad_accum_steps}")
+    problem = config.batch_layout_problem(partitioner.num_batch_shards)
+    if problem:
+        raise ValueError(f"{problem} on mesh {dict(partitioner.mesh.shape)}")
 
 
 def _shard_bytes(tree: Any, shardings: Any) -> int:
@@ -177,11 +146,11 @@ def _shard_bytes(tree: Any, shardings: Any) -> int:
                for x, s in zip(leaves, specs))
 
 
-def state_bytes_per_device(job: TrainJob, partitioner: Partitioner) -> tuple[int, int]:
+def state_bytes_per_device(config: TrainConfig, partitioner: Partitioner) -> tuple[int, int]:
     """(parameter bytes, optimizer-state bytes) one device holds: shard shapes x itemsize."""
-    optimizer = make_optimizer(job.optimizer_config, job.train_steps)
-    abstract = abstract_train_state(job.model_config, optimizer)
-    shardings = train_state_shardings(job.model_config, optimizer, partitioner)
+    optimizer = make_optimizer(config.optimizer_config, config.train_steps)
+    abstract = abstract_train_state(config.model_config, optimizer)
+    shardings = train_state_shardings(config.model_config, optimizer, partitioner)
     return (_shard_bytes(abstract.params, shardings.params),
             _shard_bytes(abstract.opt_state, shardings.opt_state))
 
@@ -217,49 +186,44 @@ def _sub_jaxprs(params: Mapping[str, Any]) -> list[Any]:
     return found
 
 
-def compile_train_executable(job: TrainJob, partitioner: Partitioner,
+def compile_train_executable(config: TrainConfig, partitioner: Partitioner,
                              progress: ProgressCallback = lambda stage: None
                              ) -> tuple[jax.stages.Compiled, float, float]:
-    """Trace, lower and compile the job's train step on abstract inputs.
+    """Trace, lower and compile the config's train step on abstract inputs.
 
     Returns (the compiled step, its traced matmul FLOPs, seconds spent). Calls `progress` after
     each stage. Raises DoesNotFit when the compiler runs out of device memory.
     """
-    optimizer = make_optimizer(job.optimizer_config, job.train_steps)
-    freeze = job.optimizer_config
-    model_config = planned_model_config(job.model_config, _platform(partitioner))
-    step = make_train_step(model_config, optimizer, partitioner,
-                           grad_accum_steps=job.grad_accum_steps, z_loss=job.z_loss,
-                           freeze_prefixes=freeze.freeze_prefixes, freeze_steps=freeze.freeze_steps)
-    shardings = train_state_shardings(job.model_config, optimizer, partitioner)
+    optimizer = make_optimizer(config.optimizer_config, config.train_steps)
+    model_config = planned_model_config(config.model_config, _platform(partitioner))
+    step = make_train_step(config.replace(model_config=model_config), partitioner)
+    shardings = train_state_shardings(config.model_config, optimizer, partitioner)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         abstract_train_state(job.model_config, optimizer), shardings)
+                         abstract_train_state(config.model_config, optimizer), shardings)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    rng = jax.ShapeDtypeStruct(key.shape, key.dtype,
-                               sharding=NamedSharding(partitioner.mesh, PartitionSpec()))
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=partitioner.replicated)
     start = time.perf_counter()
-    with partitioner.activate():
-        traced = step.jitted.trace(state, abstract_batch(job, partitioner), rng)
-        flops = matmul_flops(traced.jaxpr.jaxpr)
-        progress("traced")
-        lowered = traced.lower()
-        progress("lowered")
-        try:
-            compiled = lowered.compile()
-        except jax.errors.JaxRuntimeError as error:
-            if "RESOURCE_EXHAUSTED" in str(error):
-                raise DoesNotFit(_out_of_memory_summary(str(error))) from error
-            raise
+    traced = step.trace(state, abstract_batch(config, partitioner), rng)
+    flops = matmul_flops(traced.jaxpr.jaxpr)
+    progress("traced")
+    lowered = traced.lower()
+    progress("lowered")
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" in str(error):
+            raise DoesNotFit(_out_of_memory_summary(str(error))) from error
+        raise
     seconds = time.perf_counter() - start
     progress("compiled")
     return compiled, flops, seconds
 
 
-def compile_train_step(job: TrainJob, partitioner: Partitioner,
+def compile_train_step(config: TrainConfig, partitioner: Partitioner,
                        progress: ProgressCallback = lambda stage: None
                        ) -> tuple[CompiledStep, float]:
-    """The job's train step compiled on abstract inputs: (its CompiledStep, seconds spent)."""
-    compiled, flops, seconds = compile_train_executable(job, partitioner, progress)
+    """The config's train step compiled on abstract inputs: (its CompiledStep, seconds spent)."""
+    compiled, flops, seconds = compile_train_executable(config, partitioner, progress)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
@@ -336,45 +300,45 @@ def _extrapolation_warnings(measured: Mapping[Depths, CompiledStep],
     return tuple(found)
 
 
-def make_plan(job: TrainJob, *, devices: Sequence[Any] | None = None,
+def make_plan(config: TrainConfig, *, devices: Sequence[Any] | None = None,
               extrapolate_from_layers: int | None = None,
               progress: ProgressCallback = lambda stage: None) -> Plan:
-    """Plan `job` on `devices` (default: the JAX devices): compile at the configured depth, or at
+    """Plan `config` on `devices` (default: the JAX devices): compile at the configured depth, or at
     the three shallow depths of `extrapolate_from_layers` and extrapolate. Raises ValueError
     when the mesh or batch does not fit the devices."""
-    partitioner = Partitioner(job.mesh_config, job.rules, devices=devices)
-    check_batch_layout(job, partitioner)
-    params_bytes, optimizer_bytes = state_bytes_per_device(job, partitioner)
-    batch = abstract_batch(job, partitioner)
+    partitioner = Partitioner(config.mesh_config, config.rules, devices=devices)
+    check_batch_layout(config, partitioner)
+    params_bytes, optimizer_bytes = state_bytes_per_device(config, partitioner)
+    batch = abstract_batch(config, partitioner)
     batch_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
                       for x in batch.values())
     if extrapolate_from_layers is None:
-        depths: tuple[Depths, ...] = (job.depths,)
+        depths: tuple[Depths, ...] = (config.depths,)
     else:
         depths = extrapolation_depths(extrapolate_from_layers)
-        too_deep = [d for d in depths if d[0] > job.depths[0] or d[1] > job.depths[1]]
+        too_deep = [d for d in depths if d[0] > config.depths[0] or d[1] > config.depths[1]]
         if too_deep:
             raise ValueError(f"extrapolate_from_layers={extrapolate_from_layers} needs depths "
-                             f"{list(depths)}, deeper than the configured {job.depths}; "
+                             f"{list(depths)}, deeper than the configured {config.depths}; "
                              "choose a smaller value or plan without extrapolation")
     measured, seconds = {}, 0.0
     for depth in depths:
-        measured[depth], spent = compile_train_step(job.with_depths(depth), partitioner,
+        measured[depth], spent = compile_train_step(config.with_depths(depth), partitioner,
                                                     lambda stage, d=depth: progress(f"{d}: {stage}"))
         seconds += spent
-    compiled = (measured[job.depths] if extrapolate_from_layers is None
-                else extrapolate_linearly(measured, extrapolate_from_layers, job.depths))
+    compiled = (measured[config.depths] if extrapolate_from_layers is None
+                else extrapolate_linearly(measured, extrapolate_from_layers, config.depths))
     warnings = _extrapolation_warnings(measured, compiled) if extrapolate_from_layers else ()
-    lengths = job.sequence_length
+    lengths = config.sequence_length
     return Plan(
-        job=job, num_devices=partitioner.mesh.size,
+        config=config, num_devices=partitioner.mesh.size,
         device_kind=partitioner.mesh.devices.flat[0].device_kind,
         mesh_shape=dict(partitioner.mesh.shape), rules_name=partitioner.rules_name,
-        num_params=count_params(param_shapes(training_model_config(job.model_config))),
+        num_params=count_params(param_shapes(training_model_config(config.model_config))),
         params_bytes=params_bytes, optimizer_state_bytes=optimizer_bytes,
         batch_bytes=batch_bytes, compiled=compiled, compiled_points=tuple(measured.items()),
         extrapolated=extrapolate_from_layers is not None, warnings=warnings,
-        model_flops_per_step=train_flops_per_step(job.model_config, job.batch_size,
+        model_flops_per_step=train_flops_per_step(config.model_config, config.batch_size,
                                                   int(lengths["inputs"]), int(lengths["targets"])),
         compile_seconds=seconds, platform=_platform(partitioner))
 
@@ -396,29 +360,27 @@ class StepTimeEstimate:
         return model_flops_per_step / (devices * peak_flops * self.seconds)
 
 
-def timing_job(job: TrainJob) -> TrainJob:
-    """One microbatch of `job` as a whole step, layers unrolled: what `estimate_step_time`
+def timing_config(config: TrainConfig) -> TrainConfig:
+    """One microbatch of `config` as a whole step, layers unrolled: what `estimate_step_time`
     compiles, so that the cost model sees every layer (it visits a loop body once)."""
-    config = job.model_config.replace(scan_layers=False)
-    return dataclasses.replace(job, model_config=config,
-                               batch_size=job.batch_size // job.grad_accum_steps,
-                               grad_accum_steps=1)
+    return config.replace(model_config=config.model_config.replace(scan_layers=False),
+                       batch_size=config.batch_size // config.grad_accum_steps, grad_accum_steps=1)
 
 
-def timing_depths(job: TrainJob, layers: int) -> tuple[Depths, ...]:
+def timing_depths(config: TrainConfig, layers: int) -> tuple[Depths, ...]:
     """The depths `estimate_step_time` compiles: those of `extrapolation_depths(layers)`, or the
     configured depth when the model is not deeper than that."""
-    if min(job.depths) >= 2 * layers:
+    if min(config.depths) >= 2 * layers:
         return extrapolation_depths(layers)
-    return (job.depths,)
+    return (config.depths,)
 
 
-def estimate_step_time(job: TrainJob, devices: Sequence[Any], *, layers: int = 2,
+def estimate_step_time(config: TrainConfig, devices: Sequence[Any], *, layers: int = 2,
                        peak_flops_per_device: float | None = None,
                        progress: ProgressCallback = lambda stage: None) -> StepTimeEstimate:
-    """The TPU cost model's time for one step of `job` on `devices`.
+    """The TPU cost model's time for one step of `config` on `devices`.
 
-    Compiles `timing_job(job)` at (layers, layers), (2·layers, layers) and (layers, 2·layers)
+    Compiles `timing_config(config)` at (layers, layers), (2·layers, layers) and (layers, 2·layers)
     and extrapolates its `optimal_seconds` linearly to the configured depth (a model no deeper
     than 2·layers is compiled whole), times the number of microbatches. The optimizer update,
     counted once per microbatch that way, is under 0.1% of a 20B step. The cost model gives
@@ -426,11 +388,11 @@ def estimate_step_time(job: TrainJob, devices: Sequence[Any], *, layers: int = 2
     `peak_flops_per_device` (a lower bound on their time). Raises ValueError when the compiler
     gives no cost model (not a TPU) or the batch does not split.
     """
-    micro = timing_job(job)
+    micro = timing_config(config)
     partitioner = Partitioner(micro.mesh_config, micro.rules, devices=devices)
     check_batch_layout(micro, partitioner)
-    depths = timing_depths(job, layers)
-    extrapolated = depths != (job.depths,)
+    depths = timing_depths(config, layers)
+    extrapolated = depths != (config.depths,)
     measured, spent = {}, 0.0
     for depth in depths:
         measured[depth], seconds = compile_train_step(
@@ -440,19 +402,19 @@ def estimate_step_time(job: TrainJob, devices: Sequence[Any], *, layers: int = 2
     if any(math.isnan(step.optimal_seconds) for step in measured.values()):
         raise ValueError(f"the {_platform(partitioner)} compiler reports no optimal_seconds: "
                          "step-time estimates need the TPU compiler (--topology)")
-    step = (extrapolate_linearly(measured, layers, job.depths) if extrapolated
-            else measured[job.depths])
+    step = (extrapolate_linearly(measured, layers, config.depths) if extrapolated
+            else measured[config.depths])
     kernel_seconds = 0.0
-    if planned_model_config(job.model_config, _platform(partitioner)).attention_impl == "splash":
+    if planned_model_config(config.model_config, _platform(partitioner)).attention_impl == "splash":
         if not peak_flops_per_device:
             raise ValueError("splash attention's kernels are not in the cost model: give "
                              "peak_flops_per_device to add their time")
-        lengths = job.sequence_length
-        kernel_seconds = splash_kernel_flops(job.model_config, job.batch_size,
+        lengths = config.sequence_length
+        kernel_seconds = splash_kernel_flops(config.model_config, config.batch_size,
                                              int(lengths["inputs"]), int(lengths["targets"])
                                              ) / (len(devices) * peak_flops_per_device)
     return StepTimeEstimate(
-        seconds=step.optimal_seconds * job.grad_accum_steps + kernel_seconds,
+        seconds=step.optimal_seconds * config.grad_accum_steps + kernel_seconds,
         uncosted_kernel_seconds=kernel_seconds,
         points=tuple((depth, m.optimal_seconds) for depth, m in measured.items()),
-        microbatches=job.grad_accum_steps, extrapolated=extrapolated, compile_seconds=spent)
+        microbatches=config.grad_accum_steps, extrapolated=extrapolated, compile_seconds=spent)

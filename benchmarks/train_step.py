@@ -173,12 +173,15 @@ class OurTrainer:
         from alexatm_jax.partitioning import MeshConfig, Partitioner
         from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
                                           make_train_step)
+        from alexatm_jax.training.config import TrainConfig
         self.jax = jax
         partitioner = Partitioner(MeshConfig(), rules, devices=jax.devices()[:devices])
         tx = make_optimizer(OptimizerConfig(), 10_000)
         self.state = create_train_state(cfg, tx, partitioner, jax.random.key(0))
         extra = {} if branches is None else {"parallel_branches": branches}
-        self.step_fn = make_train_step(cfg, tx, partitioner, fused_head=fused_head, **extra)
+        self.step_fn = make_train_step(TrainConfig(
+            model_config=cfg, train_steps=10_000, batch_size=next(iter(host_batch.values())).shape[0],
+            fused_head=fused_head, **extra), partitioner)
         self.batch = partitioner.shard_batch(host_batch)
         self.rng = jax.random.key(1)
         self.num_devices = partitioner.mesh.size

@@ -14,7 +14,7 @@ from typing import Any
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.partitioning import MeshConfig
 from alexatm_jax.training.optimizer import OptimizerConfig
-from alexatm_jax.training.trainer import TrainResult, train
+from alexatm_jax.training.trainer import TrainConfig, TrainResult, train
 
 TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
                    num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=64,
@@ -37,7 +37,7 @@ def train_args(model_dir: str, **overrides: Any) -> dict[str, Any]:
 
 def run(model_dir: str, **overrides: Any) -> TrainResult:
     """train() with `train_args(model_dir, **overrides)`."""
-    return train(**train_args(model_dir, **overrides))
+    return train(TrainConfig(**train_args(model_dir, **overrides)))
 
 
 def slow_down_json_writes(seconds: float) -> None:

@@ -43,6 +43,7 @@ def _main() -> dict:
     from alexatm_jax.partitioning import MeshConfig, Partitioner
     from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
                                       make_train_step, train_state_shardings)
+    from alexatm_jax.training.config import TrainConfig
     from alexatm_jax.training.optimizer import path_string
 
     assert len(jax.devices()) == NUM_DEVICES, jax.devices()
@@ -67,7 +68,8 @@ def _main() -> dict:
         tx = make_optimizer(optimizer_config, 50)
         state = create_train_state(cfg, tx, partitioner, jax.random.key(0))
         expected = train_state_shardings(cfg, tx, partitioner)
-        step = make_train_step(cfg, tx, partitioner)
+        step = make_train_step(TrainConfig(model_config=cfg, train_steps=50, batch_size=8,
+                                           optimizer_config=optimizer_config), partitioner)
         mismatches_at_init = _mismatches(state, expected)
         losses = []
         for batch in batches[:num_steps]:
@@ -96,7 +98,7 @@ def _main() -> dict:
         for m, v, p in zip(jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu),
                            jax.tree.leaves(state.params)))
 
-    # Activation constraints are live: the logits' sharding follows ('batch','length','vocab').
+    # Activation constraints are live: the logits' sharding follows the activation_* logit axes.
     batch = mesh.shard_batch(batches[0])
     with mesh.activate():
         from alexatm_jax.model import AlexaTM

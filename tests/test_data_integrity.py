@@ -87,7 +87,7 @@ def test_problem_counters_count_each_bad_record_once_per_pass(tmp_path):
 def test_the_trainer_reports_pipeline_counters(tmp_path, caplog, demo_vocabulary):
     from alexatm_jax.model.config import ModelConfig
     from alexatm_jax.partitioning import MeshConfig
-    from alexatm_jax.training.trainer import train
+    from alexatm_jax.training.trainer import TrainConfig, train
 
     data_dir = tmp_path / "data"
     (data_dir / "en").mkdir(parents=True)
@@ -101,10 +101,11 @@ def test_the_trainer_reports_pipeline_counters(tmp_path, caplog, demo_vocabulary
                        num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=32,
                        decoder_ffn_dim=32, max_positions=32, dropout_rate=0.0)
     with caplog.at_level(logging.WARNING):
-        train(model_config=tiny, model_dir=str(model_dir), train_steps=2, batch_size=2,
-              sequence_length={"inputs": 16, "targets": 16}, mesh_config=MeshConfig(),
-              rules="data_parallel", checkpoint_period=2, log_every=1,
-              data_dir=str(data_dir), progress_bar=False)
+        train(TrainConfig(model_config=tiny, model_dir=str(model_dir), train_steps=2,
+                          batch_size=2, sequence_length={"inputs": 16, "targets": 16},
+                          mesh_config=MeshConfig(), rules="data_parallel",
+                          checkpoint_period=2, log_every=1, data_dir=str(data_dir),
+                          progress_bar=False))
     assert "data pipeline at start: bad_files=2" in caplog.text
     assert f"skipped {data_dir / 'en' / 'truncated.txt.gz'}: truncated gzip data" in caplog.text
     records = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]

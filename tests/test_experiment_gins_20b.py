@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from alexatm_jax import gin_registry
-from alexatm_jax.cli.plan import train_job_from_gin
+from alexatm_jax.cli.plan import train_config_from_gin
 from alexatm_jax.model.params import param_shapes
 from alexatm_jax.training.optimizer import FROZEN, freeze_labels
 
@@ -26,7 +26,7 @@ def clean_gin():
 
 def _job(files, bindings=()):
     gin_registry.parse_gin(files, list(bindings))
-    return train_job_from_gin()
+    return train_config_from_gin()
 
 
 @pytest.mark.parametrize("gin_file", sorted(HARDWARE))

@@ -30,14 +30,16 @@ def test_train_step_compiles_for_eight_h100s():
         pytest.skip(problem)
     from alexatm_jax.model.config import ModelConfig
     from alexatm_jax.partitioning import MeshConfig, Partitioner
-    from alexatm_jax.planning import TrainJob, compile_train_step
+    from alexatm_jax.planning import compile_train_step
+    from alexatm_jax.training.config import TrainConfig
     from alexatm_jax.training.optimizer import OptimizerConfig
 
     config = ModelConfig(vocab_size=512, d_model=64, num_encoder_layers=1, num_decoder_layers=1,
                          num_encoder_heads=4, num_decoder_heads=4, encoder_ffn_dim=128,
                          decoder_ffn_dim=128, dtype="bfloat16", scan_layers=True)
-    job = TrainJob(config, MeshConfig(data=1, fsdp=-1), "fsdp", 8,
-                   {"inputs": 64, "targets": 64}, OptimizerConfig(), 10)
+    job = TrainConfig(model_config=config, mesh_config=MeshConfig(data=1, fsdp=-1), rules="fsdp",
+                      batch_size=8, sequence_length={"inputs": 64, "targets": 64},
+                      optimizer_config=OptimizerConfig(), train_steps=10)
     devices = gpu_topology.gpu_devices(gpu_topology.parse_gpu_target("h100-1x8"))
     partitioner = Partitioner(job.mesh_config, job.rules, devices=devices)
     step, _ = compile_train_step(job, partitioner)

@@ -37,8 +37,31 @@ def test_mesh_config_rejects_impossible_sizes(config, message):
         config.axis_sizes(8)
 
 
-def _spec(rules, names):
-    return tuple(nn.logical_to_mesh_axes(names, RULE_SETS[rules]))
+ACTIVATION_HIDDEN = ("activation_batch", "activation_length", "activation_embed")
+ACTIVATION_LOGITS = ("activation_batch", "activation_length", "activation_vocab")
+
+
+def _spec(rules, names, rule_set=None):
+    return tuple(nn.logical_to_mesh_axes(names, rule_set or RULE_SETS[rules]))
+
+
+@pytest.mark.parametrize("rules", sorted(RULE_SETS))
+def test_activation_and_parameter_rules_do_not_interact(rules):
+    """Activations and parameters have distinct axis names, so the activation rules can go
+    before or after the parameter rules without changing any array's spec (the parameter rules
+    keep their own order: it states the fallback of a bias with no embed dimension)."""
+    arrays = [("vocab", "embed"), ("embed", "vocab"), ("embed", "mlp"), ("mlp", "embed"),
+              ("embed", "heads", "kv"), ("heads", "kv", "embed"), ("heads", "kv"), ("mlp",),
+              ("embed",), ("vocab",), ("layers", "embed", "mlp"), ("position", "embed"),
+              ("type_vocab", "embed"), ACTIVATION_HIDDEN, ACTIVATION_LOGITS,
+              ("activation_batch", "activation_length", "activation_mlp"),
+              ("activation_batch", "activation_length", "activation_heads", "activation_kv")]
+    activation = tuple(r for r in RULE_SETS[rules] if r[0].startswith("activation_"))
+    parameter = tuple(r for r in RULE_SETS[rules] if not r[0].startswith("activation_"))
+    for names in arrays:
+        assert (_spec(rules, names, activation + parameter)
+                == _spec(rules, names, parameter + activation)
+                == _spec(rules, names, parameter + tuple(reversed(activation)))), names
 
 
 def test_fsdp_rules_shard_params_on_embed_and_activations_on_batch():
@@ -47,8 +70,8 @@ def test_fsdp_rules_shard_params_on_embed_and_activations_on_batch():
     assert _spec("fsdp", ("mlp",)) == ("fsdp",)  # biases fall back to their own axis
     assert _spec("fsdp", ("vocab",)) == (None,)  # so an unsharded-embed table is whole
     assert _spec("fsdp", ("layers", "embed", "heads", "kv")) == (None, "fsdp", None, None)
-    assert _spec("fsdp", ("batch", "length", "embed")) == (BATCH_MESH_AXES, None, None)
-    assert _spec("fsdp", ("batch", "length", "mlp")) == (BATCH_MESH_AXES, None, None)
+    assert _spec("fsdp", ACTIVATION_HIDDEN) == (BATCH_MESH_AXES, None, None)
+    assert _spec("fsdp", ("activation_batch", "activation_length", "activation_mlp")) == (BATCH_MESH_AXES, None, None)
 
 
 def test_fsdp_tensor_rules_add_megatron_splits():
@@ -56,9 +79,10 @@ def test_fsdp_tensor_rules_add_megatron_splits():
     assert _spec("fsdp_tensor", ("mlp", "embed")) == ("tensor", "fsdp")
     assert _spec("fsdp_tensor", ("embed", "heads", "kv")) == ("fsdp", "tensor", None)
     assert _spec("fsdp_tensor", ("vocab", "embed")) == ("tensor", "fsdp")
-    assert _spec("fsdp_tensor", ("batch", "length", "heads", "kv")) == (
+    assert _spec("fsdp_tensor", ("activation_batch", "activation_length",
+                                 "activation_heads", "activation_kv")) == (
         BATCH_MESH_AXES, None, "tensor", None)
-    assert _spec("fsdp_tensor", ("batch", "length", "vocab")) == (BATCH_MESH_AXES, None, "tensor")
+    assert _spec("fsdp_tensor", ACTIVATION_LOGITS) == (BATCH_MESH_AXES, None, "tensor")
 
 
 def test_data_parallel_rules_replicate_every_parameter():

@@ -85,12 +85,12 @@ REAL_STATE_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
     jax.config.update("jax_num_cpu_devices", 8)
-    from alexatm_jax.cli.plan import parse_gin_config, train_job_from_gin
+    from alexatm_jax.cli.plan import parse_gin_config, train_config_from_gin
     from alexatm_jax.partitioning import Partitioner
     from alexatm_jax.training import create_train_state, make_optimizer
 
     parse_gin_config(sys.argv[1:], [], [])
-    job = train_job_from_gin()
+    job = train_config_from_gin()
     partitioner = Partitioner(job.mesh_config, job.rules)
     optimizer = make_optimizer(job.optimizer_config, job.train_steps)
     state = create_train_state(job.model_config, optimizer, partitioner, jax.random.key(0))

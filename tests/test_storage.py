@@ -17,7 +17,7 @@ from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.partitioning import MeshConfig
 from alexatm_jax.training import metrics_writer
 from alexatm_jax.training.metrics_writer import MetricsWriter, read_metrics
-from alexatm_jax.training.trainer import train
+from alexatm_jax.training.trainer import TrainConfig, train
 
 TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
                    num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=64,
@@ -84,10 +84,11 @@ def test_remote_metrics_are_staged_uploaded_and_resumed(monkeypatch, tmp_path):
 def test_trainer_uploads_staged_metrics_at_every_checkpoint(monkeypatch, tmp_path):
     targets = _uploads(monkeypatch)
     model_dir = tmp_path / "run"
-    result = train(model_config=TINY, model_dir=str(model_dir), train_steps=3, batch_size=2,
-                   sequence_length={"inputs": 8, "targets": 8}, mesh_config=MeshConfig(),
-                   rules="data_parallel", checkpoint_period=1, keep_checkpoints=1, log_every=1,
-                   data_source="synthetic", progress_bar=False, async_checkpointing=False)
+    result = train(TrainConfig(
+        model_config=TINY, model_dir=str(model_dir), train_steps=3, batch_size=2,
+        sequence_length={"inputs": 8, "targets": 8}, mesh_config=MeshConfig(),
+        rules="data_parallel", checkpoint_period=1, keep_checkpoints=1, log_every=1,
+        data_source="synthetic", progress_bar=False, async_checkpointing=False))
     assert result.model_dir == str(model_dir) and result.last_checkpoint_step == 3
     jsonl = str(model_dir / "metrics.jsonl")
     assert targets.count(jsonl) == 3  # one upload per checkpoint (steps 1, 2, 3)

@@ -23,9 +23,10 @@ from alexatm_jax.cli import plan as plan_cli
 from alexatm_jax.decoding import model_steps
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import init_params
+from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.partitioning import MeshConfig, Partitioner
-from alexatm_jax.planning import (DoesNotFit, TrainJob, compile_train_executable,
-                                  compile_train_step, timing_depths, timing_job)
+from alexatm_jax.planning import (DoesNotFit, compile_train_executable,
+                                  compile_train_step, timing_depths, timing_config)
 from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
 from alexatm_jax.training.state import train_state_shardings
 
@@ -62,10 +63,10 @@ def devices():
     return found
 
 
-def tiny_job(config: ModelConfig = TINY, length: int = 64) -> TrainJob:
-    return TrainJob(model_config=config, mesh_config=MeshConfig(data=1, fsdp=-1), rules="fsdp",
-                    batch_size=8, sequence_length={"inputs": length, "targets": length},
-                    optimizer_config=OptimizerConfig(), train_steps=10)
+def tiny_job(config: ModelConfig = TINY, length: int = 64) -> TrainConfig:
+    return TrainConfig(model_config=config, mesh_config=MeshConfig(data=1, fsdp=-1), rules="fsdp",
+                       batch_size=8, sequence_length={"inputs": length, "targets": length},
+                       optimizer_config=OptimizerConfig(), train_steps=10)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_timing_job_is_one_unscanned_microbatch():
     job = dataclasses.replace(tiny_job(TINY.replace(num_encoder_layers=46,
                                                     num_decoder_layers=32)),
                               batch_size=2048, grad_accum_steps=4)
-    micro = timing_job(job)
+    micro = timing_config(job)
     assert (micro.batch_size, micro.grad_accum_steps) == (512, 1)
     assert not micro.model_config.scan_layers and micro.depths == (46, 32)
     assert timing_depths(job, 2) == ((2, 2), (4, 2), (2, 4))

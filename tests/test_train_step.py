@@ -14,6 +14,7 @@ from alexatm_jax.training import (OptimizerConfig, create_train_state, decay_mas
                                   make_train_step)
 from alexatm_jax.training.flops import forward_flops_per_example, mfu, peak_flops_per_device
 from alexatm_jax.training.loss import token_statistics
+from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.optimizer import FROZEN, HeldState, path_string
 from multidevice_checks import run_multidevice_checks
 
@@ -50,6 +51,16 @@ def _subtree_equal(a, b, frozen: bool) -> bool:
                if path_string(path).startswith(FROZEN_PREFIXES) == frozen)
 
 
+PLAIN = OptimizerConfig(eps=1.0, weight_decay=0.0, clip_norm=0.0, learning_rate=1e-2,
+                        end_learning_rate=1e-2)
+
+
+def step_config(optimizer_config: OptimizerConfig, **overrides) -> TrainConfig:
+    """The TrainConfig of a TINY train step over TOTAL_STEPS with `optimizer_config`."""
+    return TrainConfig(model_config=TINY, train_steps=TOTAL_STEPS, batch_size=4,
+                       optimizer_config=optimizer_config, **overrides)
+
+
 @pytest.fixture(scope="module")
 def partitioner():
     return Partitioner(MeshConfig(), "fsdp")
@@ -59,12 +70,11 @@ def partitioner():
 def plain(partitioner):
     """(optimizer, step with z-loss, fresh-state factory). AdamW with eps=1 and no clipping or
     decay, so updates are close to linear in the gradient."""
-    cfg = OptimizerConfig(eps=1.0, weight_decay=0.0, clip_norm=0.0, learning_rate=1e-2,
-                          end_learning_rate=1e-2)
+    cfg = PLAIN
     tx = make_optimizer(cfg, TOTAL_STEPS)
     initial = create_train_state(TINY, tx, partitioner, jax.random.key(0))
     fresh = lambda: jax.tree.map(jnp.copy, initial)  # the step donates its input state
-    return tx, make_train_step(TINY, tx, partitioner, z_loss=Z_LOSS), fresh
+    return tx, make_train_step(step_config(cfg, z_loss=Z_LOSS), partitioner), fresh
 
 
 # ---------------------------------------------------------------- schedule, mask, optimizer
@@ -229,7 +239,8 @@ def test_train_step_reports_metrics_and_eval_agrees(partitioner, plain):
 
 def test_gradient_accumulation_equals_one_full_batch(partitioner, plain):
     tx, full_step, fresh = plain
-    accumulated_step = make_train_step(TINY, tx, partitioner, grad_accum_steps=2, z_loss=Z_LOSS)
+    accumulated_step = make_train_step(step_config(PLAIN, grad_accum_steps=2, z_loss=Z_LOSS),
+                                       partitioner)
     batch = partitioner.shard_batch(_batch(1))
     full, full_metrics = full_step(fresh(), batch, jax.random.key(1))
     acc, acc_metrics = accumulated_step(fresh(), batch, jax.random.key(1))
@@ -238,7 +249,8 @@ def test_gradient_accumulation_equals_one_full_batch(partitioner, plain):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7),
                  _snapshot(acc.params), _snapshot(full.params))
     with pytest.raises(ValueError, match="not divisible by grad_accum_steps"):
-        make_train_step(TINY, tx, partitioner, grad_accum_steps=3)(acc, batch, jax.random.key(1))
+        make_train_step(step_config(PLAIN, grad_accum_steps=3), partitioner)(
+            acc, batch, jax.random.key(1))
 
 
 def test_non_finite_loss_skips_the_update_and_is_counted(partitioner, plain):
@@ -263,8 +275,7 @@ def test_non_finite_loss_skips_the_update_and_is_counted(partitioner, plain):
 def test_frozen_encoder_does_not_move_for_n_steps_then_moves(partitioner):
     cfg = OptimizerConfig(freeze_prefixes=FROZEN_PREFIXES, freeze_steps=2)
     tx = make_optimizer(cfg, TOTAL_STEPS)
-    step = make_train_step(TINY, tx, partitioner, freeze_prefixes=FROZEN_PREFIXES,
-                           freeze_steps=2)
+    step = make_train_step(step_config(cfg), partitioner)
     state = create_train_state(TINY, tx, partitioner, jax.random.key(0))
     initial = _snapshot(state.params)
     frozen_opt_state = _snapshot(_frozen_inner(state.opt_state))
@@ -280,12 +291,6 @@ def test_frozen_encoder_does_not_move_for_n_steps_then_moves(partitioner):
         else:
             assert not _subtree_equal(params, initial, frozen=True), "encoder did not thaw"
         assert float(metrics["skipped"]) == 0.0
-
-
-def test_step_freeze_without_optimizer_freeze_is_refused(partitioner, plain):
-    tx, _, _ = plain
-    with pytest.raises(ValueError, match="optimizer does not freeze"):
-        make_train_step(TINY, tx, partitioner, freeze_prefixes=("encoder",), freeze_steps=3)
 
 
 def test_frozen_labels_cover_encoder_and_shared_embedding():

@@ -124,11 +124,13 @@ def test_parallel_branches_give_the_same_step():
     from alexatm_jax.partitioning import MeshConfig, Partitioner
     from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
                                       make_train_step)
+    from alexatm_jax.training.config import TrainConfig
     from alexatm_jax.training.step import auto_parallel_branches
 
     partitioner = Partitioner(MeshConfig(), "fsdp")
     # eps=1 makes the first AdamW update ~linear in the gradient (not its sign).
-    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-2, eps=1.0), 10)
+    optimizer_config = OptimizerConfig(learning_rate=1e-2, eps=1.0)
+    optimizer = make_optimizer(optimizer_config, 10)
     batch, targets, weights = _inputs(2)
     batch = dict(batch, decoder_target_tokens=targets, decoder_loss_weights=weights)
     batch = {k: np.concatenate([v, v[::-1]]) for k, v in batch.items()}  # 6 rows
@@ -136,7 +138,9 @@ def test_parallel_branches_give_the_same_step():
     config = SMALL.replace(dropout_rate=0.2)  # each branch draws the whole batch's masks
     for branches in (1, 2, 3):
         state = create_train_state(config, optimizer, partitioner, jax.random.key(0))
-        step = make_train_step(config, optimizer, partitioner, parallel_branches=branches)
+        step = make_train_step(TrainConfig(model_config=config, train_steps=10, batch_size=6,
+                                           optimizer_config=optimizer_config,
+                                           parallel_branches=branches), partitioner)
         state, metrics = step(state, partitioner.shard_batch(batch), jax.random.key(1))
         results[branches] = (jax.device_get(state.params), jax.device_get(metrics))
     for branches in (2, 3):
@@ -148,7 +152,9 @@ def test_parallel_branches_give_the_same_step():
     assert auto_parallel_branches(12 * cores, partitioner) == cores
     assert auto_parallel_branches(1, partitioner) == 1
     with pytest.raises(ValueError, match="must be >= 1 and divide"):
-        make_train_step(config, optimizer, partitioner, parallel_branches=4)(
+        make_train_step(TrainConfig(model_config=config, train_steps=10, batch_size=6,
+                                    optimizer_config=optimizer_config, parallel_branches=4),
+                        partitioner)(
             state, partitioner.shard_batch(batch), jax.random.key(1))
 
 

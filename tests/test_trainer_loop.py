@@ -12,7 +12,7 @@ import pytest
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.partitioning import MeshConfig
 from alexatm_jax.training.optimizer import OptimizerConfig
-from alexatm_jax.training.trainer import NonFiniteLossError, train
+from alexatm_jax.training.trainer import NonFiniteLossError, TrainConfig, train
 
 TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
                    num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=64,
@@ -27,7 +27,7 @@ def run(model_dir: str, **overrides):
                 rules="data_parallel", optimizer_config=EXPLODING, checkpoint_period=1,
                 keep_checkpoints=5, log_every=1, data_source="synthetic", progress_bar=False)
     args.update(overrides)
-    return train(**args)
+    return train(TrainConfig(**args))
 
 
 def test_non_finite_steps_are_skipped_and_counted_or_stop_the_run(tmp_path):

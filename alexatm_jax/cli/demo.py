@@ -254,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(args.model_dir)
     sequence_length = dict(gin.query_parameter("train.sequence_length"))
     train_started = time.perf_counter()
-    result = gin_registry.gin_train()
+    from alexatm_jax.training.trainer import train
+
+    result = train(gin_registry.train_config_from_gin())
     train_seconds = time.perf_counter() - train_started
     if result.stopped_by_signal:
         print(f"alexatm-demo: stopped by {result.stopped_by_signal}; rerun to resume.")

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 from alexatm_jax.cli.gin_flags import gin_bindings
 
 if TYPE_CHECKING:  # importing planning imports JAX, which must wait for emulate_cpu_devices
-    from alexatm_jax.planning import Plan, StepTimeEstimate, TrainJob
+    from alexatm_jax.planning import Plan, StepTimeEstimate
+    from alexatm_jax.training.config import TrainConfig
 
 GIB = 2**30
+PLAN_MODEL_DIR_BINDING = "MODEL_DIR = ''"
 TPU_BACKEND_NOTE = (
     "Compiled buffer sizes are the TPU compiler's (libtpu) buffer assignment of the partitioned "
     "step for these chips. The step time is its cost model (cost_analysis()['optimal_seconds']), "
@@ -154,46 +156,36 @@ def emulate_cpu_devices(num_devices: int) -> None:
 
 def parse_gin_config(files: Sequence[str], bindings: Sequence[str],
                      search_paths: Sequence[str]) -> None:
-    """Parse the gin files; the SeqIO task registry is imported only if the files bind it."""
+    """Parse the gin files; the SeqIO task registry is imported only if the files bind it.
+
+    A plan writes nothing, so a required MODEL_DIR the files leave unset is bound to '' (the
+    user's bindings still win)."""
     from alexatm_jax import gin_registry
 
+    with_model_dir = [PLAN_MODEL_DIR_BINDING, *bindings]
     try:
-        gin_registry.parse_gin(files, bindings, search_paths)
+        gin_registry.parse_gin(files, with_model_dir, search_paths)
     except ValueError as error:
-        if "No configurable matching" not in str(error):
+        if "sets the macro MODEL_DIR" in str(error):  # the files do not use MODEL_DIR
+            gin_registry.parse_gin(files, bindings, search_paths)
+        elif "No configurable matching" in str(error):
+            import tasks  # noqa: F401  (registers the data configurables, imports TensorFlow)
+            gin_registry.parse_gin(files, with_model_dir, search_paths)
+        else:
             raise
-        import tasks  # noqa: F401  (registers the data configurables, imports TensorFlow)
-        gin_registry.parse_gin(files, bindings, search_paths)
 
 
-def train_job_from_gin() -> "TrainJob":
-    """The TrainJob of the parsed gin configuration: `train`'s bindings over its defaults."""
-    import inspect
+def train_config_from_gin() -> "TrainConfig":
+    """The TrainConfig of the parsed gin configuration."""
+    from alexatm_jax import gin_registry
 
-    import gin
-
-    from alexatm_jax.planning import TrainJob
-    from alexatm_jax.training import trainer
-
-    values = {name: p.default for name, p in inspect.signature(trainer.train).parameters.items()
-              if p.default is not inspect.Parameter.empty}
-    values.update(gin.get_bindings("train"))
-    missing = [name for name in ("model_config", "batch_size", "train_steps") if name not in values]
-    if missing:
-        raise ValueError(f"the gin files bind no train.{', train.'.join(missing)}: include a run "
-                         "file such as gin/runs/pretrain.gin and a model file")
-    return TrainJob(
-        model_config=values["model_config"], mesh_config=values["mesh_config"],
-        rules=values["rules"], batch_size=int(values["batch_size"]),
-        sequence_length={k: int(v) for k, v in values["sequence_length"].items()},
-        optimizer_config=values["optimizer_config"], train_steps=int(values["train_steps"]),
-        grad_accum_steps=int(values["grad_accum_steps"]), z_loss=float(values["z_loss"]))
+    return gin_registry.train_config_from_gin()
 
 
 def report(plan: "Plan", args: argparse.Namespace,
            estimate: "StepTimeEstimate | None" = None) -> dict[str, Any]:
     """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, provenance notes."""
-    job, compiled = plan.job, plan.compiled
+    job, compiled = plan.config, plan.compiled
     compiler = {"tpu": "the TPU compiler (libtpu)", "gpu": "XLA:GPU"}.get(plan.platform, "XLA:CPU")
     cfg = job.model_config
     depths = [list(d) for d in plan.compiled_depths]
@@ -273,8 +265,8 @@ def report(plan: "Plan", args: argparse.Namespace,
 def _attention_notes(plan: "Plan") -> list[str]:
     from alexatm_jax.planning import planned_model_config
 
-    impl = plan.job.model_config.attention_impl
-    planned = planned_model_config(plan.job.model_config, plan.platform).attention_impl
+    impl = plan.config.model_config.attention_impl
+    planned = planned_model_config(plan.config.model_config, plan.platform).attention_impl
     if planned == impl == "splash":
         return ["the splash kernels' q.k and p.v products run inside Pallas calls: the traced "
                 "matmul FLOPs leave them out (the model FLOPs and the cost model count them)"]
@@ -287,7 +279,7 @@ def _attention_notes(plan: "Plan") -> list[str]:
 def cost_model_step_time(plan: "Plan", estimate: "StepTimeEstimate",
                          peak_tflops: float) -> dict[str, Any]:
     """The TPU cost model's step time, the MFU it implies and how it was derived."""
-    job = plan.job
+    job = plan.config
     seconds = estimate.seconds
     depths = [list(depth) for depth, _ in estimate.points]
     how = (f"optimal_seconds of one microbatch ({job.batch_size // estimate.microbatches} "
@@ -446,7 +438,7 @@ def target_devices(args: argparse.Namespace) -> list[Any] | None:
     return topology_devices(args.target)
 
 
-def adapt_job_to_target(job: "TrainJob", args: argparse.Namespace) -> "TrainJob":
+def adapt_job_to_target(job: "TrainConfig", args: argparse.Namespace) -> "TrainConfig":
     """cuDNN attention needs the cuDNN library to compile; without it a GPU plan uses XLA's
     attention, and the report says so."""
     from alexatm_jax.gpu_topology import GpuTarget, cudnn_problem
@@ -462,7 +454,7 @@ def adapt_job_to_target(job: "TrainJob", args: argparse.Namespace) -> "TrainJob"
     return job
 
 
-def run_plan(job: "TrainJob", devices: list[Any] | None, args: argparse.Namespace
+def run_plan(job: "TrainConfig", devices: list[Any] | None, args: argparse.Namespace
              ) -> tuple["Plan", "StepTimeEstimate | None"]:
     """The plan and, for a TPU target, the cost model's step time, with a progress bar."""
     from tqdm import tqdm
@@ -494,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         parse_gin_config(args.gin_file, bindings, args.gin_search_path)
-        job = train_job_from_gin()
+        job = train_config_from_gin()
     except (FileNotFoundError, ValueError, SyntaxError) as error:
         print(f"alexatm-plan: error: gin configuration: {error}", file=sys.stderr)
         return 2

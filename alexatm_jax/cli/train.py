@@ -1,4 +1,4 @@
-"""`alexatm-train`: run a gin-configured training job (see gin/experiments/ and the README).
+"""`alexatm-train`: run a gin-configured training job (see gin/experiments/ and docs/training.md).
 
     alexatm-train --gin_file=gin/experiments/smoke_cpu.gin --gin.TRAIN_STEPS=20 \\
         [--model_dir DIR] [--num_cpu_devices 8]
@@ -144,17 +144,18 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     from alexatm_jax import gin_registry
     from alexatm_jax.training.checkpointing import IncompatibleCheckpointError
     from alexatm_jax.training.model_dir import ArchitectureMismatchError
-    from alexatm_jax.training.trainer import InvalidTrainArguments
+    from alexatm_jax.training.trainer import InvalidTrainArguments, train
 
     try:
         gin_registry.parse_gin(args.gin_file, bindings, args.gin_search_path)
+        config = gin_registry.train_config_from_gin()
     except (FileNotFoundError, ValueError, SyntaxError) as error:
         raise UsageError(f"gin configuration: {error}") from error
     try:
-        result = gin_registry.gin_train()
+        result = train(config)
     except (ArchitectureMismatchError, IncompatibleCheckpointError,
             InvalidTrainArguments) as error:  # refused before MODEL_DIR was touched
-        raise UsageError(str(error).split("\n  In call to configurable")[0]) from error
+        raise UsageError(str(error)) from error
     print(f"{PROG}: finished at step {result.final_step}"
           + (f" (stopped by {result.stopped_by_signal})" if result.stopped_by_signal else "")
           + (f"; {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps

@@ -147,7 +147,7 @@ class MLP(nn.Module):
         cfg = self.config
         h = checkpoint_name(Dense(cfg, (self.ffn_dim,), ("embed", "mlp"), name="wi")(x), "mlp_wi")
         h = activation_fn(cfg.activation)(h)
-        h = constrain(h, ("batch", "length", "mlp"))
+        h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
         h = Dropout(cfg.activation_dropout_rate, cfg.dropout_rng_impl)(
             h, deterministic=self.deterministic)
         return Dense(cfg, (cfg.d_model,), ("mlp", "embed"), name="wo")(h)
@@ -196,7 +196,7 @@ class Attention(nn.Module):
         head_dim = cfg.d_model // self.num_heads
         proj = lambda name: Dense(cfg, (self.num_heads, head_dim), ("embed", "heads", "kv"),
                                   name=name)
-        qkv_axes = ("batch", "length", "heads", "kv")
+        qkv_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         if self.decode and not self.cache_kv and not self.is_initializing():
             # One decode step of self-attention: a single product with the stacked q/k/v
             # kernels (three separate small matmuls take ~1.7x as long on CPU). The stack is

@@ -15,7 +15,7 @@ does for the other implementations. Lengths that are not a multiple of the kerne
 blocks are padded (queries with segment 0, keys with -1) and the padding is sliced off.
 
 Sharding. A Pallas call is opaque to XLA's partitioner, so under a mesh the kernel runs inside
-`shard_map`: batch and heads are split as the logical rules split ('batch', 'heads'); length and
+`shard_map`: batch and heads are split as the logical rules split ('activation_batch', 'activation_heads'); length and
 head_dim stay whole on every device.
 """
 
@@ -128,7 +128,7 @@ def splash_attention(query: Array, key: Array, value: Array, mask: SegmentMask,
     operands = (q, k, v) + (segments or ())
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty:
-        batch_axes, head_axes = nn.logical_to_mesh_axes(("batch", "heads"))
+        batch_axes, head_axes = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
         if heads % _axes_size(mesh, head_axes):
             head_axes = None  # heads that do not split evenly stay whole on every device
         heads_spec = PartitionSpec(batch_axes, head_axes, None, None)

@@ -31,7 +31,7 @@ from alexatm_jax.model.layers import (MLP, Attention, LayerNorm, constrain, cota
 from alexatm_jax.model.splash import SegmentMask
 
 Array = jax.Array
-HIDDEN_AXES = ("batch", "length", "embed")
+HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 _REMAT_POLICIES = {
     "full": None,
@@ -189,7 +189,7 @@ def project_to_vocab(hidden: Array, kernel: Array, bias: Array) -> Array:
     """Float32 logits [batch, length, vocab] = hidden . kernel + bias, accumulated in float32."""
     logits = jnp.einsum("bld,dv->blv", hidden, kernel.astype(hidden.dtype),
                         preferred_element_type=jnp.float32)
-    return constrain(logits + bias.astype(jnp.float32), ("batch", "length", "vocab"))
+    return constrain(logits + bias.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
 
 
 def head_is_vocab_major(config: ModelConfig) -> bool:

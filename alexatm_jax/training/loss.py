@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from alexatm_jax.model.layers import constrain
 
-LOGIT_AXES = ("batch", "length", "vocab")
+LOGIT_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 
 def _statistics_from_logits(logits: jax.Array, targets: jax.Array, weights: jax.Array,

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
-from optax._src.factorized import _factored_dims
 
 from alexatm_jax.model.config import ModelConfig
-from alexatm_jax.model.params import init_params
+from alexatm_jax.model.params import abstract_params, init_params
 from alexatm_jax.partitioning import Partitioner
 
 
@@ -44,90 +44,76 @@ def abstract_train_state(model_config: ModelConfig,
     return jax.eval_shape(lambda: _init_state(model_config, optimizer, jax.random.key(0)))
 
 
+def boxed_abstract_train_state(model_config: ModelConfig, optimizer: optax.GradientTransformation
+                               ) -> TrainState:
+    """`abstract_train_state` with every array in a flax `Partitioned` box naming its logical
+    axes: parameters as the model declares them, optimizer statistics as the parameter they
+    belong to (optax keeps the boxes of the parameters it is initialised on), counters unboxed.
+
+    Adafactor's factored statistics (`v_row`, `v_col`: a parameter's shape with one dimension
+    averaged away) get the one explicit rule, `_factored_names`. Any other statistic whose shape
+    is not its parameter's (Adafactor's size-1 placeholders) is unboxed, i.e. replicated.
+    """
+    boxed_params = abstract_params(training_model_config(model_config))
+    boxed = jax.eval_shape(lambda: TrainState(step=jnp.zeros([], jnp.int32), params=boxed_params,
+                                              opt_state=optimizer.init(boxed_params)))
+
+    def fix_factored(node: Any) -> Any:
+        if not isinstance(node, optax.FactoredState):
+            return node
+        rename = lambda tree, row: jax.tree.map(lambda p, v: _factored_names(p, v, row=row),
+                                                boxed_params, tree, is_leaf=_is_box)
+        return node._replace(v_row=rename(node.v_row, True), v_col=rename(node.v_col, False),
+                             v=rename(node.v, None))
+
+    opt_state = jax.tree.map(fix_factored, boxed.opt_state,
+                             is_leaf=lambda x: isinstance(x, optax.FactoredState))
+    return jax.tree.map(_unbox_if_misnamed, boxed.replace(opt_state=opt_state), is_leaf=_is_box)
+
+
 def train_state_shardings(model_config: ModelConfig, optimizer: optax.GradientTransformation,
                           partitioner: Partitioner) -> TrainState:
-    """TrainState of NamedShardings: params by the partitioner's rules, optimizer statistics
-    like their parameters (factored Adafactor rows/columns with the reduced dim dropped),
-    counters and other scalars replicated."""
-    abstract = abstract_train_state(model_config, optimizer)
-    params_shardings = partitioner.params_shardings(training_model_config(model_config))
-    replicated = NamedSharding(partitioner.mesh, PartitionSpec())
-    return TrainState(
-        step=replicated, params=params_shardings,
-        opt_state=optimizer_state_shardings(abstract.opt_state, abstract.params, params_shardings))
+    """TrainState of NamedShardings, all from logical axes by the partitioner's rules
+    (`boxed_abstract_train_state`); counters and other scalars replicated."""
+    return partitioner.logical_shardings(boxed_abstract_train_state(model_config, optimizer))
 
 
-def optimizer_state_shardings(opt_state_shapes: Any, params_shapes: Any,
-                              params_shardings: Any) -> Any:
-    """NamedSharding per optimizer-state leaf, derived from the parameter it belongs to.
-
-    A state leaf belongs to a parameter when its tree path ends with that parameter's path
-    (true of every optax per-parameter statistic). Same shape -> the parameter's sharding;
-    one dimension fewer (Adafactor's factored `v_row`/`v_col`) -> the parameter's spec with that
-    dimension removed; anything else (counts, placeholders) -> replicated.
-    """
-    by_path = {}
-    for (path, shape), sharding in zip(jax.tree_util.tree_flatten_with_path(params_shapes)[0],
-                                       jax.tree.leaves(params_shardings)):
-        by_path[tuple(_key_name(k) for k in path)] = (shape, sharding)
-    mesh = jax.tree.leaves(params_shardings)[0].mesh
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def leaf_sharding(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
-        owner = _owning_param(path, by_path)
-        if owner is None or not hasattr(leaf, "shape"):
-            return replicated
-        param, sharding = owner
-        if tuple(leaf.shape) == tuple(param.shape):
-            return sharding
-        dropped = _factored_axis(path, tuple(param.shape))
-        if dropped is not None:
-            spec = list(sharding.spec) + [None] * (len(param.shape) - len(sharding.spec))
-            reduced = spec[:dropped] + spec[dropped + 1:]
-            expected = tuple(param.shape[:dropped] + param.shape[dropped + 1:])
-            if tuple(leaf.shape) == expected:
-                return NamedSharding(mesh, PartitionSpec(*reduced))
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(leaf_sharding, opt_state_shapes)
+def _is_box(x: Any) -> bool:
+    return isinstance(x, nn.Partitioned)
 
 
-def _key_name(key: Any) -> Any:
-    return getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
+def _factored_names(param: Any, statistic: Any, *, row: bool | None) -> Any:
+    """The box of one Adafactor statistic of `param`: the parameter's names when it has the
+    parameter's shape; for a factored statistic (optax `scale_by_factored_rms`: of the two
+    largest dimensions by `np.argsort` order, the row statistic (`row=True`) averages the
+    largest away, the column statistic the second largest) the names of the dimensions it
+    keeps; a placeholder of another shape is unboxed (replicated)."""
+    if not (_is_box(param) and _is_box(statistic) and hasattr(statistic.value, "shape")):
+        return statistic
+    shape, got = tuple(param.value.shape), tuple(statistic.value.shape)
+    if got == shape:
+        return statistic.replace(names=param.names)
+    if row is None or len(shape) < 2 or len(got) != len(shape) - 1:
+        return statistic.value
+    order = np.argsort(shape)
+    dropped = int(order[-1] if row else order[-2])
+    if tuple(np.delete(shape, dropped)) != got:
+        return statistic.value
+    return statistic.replace(names=param.names[:dropped] + param.names[dropped + 1:])
 
 
-def _owning_param(path: tuple[Any, ...], by_path: dict) -> tuple[Any, NamedSharding] | None:
-    dict_keys = []
-    for key in reversed(path):
-        if not isinstance(key, jax.tree_util.DictKey):
-            break
-        dict_keys.insert(0, key.key)
-    for start in range(len(dict_keys)):
-        found = by_path.get(tuple(dict_keys[start:]))
-        if found is not None:
-            return found
-    return None
-
-
-def _factored_axis(path: tuple[Any, ...], shape: tuple[int, ...]) -> int | None:
-    """The parameter dimension averaged away in an Adafactor factored statistic, else None."""
-    names = {getattr(k, "name", None) for k in path}
-    dims = _factored_dims(shape, True, 0)
-    if dims is None:
-        return None
-    second_largest, largest = dims
-    if "v_row" in names:
-        return largest
-    if "v_col" in names:
-        return second_largest
-    return None
+def _unbox_if_misnamed(leaf: Any) -> Any:
+    """A box whose names do not match its value's rank (placeholders, and optax's MaskedNode
+    where a multi_transform group leaves a parameter to another group): the bare value."""
+    if _is_box(leaf) and len(leaf.names) != getattr(leaf.value, "ndim", None):
+        return leaf.value
+    return leaf
 
 
 def create_train_state(model_config: ModelConfig, optimizer: optax.GradientTransformation,
                        partitioner: Partitioner, rng: jax.Array) -> TrainState:
     """A freshly initialised TrainState, created directly in its shardings (never gathered)."""
     shardings = train_state_shardings(model_config, optimizer, partitioner)
-    with partitioner.activate():
-        init = jax.jit(lambda key: _init_state(model_config, optimizer, key),
-                       out_shardings=shardings)
-        return init(rng)
+    init = partitioner.partition(lambda key: _init_state(model_config, optimizer, key),
+                                 out_shardings=shardings)
+    return init(rng)

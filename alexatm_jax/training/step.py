@@ -19,11 +19,13 @@ from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.dropout import batch_block
 from alexatm_jax.model.params import model_inputs
 from alexatm_jax.model.transformer import AlexaTM, head_is_vocab_major
-from alexatm_jax.partitioning import Partitioner
+from alexatm_jax.partitioning import PartitionedFunction, Partitioner
+from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.loss import fused_head_statistics, token_statistics
-from alexatm_jax.training.optimizer import HeldState, applied_learning_rate, freeze_labels, FROZEN
-from alexatm_jax.training.state import (TrainState, abstract_train_state, training_model_config,
-                                        train_state_shardings)
+from alexatm_jax.training.optimizer import (FROZEN, applied_learning_rate, freeze_labels,
+                                            make_optimizer)
+from alexatm_jax.training.state import (TrainState, abstract_train_state, train_state_shardings,
+                                        training_model_config)
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -48,15 +50,12 @@ def _microbatches(batch: Batch, num: int, sharding: NamedSharding) -> Batch:
     return {name: split(x) for name, x in batch.items()}
 
 
-def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransformation,
-                    partitioner: Partitioner, *, grad_accum_steps: int = 1, z_loss: float = 0.0,
-                    skip_nonfinite: bool = True, freeze_prefixes: tuple[str, ...] = (),
-                    freeze_steps: int = 0, inject_nonfinite_steps: tuple[int, ...] = (),
-                    fused_head: bool = True, parallel_branches: int | None = 1
-                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-    """train_step(state, batch, rng) -> (new_state, metrics); the input state is donated.
+def make_train_step(config: TrainConfig, partitioner: Partitioner) -> PartitionedFunction:
+    """train_step(state, batch, rng) -> (new_state, metrics) for `config`'s model, optimizer
+    (`make_optimizer(config.optimizer_config, config.train_steps)`) and step policies; the
+    input state is donated.
 
-    The loss is token cross-entropy (+ optional z-loss) summed over the whole global batch and
+    The loss is token cross-entropy (+ `config.z_loss`) summed over the whole global batch and
     divided by its number of real target tokens, so `grad_accum_steps` microbatches give the
     same gradient as one full batch. A non-finite loss or gradient norm skips the update: params
     and floating-point optimizer statistics stay as they were, integer counters (schedule,
@@ -68,58 +67,101 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
 
     `inject_nonfinite_steps` (fault injection for tests; empty = off, and then not compiled in)
     makes the loss and gradients NaN at those 1-based steps, as a diverging model would.
-
     `fused_head=True` computes the LM head inside the loss (`fused_head_statistics`: same
     values, less memory, faster on CPU); False applies the model's own head and
     `token_statistics`. `parallel_branches` splits each (micro)batch into that many contiguous
     blocks of rows whose gradients are independent branches of the program, summed (the same
-    gradient up to float rounding, the same dropout masks); XLA:CPU runs each matmul on one core
-    but independent ops side by side. Measured on a quiet 2-core CPU it gained only 2% over 1
-    (XLA already keeps ~1.6 threads busy) for 50% more compile time, so the default is 1; None
-    picks `auto_parallel_branches` (cores per device on CPU).
-
-    `freeze_prefixes`/`freeze_steps` (pass the values of OptimizerConfig, whose optimizer does
-    the actual freezing) additionally stop gradients into those subtrees while
-    step < freeze_steps, so their backward pass is not computed at all.
+    gradient up to float rounding, the same dropout masks); XLA:CPU runs independent ops side
+    by side. None picks `auto_parallel_branches` (cores per device on CPU). While
+    step < freeze_steps, no gradient flows into the optimizer's frozen subtrees at all.
     """
-    if grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
-    freeze_prefixes = tuple(freeze_prefixes)
-    abstract = abstract_train_state(model_config, optimizer)
-    if freeze_prefixes and freeze_steps > 0 and not _has_frozen_group(abstract.opt_state):
-        raise ValueError("make_train_step got freeze_prefixes but the optimizer does not freeze: "
-                         "set OptimizerConfig(freeze_prefixes=..., freeze_steps=...) too")
-    model = AlexaTM(training_model_config(model_config))
-    state_shardings = train_state_shardings(model_config, optimizer, partitioner)
-    batch_sharding = NamedSharding(partitioner.mesh, partitioner.batch_spec(1))
-    replicated = NamedSharding(partitioner.mesh, PartitionSpec())
-    frozen_mask = (jax.tree.map(lambda label: label == FROZEN,
-                                freeze_labels(freeze_prefixes)(abstract.params))
-                   if freeze_prefixes and freeze_steps > 0 else None)
+    optimizer = make_optimizer(config.optimizer_config, config.train_steps)
+    state_shardings = train_state_shardings(config.model_config, optimizer, partitioner)
+    batch_sharding = partitioner.batch_sharding(1)
+    gradients = _gradient_function(config, optimizer, state_shardings.params, batch_sharding)
 
-    vocab_major = head_is_vocab_major(model_config)
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+        branches = _checked_branches(config, batch, partitioner)
+        num_tokens = jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32))
+        denominator = jnp.maximum(num_tokens, 1.0)
+        key = jax.random.fold_in(rng, state.step)
+        grads, stats = gradients(state.params, batch, key, denominator, state.step, branches)
+        if config.inject_nonfinite_steps:
+            poison = jnp.where(
+                jnp.isin(state.step + 1, jnp.asarray(config.inject_nonfinite_steps)),
+                jnp.float32(jnp.nan), jnp.float32(0.0))
+            grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
+            stats = dict(stats, loss_sum=stats["loss_sum"] + poison)
+        grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
+        return _apply_update(optimizer, state, grads, stats, denominator, num_tokens,
+                             with_z_loss=bool(config.z_loss))
 
-    def micro_objective(params, micro, key, denominator):
+    return partitioner.partition(
+        train_step, in_shardings=(state_shardings, batch_sharding, partitioner.replicated),
+        out_shardings=(state_shardings, partitioner.replicated), donate_argnums=(0,))
+
+
+def _checked_batch_rows(config: TrainConfig, batch: Batch, partitioner: Partitioner) -> int:
+    """Rows of one microbatch; raises ValueError when the batch does not split evenly."""
+    _check_batch(batch)
+    global_batch = batch["decoder_target_tokens"].shape[0]
+    accum = config.grad_accum_steps
+    if global_batch % accum:
+        raise ValueError(f"global batch {global_batch} is not divisible by "
+                         f"grad_accum_steps={accum}")
+    if (global_batch // accum) % partitioner.num_batch_shards:
+        raise ValueError(
+            f"a microbatch of {global_batch // accum} rows cannot be split over the "
+            f"{partitioner.num_batch_shards} batch shards; use a global batch that is a "
+            f"multiple of grad_accum_steps x {partitioner.num_batch_shards}")
+    return global_batch // accum
+
+
+def _checked_branches(config: TrainConfig, batch: Batch, partitioner: Partitioner) -> int:
+    """The number of gradient branches per microbatch (`parallel_branches`, resolved)."""
+    rows = _checked_batch_rows(config, batch, partitioner)
+    branches = (config.parallel_branches if config.parallel_branches is not None
+                else auto_parallel_branches(rows, partitioner))
+    if branches < 1 or rows % branches:
+        raise ValueError(f"parallel_branches={branches} must be >= 1 and divide the "
+                         f"{rows} rows of a microbatch")
+    return branches
+
+
+def _micro_objective(config: TrainConfig) -> Callable[..., Any]:
+    """objective(params, micro, key, denominator) -> (loss / denominator, token statistics)."""
+    model = AlexaTM(training_model_config(config.model_config))
+    vocab_major = head_is_vocab_major(config.model_config)
+
+    def objective(params, micro, key, denominator):
         rngs = {"dropout": key}
         targets, weights = micro["decoder_target_tokens"], micro["decoder_loss_weights"]
-        if fused_head:
+        if config.fused_head:
             hidden, kernel, bias = model.apply({"params": params}, **model_inputs(micro),
                                                deterministic=False, rngs=rngs,
                                                method=AlexaTM.hidden_and_head)
-            stats = fused_head_statistics(hidden, kernel, bias, targets, weights, z_loss,
+            stats = fused_head_statistics(hidden, kernel, bias, targets, weights, config.z_loss,
                                           vocab_major=vocab_major)
         else:
             logits = model.apply({"params": params}, **model_inputs(micro), deterministic=False,
                                  rngs=rngs)
-            stats = token_statistics(logits, targets, weights, z_loss)
+            stats = token_statistics(logits, targets, weights, config.z_loss)
         return (stats["loss_sum"] + stats["z_loss_sum"]) / denominator, stats
 
-    single_grad_fn = jax.grad(micro_objective, has_aux=True)
+    return objective
+
+
+def _gradient_function(config: TrainConfig, optimizer: optax.GradientTransformation,
+                       params_shardings: Any, batch_sharding: NamedSharding
+                       ) -> Callable[..., tuple[Any, Metrics]]:
+    """gradients(params, batch, key, denominator, step, branches) -> (grads, summed stats):
+    microbatches accumulated by a scan, each split into `branches` independent branches, and
+    no gradient into frozen subtrees while step < freeze_steps."""
+    single_grad_fn = jax.grad(_micro_objective(config), has_aux=True)
+    accum = config.grad_accum_steps
 
     def grad_fn(params, micro, key, denominator, branches):
-        # `branches` independent gradient computations over contiguous blocks of rows, summed:
-        # XLA:CPU runs independent ops side by side, so each branch keeps one core busy. Each
-        # block draws the whole batch's dropout masks' rows (dropout.batch_block).
+        # Each block of rows draws the whole batch's dropout masks' rows (dropout.batch_block).
         if branches == 1:
             return single_grad_fn(params, micro, key, denominator)
         results = []
@@ -130,9 +172,9 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
         return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *results)
 
     def gradients(params, batch, key, denominator, branches):
-        if grad_accum_steps == 1:
+        if accum == 1:
             return grad_fn(params, batch, jax.random.fold_in(key, 0), denominator, branches)
-        micro = _microbatches(batch, grad_accum_steps, batch_sharding)
+        micro = _microbatches(batch, accum, batch_sharding)
 
         def accumulate(carry, xs):
             index, micro_batch = xs
@@ -142,75 +184,53 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
 
         zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
             single_grad_fn, params, jax.tree.map(lambda x: x[0], micro), key, denominator))
-        zeros = (jax.lax.with_sharding_constraint(zeros[0], state_shardings.params), zeros[1])
-        total, _ = jax.lax.scan(accumulate, zeros,
-                                (jnp.arange(grad_accum_steps, dtype=jnp.int32), micro))
+        zeros = (jax.lax.with_sharding_constraint(zeros[0], params_shardings), zeros[1])
+        total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum, dtype=jnp.int32), micro))
         return total
 
+    freeze = config.optimizer_config
+    if not (freeze.freeze_prefixes and freeze.freeze_steps > 0):
+        return lambda params, batch, key, denominator, step, branches: gradients(
+            params, batch, key, denominator, branches)
+    abstract = abstract_train_state(config.model_config, optimizer)
+    frozen_mask = jax.tree.map(lambda label: label == FROZEN,
+                               freeze_labels(freeze.freeze_prefixes)(abstract.params))
+
     def gradients_maybe_frozen(params, batch, key, denominator, step, branches):
-        if frozen_mask is None:
-            return gradients(params, batch, key, denominator, branches)
         stopped = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
                                params, frozen_mask)
-        return jax.lax.cond(step < freeze_steps,
+        return jax.lax.cond(step < freeze.freeze_steps,
                             lambda: gradients(stopped, batch, key, denominator, branches),
                             lambda: gradients(params, batch, key, denominator, branches))
 
-    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
-        _check_batch(batch)
-        global_batch = batch["decoder_target_tokens"].shape[0]
-        if global_batch % grad_accum_steps:
-            raise ValueError(f"global batch {global_batch} is not divisible by "
-                             f"grad_accum_steps={grad_accum_steps}")
-        if (global_batch // grad_accum_steps) % partitioner.num_batch_shards:
-            raise ValueError(
-                f"a microbatch of {global_batch // grad_accum_steps} rows cannot be split over "
-                f"the {partitioner.num_batch_shards} batch shards; use a global batch that is a "
-                f"multiple of grad_accum_steps x {partitioner.num_batch_shards}")
-        rows = global_batch // grad_accum_steps
-        branches = (parallel_branches if parallel_branches is not None else
-                    auto_parallel_branches(rows, partitioner))
-        if branches < 1 or rows % branches:
-            raise ValueError(f"parallel_branches={branches} must be >= 1 and divide the "
-                             f"{rows} rows of a microbatch")
-        num_tokens = jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32))
-        denominator = jnp.maximum(num_tokens, 1.0)
-        key = jax.random.fold_in(rng, state.step)
-        grads, stats = gradients_maybe_frozen(state.params, batch, key, denominator, state.step,
-                                              branches)
-        if inject_nonfinite_steps:
-            poison = jnp.where(jnp.isin(state.step + 1, jnp.asarray(inject_nonfinite_steps)),
-                               jnp.float32(jnp.nan), jnp.float32(0.0))
-            grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
-            stats = dict(stats, loss_sum=stats["loss_sum"] + poison)
-        grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        learning_rate = applied_learning_rate(opt_state)  # before a skip restores the old state
-        params = optax.apply_updates(state.params, updates)
-        objective = (stats["loss_sum"] + stats["z_loss_sum"]) / denominator
-        finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
-        if skip_nonfinite:
-            params = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                  params, state.params)
-            opt_state = jax.tree.map(_keep_statistics_if(finite), opt_state, state.opt_state)
-        metrics = {
-            "loss": stats["loss_sum"] / denominator,
-            "accuracy": stats["correct_tokens"] / denominator,
-            "grad_norm": grad_norm,
-            "learning_rate": learning_rate,
-            "num_target_tokens": num_tokens,
-            "skipped": (1.0 - finite.astype(jnp.float32)) if skip_nonfinite
-            else jnp.zeros([], jnp.float32),
-        }
-        if z_loss:
-            metrics["z_loss"] = stats["z_loss_sum"] / denominator
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, {k: v.astype(jnp.float32) for k, v in metrics.items()}
+    return gradients_maybe_frozen
 
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, replicated),
-                     out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    return _under_partitioner(jitted, partitioner)
+
+def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads: Any,
+                  stats: Metrics, denominator: jax.Array, num_tokens: jax.Array, *,
+                  with_z_loss: bool) -> tuple[TrainState, Metrics]:
+    """The optimizer update, skipped (params and float statistics kept) when the objective or
+    the gradient norm is not finite; and the step's float32 metrics."""
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    learning_rate = applied_learning_rate(opt_state)  # before a skip restores the old state
+    params = optax.apply_updates(state.params, updates)
+    objective = (stats["loss_sum"] + stats["z_loss_sum"]) / denominator
+    finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
+    params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
+    opt_state = jax.tree.map(_keep_statistics_if(finite), opt_state, state.opt_state)
+    metrics = {
+        "loss": stats["loss_sum"] / denominator,
+        "accuracy": stats["correct_tokens"] / denominator,
+        "grad_norm": grad_norm,
+        "learning_rate": learning_rate,
+        "num_target_tokens": num_tokens,
+        "skipped": 1.0 - finite.astype(jnp.float32),
+    }
+    if with_z_loss:
+        metrics["z_loss"] = stats["z_loss_sum"] / denominator
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
 
 def auto_parallel_branches(rows: int, partitioner: Partitioner) -> int:
@@ -240,11 +260,6 @@ def _keep_statistics_if(finite: jax.Array) -> Callable[[jax.Array, jax.Array], j
     return select
 
 
-def _has_frozen_group(opt_state: Any) -> bool:
-    return any(isinstance(x, HeldState) for x in jax.tree.leaves(
-        opt_state, is_leaf=lambda x: isinstance(x, HeldState)))
-
-
 def make_eval_step(model_config: ModelConfig,
                    partitioner: Partitioner) -> Callable[[Any, Batch], Metrics]:
     """eval_step(params, batch) -> metrics (float32 scalars) without dropout.
@@ -254,7 +269,6 @@ def make_eval_step(model_config: ModelConfig,
     """
     model = AlexaTM(training_model_config(model_config))
     params_shardings = partitioner.params_shardings(training_model_config(model_config))
-    batch_sharding = NamedSharding(partitioner.mesh, partitioner.batch_spec(1))
 
     def eval_step(params: Any, batch: Batch) -> Metrics:
         _check_batch(batch)
@@ -270,16 +284,6 @@ def make_eval_step(model_config: ModelConfig,
             "accuracy": stats["correct_tokens"] / denominator,
         }
 
-    jitted = jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding),
-                     out_shardings=NamedSharding(partitioner.mesh, PartitionSpec()))
-    return _under_partitioner(jitted, partitioner)
-
-
-def _under_partitioner(jitted: Any, partitioner: Partitioner) -> Callable[..., Any]:
-    """Call (and trace) `jitted` with the partitioner's mesh and rules active; the jitted
-    function stays reachable as `.jitted` (for `.lower(...)` and memory analysis)."""
-    def call(*args: Any) -> Any:
-        with partitioner.activate():
-            return jitted(*args)
-    call.jitted = jitted
-    return call
+    return partitioner.partition(eval_step,
+                                 in_shardings=(params_shardings, partitioner.batch_sharding(1)),
+                                 out_shardings=partitioner.replicated)

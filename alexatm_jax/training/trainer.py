@@ -1,4 +1,5 @@
-"""The training run: `train(...)`, bound by gin (`gin/runs/pretrain.gin`) and run by alexatm-train.
+"""The training run: `train(config)` for a `TrainConfig` (gin binds it as `train.*`,
+`gin/runs/pretrain.gin`), run by alexatm-train.
 
 Start-up precedence (T5X lesson: "resume" and "initialise from" are separate and explicit):
 1. MODEL_DIR has a readable checkpoint -> resume it exactly (state, data position, step);
@@ -29,55 +30,45 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 from typing import Any, Mapping
 
 import gin
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from alexatm_jax.data.global_batches import GlobalBatches, per_host_batch_size
-from alexatm_jax.data.sources import DATA_SOURCES, make_host_source
-from alexatm_jax.model.config import ModelConfig
+from alexatm_jax.data.sources import make_host_source
 from alexatm_jax.model.params import abstract_params
-from alexatm_jax.partitioning import MeshConfig, Partitioner
-from alexatm_jax.storage import absolute, as_path, copy_file, is_remote
+from alexatm_jax.partitioning import Partitioner
+from alexatm_jax.storage import absolute, as_path, copy_file
 from alexatm_jax.training.checkpointing import TrainingCheckpointer
+from alexatm_jax.training.config import InvalidTrainArguments, TrainConfig
+from alexatm_jax.training.console import say
 from alexatm_jax.training.flops import peak_flops_per_device as lookup_peak_flops
 from alexatm_jax.training.flops import train_flops_per_step
-from alexatm_jax.training.metrics_writer import MetricsWriter, rotate_run_logs
+from alexatm_jax.training.metrics_writer import MetricsWriter
 from alexatm_jax.training.model_dir import (GIN_CONFIG_FILE, SHARDING_TABLE_FILE, TOKENIZER_DIR,
-                                            UNREADABLE_CHECKPOINTS_DIR, check_architecture,
-                                            write_model_config, write_text_file)
+                                            check_architecture, write_model_config,
+                                            write_text_file)
 from alexatm_jax.training.nonfinite import NonFiniteLossError, SkippedSteps
-from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
+from alexatm_jax.training.optimizer import make_optimizer
 from alexatm_jax.training.preemption import StopRequest
-from alexatm_jax.training.state import (abstract_train_state, create_train_state,
+from alexatm_jax.training.preflight import (NoReadableCheckpointError, check_data,
+                                            check_model_dir, check_unreadable,
+                                            checked_vocabulary)
+from alexatm_jax.training.state import (TrainState, abstract_train_state, create_train_state,
                                         train_state_shardings, training_model_config)
 from alexatm_jax.training.step import make_eval_step, make_train_step
 from alexatm_jax.training.throughput import ThroughputMeter
 from alexatm_jax.training.warm_start import warm_start_params
 
-NAN_POLICIES = ("skip", "stop")
-DATA_RESUME_MODES = ("exact", "reseed")
-ON_UNREADABLE = ("stop", "restart")
-DEFAULT_SEQUENCE_LENGTH = {"inputs": 1024, "targets": 1024}
 DATA_METRIC_PREFIX = "data/"
 
 logger = logging.getLogger(__name__)
 __all__ = ["InvalidTrainArguments", "NoReadableCheckpointError", "NonFiniteLossError",
-           "TrainResult", "train"]
-
-
-class InvalidTrainArguments(ValueError):
-    """An argument of `train` is out of range or inconsistent (the message says which)."""
-
-
-class NoReadableCheckpointError(RuntimeError):
-    """MODEL_DIR had checkpoints but none could be restored (and on_unreadable='stop')."""
+           "TrainConfig", "TrainResult", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,115 +83,308 @@ class TrainResult:
     skipped_steps: int = 0
 
 
-def _validate(**args: Any) -> None:
-    problems = []
-    for name in ("train_steps", "batch_size", "checkpoint_period", "keep_checkpoints",
-                 "log_every", "grad_accum_steps"):
-        if int(args[name]) < 1:
-            problems.append(f"{name} must be >= 1, got {args[name]}")
-    for name in ("eval_period", "eval_steps"):
-        if int(args[name]) < 0:
-            problems.append(f"{name} must be >= 0 (0 disables evaluation), got {args[name]}")
-    if int(args["max_skipped_steps"]) < 0 or int(args["skipped_window"]) < 1:
-        problems.append(f"max_skipped_steps must be >= 0 and skipped_window >= 1, got "
-                        f"{args['max_skipped_steps']} and {args['skipped_window']}")
-    if not 0.0 <= float(args["max_skipped_fraction"]) <= 1.0:
-        problems.append(f"max_skipped_fraction must be in [0, 1], got "
-                        f"{args['max_skipped_fraction']}")
-    if args["on_unreadable"] not in ON_UNREADABLE:
-        problems.append(f"on_unreadable must be one of {ON_UNREADABLE}, got "
-                        f"{args['on_unreadable']!r}")
-    if any(int(step) < 1 for step in args["inject_nonfinite_steps"]):
-        problems.append(f"inject_nonfinite_steps are 1-based steps, got "
-                        f"{tuple(args['inject_nonfinite_steps'])}")
-    if args["nan_policy"] not in NAN_POLICIES:
-        problems.append(f"nan_policy must be one of {NAN_POLICIES}, got {args['nan_policy']!r}")
-    if args["data_resume"] not in DATA_RESUME_MODES:
-        problems.append(f"data_resume must be one of {DATA_RESUME_MODES}, got "
-                        f"{args['data_resume']!r}")
-    if args["data_source"] not in DATA_SOURCES:
-        problems.append(f"data_source must be one of {DATA_SOURCES}, got {args['data_source']!r}")
-    missing = {"inputs", "targets"} - set(args["sequence_length"])
-    if missing:
-        problems.append(f"sequence_length needs keys 'inputs' and 'targets', got "
-                        f"{dict(args['sequence_length'])}")
-    if not args["model_dir"]:
-        problems.append("model_dir is empty: pass --model_dir or --gin.MODEL_DIR=...")
-    if problems:
-        raise InvalidTrainArguments("Invalid train() arguments: " + "; ".join(problems))
+def train(config: TrainConfig) -> TrainResult:
+    """Train `config.model_config` until step `config.train_steps` in `config.model_dir`
+    (resuming if possible); see the module docstring for start-up and the per-step work.
 
-
-def _checked_vocabulary(model_config: ModelConfig, vocab_path: str | None) -> str:
-    """Path of the SentencePiece model the SeqIO tasks will use; refuses one with more pieces
-    than the model has embeddings."""
-    from alexatm_jax.data.seqio_batches import resolve_vocabulary
-
+    Returns a TrainResult; raises InvalidTrainArguments / ArchitectureMismatchError before
+    touching MODEL_DIR, NonFiniteLossError, NoReadableCheckpointError, CheckpointSaveError.
+    """
+    run = _Run.start(config)
+    failed = True
     try:
-        path, size = resolve_vocabulary(vocab_path)
-    except (OSError, ValueError) as error:
-        raise InvalidTrainArguments(f"the vocabulary cannot be used: {error}") from error
-    if size > model_config.vocab_size:
-        raise InvalidTrainArguments(
-            f"the vocabulary {path} has {size} pieces but ModelConfig.vocab_size is "
-            f"{model_config.vocab_size}: set the model's VOCAB_SIZE macro to at least {size}")
-    return path
+        with StopRequest() as stop_request:
+            for step in range(run.start_step + 1, config.train_steps + 1):
+                batch = next(run.train_batches)
+                if run.compiled is None:
+                    run.compile(batch)
+                run.state, metrics = run.compiled(run.state, batch, run.dropout_key)
+                run.step = step
+                run.skipped.push(step, metrics)  # acts on the previous step's flag: no wait
+                run.checkpointer.poll()  # a failed background save stops the run now
+                run.meter.add_step(metrics["num_target_tokens"])
+                run.bar.update(1)
+                evaluate = run.eval_step is not None and step % config.eval_period == 0
+                if (step % config.log_every == 0 or step == config.train_steps
+                        or step == run.start_step + 1 or evaluate):
+                    run.log(step, metrics, evaluate)
+                stop_now = stop_request.should_stop()
+                if step % config.checkpoint_period == 0 or step == config.train_steps or stop_now:
+                    run.save(step)
+                if stop_now:
+                    run.stopped_by = (stop_request.signal_name
+                                      or "a stop request on another process")
+                    break
+            run.skipped.flush()
+        run.checkpointer.wait_until_finished()
+        failed = False
+    finally:
+        run.close(quietly=failed)
+    return run.finish()
 
 
-def _check_model_dir(model_dir: str) -> None:
-    """Refuse a local MODEL_DIR that is not a directory or cannot be written (checked without
-    creating anything); remote MODEL_DIRs are checked by their first write."""
-    if is_remote(model_dir):
-        return
-    existing = model_dir
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    where = (f"MODEL_DIR {model_dir}" if existing == model_dir
-             else f"{existing} (on the way to MODEL_DIR {model_dir})")
-    if not os.path.isdir(existing):
-        raise InvalidTrainArguments(f"{where} exists and is not a directory: choose another "
-                                    "--model_dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidTrainArguments(f"{where} is not writable (read-only file system or "
-                                    "permissions): choose another --model_dir")
+@dataclasses.dataclass
+class _Run:
+    """A training run's live objects between set-up (`start`) and `finish`."""
+
+    config: TrainConfig
+    model_dir: str
+    partitioner: Partitioner
+    checkpointer: TrainingCheckpointer
+    state: TrainState
+    start_step: int
+    train_batches: GlobalBatches
+    batches_for: Any
+    train_step: Any
+    eval_step: Any
+    dropout_key: jax.Array
+    meter: ThroughputMeter
+    writer: MetricsWriter
+    bar: Any
+    skipped: SkippedSteps
+    saved_steps: list[int]
+    last_saved: int | None
+    compiled: Any = None
+    eval_batches: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+    data_counts: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_record: dict[str, float] = dataclasses.field(default_factory=dict)
+    stopped_by: str | None = None
+    step: int = 0
+
+    @classmethod
+    def start(cls, config: TrainConfig) -> "_Run":
+        """Check the launch, then restore or initialise the state, open the data, the metrics
+        and the progress bar, and build (not yet compile) the steps."""
+        model_dir, vocab_file = _preflight(config)
+        partitioner, optimizer, target = _layout(config)
+        # The launch is sound: from here on MODEL_DIR is written.
+        checkpointer = TrainingCheckpointer(model_dir, keep=config.keep_checkpoints,
+                                            async_save=config.async_checkpointing)
+        init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+        state, progress, last_saved = _restore_or_initialise(
+            config, model_dir, checkpointer, target, partitioner, optimizer, init_key)
+        if jax.process_index() == 0:
+            _record_run(config, model_dir, vocab_file, partitioner, target)
+        start_step = int(state.step)
+        batches_for = _batch_reader(config, partitioner)
+        writer = MetricsWriter(model_dir, enabled=jax.process_index() == 0,
+                               resume_step=start_step)
+        writer.write_text("config/gin", gin.operative_config_str(), start_step)
+        saved_steps = checkpointer.steps()
+        run = cls(
+            config=config, model_dir=model_dir, partitioner=partitioner,
+            checkpointer=checkpointer, state=state, start_step=start_step,
+            train_batches=batches_for("train", progress.get("data_iterator")),
+            batches_for=batches_for, train_step=make_train_step(config, partitioner),
+            eval_step=(make_eval_step(config.model_config, partitioner)
+                       if config.eval_period and config.eval_steps else None),
+            # Replicated over the whole mesh by jit: device_put cannot target the devices of
+            # other processes in a multi-process run (every process holds the same key).
+            dropout_key=partitioner.partition(lambda key: key, out_shardings=(
+                partitioner.replicated))(dropout_key),
+            meter=_throughput_meter(config), writer=writer,
+            bar=tqdm(total=config.train_steps, initial=start_step, desc="train", unit="step",
+                     disable=not (jax.process_index() == 0 and config.progress_bar),
+                     dynamic_ncols=True),
+            skipped=None, saved_steps=saved_steps, last_saved=last_saved, step=start_step)
+        run.skipped = SkippedSteps(
+            max_consecutive=config.max_skipped_steps, max_fraction=config.max_skipped_fraction,
+            window=config.skipped_window, progress=progress,
+            describe_last_good=run.describe_last_good, stop_at_first=config.nan_policy == "stop")
+        if run.skipped.first_step is not None:
+            checkpointer.protect(run.last_good_checkpoint())
+        return run
+
+    def compile(self, batch: Mapping[str, jax.Array]) -> None:
+        """Report the data pipeline's counters, then compile the train step for `batch`."""
+        self.data_metrics("at start")
+        start = time.perf_counter()
+        self.compiled = self.train_step.lower(self.state, batch, self.dropout_key).compile()
+        say(f"Compiled the train step in {time.perf_counter() - start:.1f} s")
+        self.meter.restart()
+
+    def log(self, step: int, metrics: Mapping[str, jax.Array], evaluate: bool) -> None:
+        """Fetch `metrics`, add throughput (and an evaluation), and write them."""
+        record = _fetch(metrics)
+        # Every earlier step is observed already; this one is still pending.
+        record["skipped_total"] = float(self.skipped.total) + record["skipped"]
+        record.update(self.meter.report())
+        if evaluate:
+            if not self.eval_batches:
+                source = self.batches_for(self.config.eval_split, None)
+                self.eval_batches = [next(source) for _ in range(self.config.eval_steps)]
+            record.update(_evaluate(self.eval_step, self.state.params, self.eval_batches))
+            record.update(self.data_metrics(f"at step {step}"))
+            self.meter.restart()
+        if step == self.config.train_steps:
+            record.update(self.data_metrics("at the end"))
+        self.writer.write(step, record)
+        self.bar.set_postfix(_postfix(record), refresh=False)
+        self.last_record = record
+
+    def data_metrics(self, when: str) -> dict[str, float]:
+        """The input pipeline's counters as metrics, warning about those that grew."""
+        previous = {k[len(DATA_METRIC_PREFIX):]: v for k, v in self.data_counts.items()}
+        report = getattr(self.train_batches.source, "pipeline_report", None)
+        self.data_counts = _report_data(report() if report else None, previous, when)
+        return self.data_counts
+
+    def save(self, step: int) -> None:
+        """Checkpoint `step`, protecting the last good checkpoint once a step was skipped."""
+        self.skipped.flush()
+        if self.skipped.first_step is not None and self.checkpointer.protected_step is None:
+            self.checkpointer.protect(self.last_good_checkpoint())
+        self.checkpointer.save(step, self.state, {"data_iterator": self.train_batches.state(),
+                                                  **self.skipped.progress()})
+        self.saved_steps.append(step)
+        self.writer.sync()  # a remote MODEL_DIR gets the staged metrics/TensorBoard files
+        self.last_saved = step
+
+    def last_good_checkpoint(self) -> int | None:
+        """The newest checkpoint saved before the run's first non-finite step (all when none)."""
+        first = self.skipped.first_step
+        before = [s for s in self.saved_steps if first is None or s < first]
+        return before[-1] if before else None
+
+    def describe_last_good(self) -> str:
+        """Where the last good checkpoint is, for the error that stops a diverging run."""
+        good, first = self.last_good_checkpoint(), self.skipped.first_step
+        if good is None:
+            return (f"No checkpoint was saved before the first non-finite step ({first}); "
+                    f"checkpoints in {self.checkpointer.directory}: "
+                    f"{self.checkpointer.steps() or 'none'}")
+        return (f"Last good checkpoint: step {good} in {self.checkpointer.directory} (the newest "
+                f"saved before the first non-finite step, {first})")
+
+    def close(self, *, quietly: bool) -> None:
+        """Close the progress bar, the checkpointer and the metrics writer."""
+        self.bar.close()
+        try:
+            _close(self.checkpointer, quietly=quietly)
+        finally:
+            _close(self.writer, quietly=quietly)
+
+    def finish(self) -> TrainResult:
+        """Say how the run ended and where its outputs are."""
+        if self.stopped_by:
+            say(f"Stopped by {self.stopped_by} after step {self.step}; checkpoint saved.")
+        if self.skipped.summary():
+            say(self.skipped.summary())
+        say(f"Model dir: {self.model_dir}\n  checkpoints: {self.checkpointer.directory} (latest "
+            f"step {self.last_saved})\n  metrics: {self.writer.jsonl_path}\n  TensorBoard: "
+            f"tensorboard --logdir {self.writer.tensorboard_dir}")
+        return TrainResult(model_dir=self.model_dir, final_step=self.step,
+                           last_checkpoint_step=self.last_saved, stopped_by_signal=self.stopped_by,
+                           last_metrics=self.last_record, skipped_steps=self.skipped.total)
 
 
-def _check_data(data_source: str, mixture: str, data_dir: str | None,
-                vocab_path: str | None) -> None:
-    """Refuse a missing/empty DATA_DIR or an unknown mixture before MODEL_DIR is touched."""
-    if data_source != "seqio":
-        return
-    from alexatm_jax.data.seqio_batches import check_dataset
+def _preflight(config: TrainConfig) -> tuple[str, str | None]:
+    """(absolute MODEL_DIR, vocabulary file or None) once the configuration, MODEL_DIR, the
+    architecture, the vocabulary and the data are known to be usable; writes nothing."""
+    config.validate()
+    model_dir = absolute(config.model_dir)
+    check_model_dir(model_dir)
+    check_architecture(model_dir, config.model_config)
+    vocab_file = (checked_vocabulary(config.model_config, config.vocab_path)
+                  if config.data_source == "seqio" else None)
+    check_data(config.data_source, config.mixture, config.data_dir, config.vocab_path)
+    return model_dir, vocab_file
+
+
+def _layout(config: TrainConfig) -> tuple[Partitioner, Any, TrainState]:
+    """(partitioner, optimizer, restore target with shardings); a mesh or batch split the run
+    cannot use raises InvalidTrainArguments (nothing written yet)."""
     try:
-        check_dataset(mixture=mixture, data_dir=data_dir, vocab_path=vocab_path)
-    except (OSError, ValueError) as error:
-        raise InvalidTrainArguments(f"the training data cannot be read: {error}") from error
+        partitioner = Partitioner(config.mesh_config, config.rules)
+        optimizer = make_optimizer(config.optimizer_config, config.train_steps)
+        shardings = train_state_shardings(config.model_config, optimizer, partitioner)
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract_train_state(config.model_config, optimizer), shardings)
+        partitioner.data_shard_info()
+        per_host_batch_size(config.batch_size, partitioner)
+        problem = config.batch_layout_problem(partitioner.num_batch_shards)
+        if problem:
+            raise ValueError(problem)
+    except ValueError as error:
+        raise InvalidTrainArguments(str(error)) from error
+    return partitioner, optimizer, target
 
 
-def _check_unreadable(model_dir: str, checkpointer: TrainingCheckpointer,
-                      on_unreadable: str) -> None:
-    """No checkpoint could be restored: stop (NoReadableCheckpointError) if this MODEL_DIR held
-    a run whose checkpoints are all unreadable, unless on_unreadable='restart' (then rotate its
-    metrics aside). A MODEL_DIR that never had a checkpoint starts fresh."""
-    quarantined = list(checkpointer.quarantined)
-    unreadable_dir = as_path(model_dir) / UNREADABLE_CHECKPOINTS_DIR
-    earlier = (sorted((p.name for p in unreadable_dir.iterdir()),
-                      key=lambda name: (len(name.split("-")[0]), name))
-               if unreadable_dir.is_dir() else [])
-    if not quarantined and not earlier:
-        return
-    found = ("; ".join(quarantined) if quarantined else
-             f"no checkpoint left; {UNREADABLE_CHECKPOINTS_DIR}/ holds {', '.join(earlier)}")
-    if on_unreadable == "stop":
-        raise NoReadableCheckpointError(
-            f"MODEL_DIR {model_dir} has no readable checkpoint ({found}); unreadable ones are in "
-            f"{unreadable_dir}. Refusing to start this run again from step 0. Restore a good "
-            f"checkpoint into {checkpointer.directory}, use another --model_dir, or pass "
-            "--gin.train.on_unreadable=\"'restart'\" to start afresh here (the old metrics are "
-            "kept, renamed).")
-    rotated = rotate_run_logs(model_dir) if jax.process_index() == 0 else []
-    _say(f"No readable checkpoint in {model_dir} ({found}); starting again from step 0 as "
-         f"on_unreadable='restart' asks" + (f"; kept the old logs as {', '.join(rotated)}"
-                                             if rotated else ""))
+def _restore_or_initialise(config: TrainConfig, model_dir: str,
+                           checkpointer: TrainingCheckpointer, target: TrainState,
+                           partitioner: Partitioner, optimizer: Any, init_key: jax.Array
+                           ) -> tuple[TrainState, dict[str, Any], int | None]:
+    """(state, progress, restored step or None): resume MODEL_DIR's latest readable checkpoint,
+    else a fresh state (warm-started from `init_from` when set)."""
+    restored = checkpointer.restore_latest(target)
+    if restored is not None:
+        say(f"Resuming from checkpoint step {restored.step} in {checkpointer.directory}"
+            + ("" if restored.verified else " (unverified: written before digests)")
+            + (f" (init_from={config.init_from} ignored: it only applies to a new run)"
+               if config.init_from else ""))
+        return restored.state, restored.progress, restored.step
+    check_unreadable(model_dir, checkpointer, config.on_unreadable)
+    state = create_train_state(config.model_config, optimizer, partitioner, init_key)
+    if config.init_from:
+        try:
+            params, copied = warm_start_params(state.params, config.model_config,
+                                               config.init_from, config.init_from_prefixes)
+        except (FileNotFoundError, ValueError) as error:
+            raise InvalidTrainArguments(f"init_from: {error}") from error
+        state = state.replace(params=params)
+        say(f"Initialised {len(copied)} parameter arrays from {config.init_from}"
+            + (f" (prefixes {list(config.init_from_prefixes)})"
+               if config.init_from_prefixes else ""))
+    return state, {}, None
+
+
+def _record_run(config: TrainConfig, model_dir: str, vocab_file: str | None,
+                partitioner: Partitioner, target: TrainState) -> None:
+    """Write the model config, tokenizer, operative gin config and sharding table to MODEL_DIR
+    and print the table."""
+    write_model_config(model_dir, config.model_config)
+    if vocab_file:
+        _record_tokenizer(model_dir, vocab_file)
+    write_text_file(model_dir, GIN_CONFIG_FILE, gin.operative_config_str())
+    table = partitioner.sharding_table(
+        abstract_params(training_model_config(config.model_config)),
+        jax.tree.map(lambda x: x.sharding, target.params))
+    write_text_file(model_dir, SHARDING_TABLE_FILE, table + "\n")
+    say(f"{partitioner}; devices: {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"{jax.process_count()} process(es)\n{table}")
+
+
+def _batch_reader(config: TrainConfig, partitioner: Partitioner) -> Any:
+    """batches_for(split, resume_state) -> GlobalBatches of this process's shard of `split`."""
+    shard_index, num_shards = partitioner.data_shard_info()
+    host_batch = per_host_batch_size(config.batch_size, partitioner)
+    model_config = config.model_config
+
+    def batches_for(split: str, resume: Mapping[str, Any] | None) -> GlobalBatches:
+        source = make_host_source(
+            config.data_source, mixture=config.mixture, split=split,
+            sequence_length=config.sequence_length, seed=config.seed, shard_index=shard_index,
+            num_shards=num_shards, per_host_batch_size=host_batch,
+            vocab_size=model_config.vocab_size,
+            decoder_start_token_id=model_config.decoder_start_token_id,
+            data_dir=config.data_dir, vocab_path=config.vocab_path, pack=config.pack,
+            repeat=True, resume_state=resume, resume_mode=config.data_resume)
+        return GlobalBatches(source, partitioner)
+
+    return batches_for
+
+
+def _throughput_meter(config: TrainConfig) -> ThroughputMeter:
+    """Tokens/s and MFU of the run (MFU only where the chip's peak FLOP/s is known)."""
+    model_config, lengths = config.model_config, config.sequence_length
+    peak = config.peak_flops_per_device or lookup_peak_flops(
+        jax.devices()[0].device_kind,
+        "bfloat16" if model_config.dtype == "bfloat16" else "float32")
+    return ThroughputMeter(
+        positions_per_step=config.positions_per_step,
+        flops_per_step=train_flops_per_step(model_config, config.batch_size, lengths["inputs"],
+                                            lengths["targets"]),
+        num_devices=jax.device_count(), peak_flops_per_device=peak)
 
 
 def _report_data(report: tuple[dict[str, int], dict[str, str]] | None,
@@ -214,7 +398,7 @@ def _report_data(report: tuple[dict[str, int], dict[str, str]] | None,
              if name != "documents" and value > previous.get(name, 0)}
     if grown:
         logger.warning("data pipeline %s: %s (distinct bad records, each counted once however "
-                       "often it is re-read; see README 'Bad input')%s", when,
+                       "often it is re-read; see docs/data.md#bad-input)%s", when,
                        ", ".join(f"{name}={value}" for name, value in grown.items()),
                        "".join(f"\n  skipped {path}: {why}" for path, why in bad_files.items())
                        if "bad_files" in grown else "")
@@ -230,17 +414,6 @@ def _record_tokenizer(model_dir: str, vocab_file: str) -> None:
         if stale.name != os.path.basename(vocab_file):
             stale.unlink()
     copy_file(vocab_file, target / os.path.basename(vocab_file))
-
-
-def _with_shardings(abstract: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
-
-
-def _say(message: str) -> None:
-    if jax.process_index() == 0:
-        tqdm.write(message, file=sys.stdout)
-        sys.stdout.flush()
 
 
 def _fetch(tree: Mapping[str, jax.Array]) -> dict[str, float]:
@@ -259,243 +432,6 @@ def _evaluate(eval_step: Any, params: Any, batches: list[dict[str, jax.Array]]) 
     denominator = max(totals["tokens"], 1.0)
     return {"eval_loss": totals["loss_sum"] / denominator,
             "eval_accuracy": totals["correct"] / denominator}
-
-
-def train(*, model_config: ModelConfig, model_dir: str, train_steps: int, batch_size: int,
-          mixture: str = "alexatm_pretrain_local",
-          sequence_length: Mapping[str, int] = DEFAULT_SEQUENCE_LENGTH,
-          mesh_config: MeshConfig = MeshConfig(), rules: Any = "fsdp",
-          optimizer_config: OptimizerConfig = OptimizerConfig(),
-          checkpoint_period: int = 1000, keep_checkpoints: int = 3,
-          async_checkpointing: bool = True, eval_period: int = 0, eval_steps: int = 10,
-          eval_split: str = "validation", log_every: int = 100, seed: int = 0,
-          data_source: str = "seqio", data_dir: str | None = None,
-          vocab_path: str | None = None, pack: bool = True, data_resume: str = "exact",
-          grad_accum_steps: int = 1,
-          z_loss: float = 0.0, nan_policy: str = "skip", max_skipped_steps: int = 5,
-          max_skipped_fraction: float = 0.1, skipped_window: int = 100,
-          on_unreadable: str = "stop", inject_nonfinite_steps: tuple[int, ...] = (),
-          init_from: str | None = None,
-          init_from_prefixes: tuple[str, ...] = (), peak_flops_per_device: float | None = None,
-          progress_bar: bool = True) -> TrainResult:
-    """Train `model_config` until step `train_steps` in `model_dir` (resuming if possible).
-
-    `batch_size` is the global batch (sequences per step over all processes);
-    `sequence_length` the packed input/target lengths in tokens; `data_resume` 'exact' skips
-    the examples already read on resume (bit-exact), 'reseed' starts a fresh stream (constant
-    time, for very long runs); freezing is configured in
-    `optimizer_config` (freeze_prefixes, freeze_steps). `peak_flops_per_device` (FLOP/s)
-    overrides the chip table used for MFU (CPUs have none: MFU is then not logged).
-    Non-finite steps are skipped (nan_policy='skip') until more than `max_skipped_steps` in a
-    row or more than `max_skipped_fraction` of the last `skipped_window` steps were, or stop the
-    run at the first one (nan_policy='stop'). `on_unreadable` ('stop' or 'restart') decides what
-    a MODEL_DIR whose checkpoints are all unreadable does. `inject_nonfinite_steps` makes those
-    1-based steps non-finite on purpose (fault injection for tests; empty by default).
-    Returns a TrainResult; raises InvalidTrainArguments / ArchitectureMismatchError before
-    touching MODEL_DIR, NonFiniteLossError, NoReadableCheckpointError, CheckpointSaveError.
-    """
-    _validate(**locals())
-    sequence_length = {k: int(v) for k, v in sequence_length.items()}
-    model_dir = absolute(model_dir)
-    is_chief = jax.process_index() == 0
-    _check_model_dir(model_dir)
-    check_architecture(model_dir, model_config)
-    vocab_file = _checked_vocabulary(model_config, vocab_path) if data_source == "seqio" else None
-    _check_data(data_source, mixture, data_dir, vocab_path)
-
-    try:  # configuration the run cannot use (mesh, batch split): refused, nothing written
-        partitioner = Partitioner(mesh_config, rules)
-        optimizer = make_optimizer(optimizer_config, train_steps)
-        state_shardings = train_state_shardings(model_config, optimizer, partitioner)
-        target = _with_shardings(abstract_train_state(model_config, optimizer), state_shardings)
-        shard_index, num_shards = partitioner.data_shard_info()
-        host_batch = per_host_batch_size(batch_size, partitioner)
-        micro = batch_size // grad_accum_steps
-        if batch_size % grad_accum_steps or micro % partitioner.num_batch_shards:
-            raise ValueError(
-                f"batch_size={batch_size} must be a multiple of grad_accum_steps="
-                f"{grad_accum_steps} x the {partitioner.num_batch_shards} batch shards")
-    except ValueError as error:
-        raise InvalidTrainArguments(str(error)) from error
-
-    # The launch is sound: from here on MODEL_DIR is written.
-    checkpointer = TrainingCheckpointer(model_dir, keep=keep_checkpoints,
-                                        async_save=async_checkpointing)
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
-    restored = checkpointer.restore_latest(target)
-    if restored is not None:
-        state, progress = restored.state, restored.progress
-        _say(f"Resuming from checkpoint step {restored.step} in {checkpointer.directory}"
-             + ("" if restored.verified else " (unverified: written before digests)")
-             + (f" (init_from={init_from} ignored: it only applies to a new run)"
-                if init_from else ""))
-    else:
-        _check_unreadable(model_dir, checkpointer, on_unreadable)
-        state, progress = create_train_state(model_config, optimizer, partitioner, init_key), {}
-        if init_from:
-            try:
-                params, copied = warm_start_params(state.params, model_config, init_from,
-                                                   tuple(init_from_prefixes))
-            except (FileNotFoundError, ValueError) as error:
-                raise InvalidTrainArguments(f"init_from: {error}") from error
-            state = state.replace(params=params)
-            _say(f"Initialised {len(copied)} parameter arrays from {init_from}"
-                 + (f" (prefixes {list(init_from_prefixes)})" if init_from_prefixes else ""))
-    if is_chief:
-        write_model_config(model_dir, model_config)
-        if vocab_file:
-            _record_tokenizer(model_dir, vocab_file)
-        write_text_file(model_dir, GIN_CONFIG_FILE, gin.operative_config_str())
-        table = partitioner.sharding_table(abstract_params(training_model_config(model_config)),
-                                           state_shardings.params)
-        write_text_file(model_dir, SHARDING_TABLE_FILE, table + "\n")
-        _say(f"{partitioner}; devices: {jax.device_count()} x {jax.devices()[0].device_kind}, "
-             f"{jax.process_count()} process(es)\n{table}")
-    start_step = int(state.step)
-    saved_steps = checkpointer.steps()
-
-    def last_good_checkpoint() -> int | None:
-        """The newest checkpoint saved before the run's first non-finite step (all when none)."""
-        first = skipped.first_step
-        before = [s for s in saved_steps if first is None or s < first]
-        return before[-1] if before else None
-
-    def describe_last_good() -> str:
-        good = last_good_checkpoint()
-        if good is None:
-            return (f"No checkpoint was saved before the first non-finite step "
-                    f"({skipped.first_step}); checkpoints in {checkpointer.directory}: "
-                    f"{checkpointer.steps() or 'none'}")
-        return (f"Last good checkpoint: step {good} in {checkpointer.directory} (the newest "
-                f"saved before the first non-finite step, {skipped.first_step})")
-
-    skipped = SkippedSteps(max_consecutive=max_skipped_steps, max_fraction=max_skipped_fraction,
-                           window=skipped_window, progress=progress,
-                           describe_last_good=describe_last_good, stop_at_first=nan_policy == "stop")
-    if skipped.first_step is not None:
-        checkpointer.protect(last_good_checkpoint())
-
-    def batches_for(split: str, split_seed: int, resume: Mapping[str, Any] | None) -> GlobalBatches:
-        source = make_host_source(
-            data_source, mixture=mixture, split=split, sequence_length=sequence_length,
-            seed=split_seed, shard_index=shard_index, num_shards=num_shards,
-            per_host_batch_size=host_batch, vocab_size=model_config.vocab_size,
-            decoder_start_token_id=model_config.decoder_start_token_id, data_dir=data_dir,
-            vocab_path=vocab_path, pack=pack, repeat=True, resume_state=resume,
-            resume_mode=data_resume)
-        return GlobalBatches(source, partitioner)
-
-    train_batches = batches_for("train", seed, progress.get("data_iterator"))
-    train_step = make_train_step(
-        model_config, optimizer, partitioner, grad_accum_steps=grad_accum_steps, z_loss=z_loss,
-        skip_nonfinite=True, freeze_prefixes=optimizer_config.freeze_prefixes,
-        freeze_steps=optimizer_config.freeze_steps,
-        inject_nonfinite_steps=tuple(int(s) for s in inject_nonfinite_steps))
-    eval_step = make_eval_step(model_config, partitioner) if eval_period and eval_steps else None
-    eval_batches: list[dict[str, jax.Array]] = []  # read once, reused by every evaluation
-    # Replicate the key over the whole mesh with jit: device_put cannot target the devices of
-    # other processes in a multi-process run (every process holds the same key).
-    dropout_key = jax.jit(lambda key: key, out_shardings=NamedSharding(
-        partitioner.mesh, PartitionSpec()))(dropout_key)
-    peak = peak_flops_per_device or lookup_peak_flops(
-        jax.devices()[0].device_kind, "bfloat16" if model_config.dtype == "bfloat16" else "float32")
-    meter = ThroughputMeter(
-        positions_per_step=batch_size * (sequence_length["inputs"] + sequence_length["targets"]),
-        flops_per_step=train_flops_per_step(model_config, batch_size, sequence_length["inputs"],
-                                            sequence_length["targets"]),
-        num_devices=jax.device_count(), peak_flops_per_device=peak)
-    writer = MetricsWriter(model_dir, enabled=is_chief, resume_step=start_step)
-    writer.write_text("config/gin", gin.operative_config_str(), start_step)
-    bar = tqdm(total=train_steps, initial=start_step, desc="train", unit="step",
-               disable=not (is_chief and progress_bar), dynamic_ncols=True)
-    data_report = getattr(train_batches.source, "pipeline_report", None)
-    data_counts: dict[str, float] = {}
-    last_saved = restored.step if restored is not None else None
-    last_record: dict[str, float] = {}
-    stopped_by = None
-    step = start_step
-
-    def data_metrics(when: str) -> dict[str, float]:
-        nonlocal data_counts
-        previous = {k[len(DATA_METRIC_PREFIX):]: v for k, v in data_counts.items()}
-        data_counts = _report_data(data_report() if data_report else None, previous, when)
-        return data_counts
-
-    def note_skips_then_save(at_step: int) -> None:
-        nonlocal last_saved
-        skipped.flush()
-        if skipped.first_step is not None and checkpointer.protected_step is None:
-            checkpointer.protect(last_good_checkpoint())
-        checkpointer.save(at_step, state, {"data_iterator": train_batches.state(),
-                                           **skipped.progress()})
-        saved_steps.append(at_step)
-        writer.sync()  # a remote MODEL_DIR gets the staged metrics/TensorBoard files
-        last_saved = at_step
-
-    failed = True
-    try:
-        with StopRequest() as stop_request:
-            if start_step < train_steps:
-                batch = next(train_batches)
-                data_metrics("at start")
-                compile_start = time.perf_counter()
-                with partitioner.activate():
-                    compiled = train_step.jitted.lower(state, batch, dropout_key).compile()
-                _say(f"Compiled the train step in {time.perf_counter() - compile_start:.1f} s")
-                meter.restart()
-            for step in range(start_step + 1, train_steps + 1):
-                if step > start_step + 1:
-                    batch = next(train_batches)
-                state, metrics = compiled(state, batch, dropout_key)
-                skipped.push(step, metrics)  # acts on the previous step's flag: no device wait
-                checkpointer.poll()  # a failed background save stops the run now
-                meter.add_step(metrics["num_target_tokens"])
-                bar.update(1)
-                evaluate = eval_step is not None and step % eval_period == 0
-                if (step % log_every == 0 or step == train_steps or step == start_step + 1
-                        or evaluate):
-                    record = _fetch(metrics)
-                    # Every earlier step is observed already; this one is still pending.
-                    record["skipped_total"] = float(skipped.total) + record["skipped"]
-                    record.update(meter.report())
-                    if evaluate:
-                        if not eval_batches:
-                            source = batches_for(eval_split, seed, None)
-                            eval_batches = [next(source) for _ in range(eval_steps)]
-                        record.update(_evaluate(eval_step, state.params, eval_batches))
-                        record.update(data_metrics(f"at step {step}"))
-                        meter.restart()
-                    if step == train_steps:
-                        record.update(data_metrics("at the end"))
-                    writer.write(step, record)
-                    bar.set_postfix(_postfix(record), refresh=False)
-                    last_record = record
-                stop_now = stop_request.should_stop()
-                if step % checkpoint_period == 0 or step == train_steps or stop_now:
-                    note_skips_then_save(step)
-                if stop_now:
-                    stopped_by = stop_request.signal_name or "a stop request on another process"
-                    break
-            skipped.flush()
-        checkpointer.wait_until_finished()
-        failed = False
-    finally:
-        bar.close()
-        try:
-            _close(checkpointer, quietly=failed)
-        finally:
-            _close(writer, quietly=failed)
-    final_step = step
-    if stopped_by:
-        _say(f"Stopped by {stopped_by} after step {final_step}; checkpoint saved.")
-    if skipped.summary():
-        _say(skipped.summary())
-    _say(f"Model dir: {model_dir}\n  checkpoints: {checkpointer.directory} (latest step "
-         f"{last_saved})\n  metrics: {writer.jsonl_path}\n  TensorBoard: tensorboard --logdir "
-         f"{writer.tensorboard_dir}")
-    return TrainResult(model_dir=model_dir, final_step=final_step,
-                       last_checkpoint_step=last_saved, stopped_by_signal=stopped_by,
-                       last_metrics=last_record, skipped_steps=skipped.total)
 
 
 def _close(resource: Any, *, quietly: bool) -> None:
