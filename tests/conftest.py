@@ -2,12 +2,16 @@
 
 import os
 import pathlib
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from alexatm_jax.model import ModelConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,3 +31,12 @@ def demo_vocabulary() -> str:
     from tasks.vocab_training import train_demo_vocabulary
 
     return train_demo_vocabulary()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config() -> "ModelConfig":
+    """tiny_config.TINY_MODEL_CONFIG: the one-layer, d_model 32 test model (a frozen ModelConfig;
+    `.replace(...)` gives a variation)."""
+    from tiny_config import TINY_MODEL_CONFIG
+
+    return TINY_MODEL_CONFIG

@@ -34,14 +34,14 @@ def _main() -> dict:
 
     from alexatm_jax.decoding import DecodeOptions
     from alexatm_jax.decoding.engine import InferenceEngine
-    from alexatm_jax.model import ModelConfig, init_params
+    from alexatm_jax.model import init_params
     from alexatm_jax.model.layout import scan_params
     from alexatm_jax.partitioning import MeshConfig, Partitioner
+    from tiny_config import tiny_model_config
 
     assert len(jax.devices()) == NUM_DEVICES, jax.devices()
-    config = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=2,
-                         num_encoder_heads=4, num_decoder_heads=4, encoder_ffn_dim=64,
-                         decoder_ffn_dim=64, max_positions=32, dropout_rate=0.0, init_std=0.5)
+    config = tiny_model_config(num_decoder_layers=2, num_encoder_heads=4, num_decoder_heads=4,
+                               init_std=0.5)
     params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
     rng = np.random.default_rng(0)
     prompts = [list(map(int, rng.integers(3, 64, n))) + [1] for n in (3, 9, 5, 12, 2, 7, 4, 10)]

@@ -23,19 +23,17 @@ import alexatm_jax
 from alexatm_jax.checkpoints import digests, save_model_checkpoint
 from alexatm_jax.checkpoints.digests import DigestMismatchError
 from alexatm_jax.cli import info
-from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import init_params
 from alexatm_jax.training.checkpointing import (CheckpointSaveError, TrainingCheckpointer,
                                                 restore_params_from_model_dir)
 from alexatm_jax.training.model_dir import write_model_config
 from alexatm_jax.training.state import TrainState
 from fault_injection import flip, largest_data_file, simulate_full_disk_in_json_writes
+from tiny_config import tiny_model_config
 
 # Orbax's reader thread complains about its closed event loop after a failed read.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
-                   num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=64,
-                   decoder_ffn_dim=64, max_positions=32)
+TINY = tiny_model_config(dropout_rate=0.1)
 
 
 def reference_digest(x: np.ndarray) -> str:

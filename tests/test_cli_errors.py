@@ -24,7 +24,7 @@ from alexatm_jax.cli import train as train_cli
 from alexatm_jax.cli.errors import UsageError, run_command
 from alexatm_jax.conversion.jax_to_hf import export_checkpoint_to_hf
 from alexatm_jax.gin_registry import GinConfigError
-from alexatm_jax.model import ModelConfig, init_params
+from alexatm_jax.model import init_params
 from alexatm_jax.tokenization import Tokenizer
 from inference_helpers import train_tiny_sentencepiece
 
@@ -94,15 +94,12 @@ def test_refused_training_launches_exit_2_and_leave_model_dir_alone(tmp_path, ca
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
+def tiny_checkpoint(tmp_path_factory, tiny_model_config):
     """A tiny model checkpoint with a SentencePiece tokenizer, and its HuggingFace export."""
     root = tmp_path_factory.mktemp("cli_errors")
     spm_path = train_tiny_sentencepiece(str(root))
-    config = ModelConfig(vocab_size=Tokenizer(spm_path).vocab_size, d_model=32,
-                         num_encoder_layers=1, num_decoder_layers=1, num_encoder_heads=2,
-                         num_decoder_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                         max_positions=64, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-                         decoder_start_token_id=0)
+    config = tiny_model_config.replace(vocab_size=Tokenizer(spm_path).vocab_size,
+                                       max_positions=64)
     params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
     checkpoint = save_model_checkpoint(root / "ckpt", config, params, [spm_path])
     hf_dir = export_checkpoint_to_hf(checkpoint, root / "hf", show_progress=False)

@@ -21,16 +21,16 @@ from alexatm_jax.conversion.hf_to_jax import convert_hf_to_checkpoint
 from alexatm_jax.conversion.jax_to_hf import export_checkpoint_to_hf, hf_tensors, parse_size
 from alexatm_jax.conversion.safetensors_stream import SafetensorsFile, TensorSpec
 from alexatm_jax.conversion.safetensors_stream import write_safetensors
-from alexatm_jax.model import ModelConfig
 from alexatm_reference import max_abs_diff_on_real_positions, padded_batch, reference_logits
 from random_params import random_params
+from tiny_config import tiny_model_config
 
 # transformers 4.30.2 warns about its own use of a deprecated argument in every forward.
 pytestmark = pytest.mark.filterwarnings("ignore:The `device` argument is deprecated")
-UNTIED = ModelConfig(vocab_size=61, d_model=16, num_encoder_layers=2, num_decoder_layers=3,
-                     num_encoder_heads=2, num_decoder_heads=4, encoder_ffn_dim=24,
-                     decoder_ffn_dim=40, max_positions=12, type_vocab_size=2,
-                     share_embeddings=False, tie_word_embeddings=False)
+UNTIED = tiny_model_config(vocab_size=61, d_model=16, num_encoder_layers=2,
+                           num_decoder_layers=3, num_decoder_heads=4, encoder_ffn_dim=24,
+                           decoder_ffn_dim=40, max_positions=12, type_vocab_size=2,
+                           share_embeddings=False, tie_word_embeddings=False, dropout_rate=0.1)
 SHARED_TIED = UNTIED.replace(share_embeddings=True, tie_word_embeddings=True, type_vocab_size=1)
 
 

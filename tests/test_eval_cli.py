@@ -16,7 +16,7 @@ from alexatm_jax.cli import generate as generate_cli
 from alexatm_jax.cli import score as score_cli
 from alexatm_jax.decoding.loading import load_text_model
 from alexatm_jax.decoding.options import DecodeOptions
-from alexatm_jax.model import ModelConfig, init_params
+from alexatm_jax.model import init_params
 from alexatm_jax.tokenization import Tokenizer
 from inference_helpers import train_tiny_sentencepiece
 
@@ -25,15 +25,12 @@ PROMPTS = ["The weather today", "A much longer prompt about the history of the c
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> pathlib.Path:
+def checkpoint(tmp_path_factory, tiny_model_config) -> pathlib.Path:
     root = tmp_path_factory.mktemp("cli")
     spm_path = train_tiny_sentencepiece(str(root))
     tokenizer = Tokenizer(spm_path)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_encoder_layers=1,
-                         num_decoder_layers=1, num_encoder_heads=2, num_decoder_heads=2,
-                         encoder_ffn_dim=64, decoder_ffn_dim=64, max_positions=256,
-                         dropout_rate=0.0, init_std=0.5, pad_token_id=0, eos_token_id=1,
-                         decoder_start_token_id=0)
+    config = tiny_model_config.replace(vocab_size=tokenizer.vocab_size, max_positions=256,
+                                       init_std=0.5)
     params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
     return save_model_checkpoint(root / "ckpt", config, params, [spm_path])
 

@@ -17,21 +17,19 @@ from alexatm_jax.cli import evaluate as eval_cli
 from alexatm_jax.evaluation import summary as eval_summary
 from alexatm_jax.evaluation.suites import FLORES_PAIRS, SUITES, task_directory
 from alexatm_jax.evaluation.translation_tasks import FLORES_LANGUAGES
-from alexatm_jax.model import ModelConfig, init_params
+from alexatm_jax.model import init_params
 from alexatm_jax.tokenization import Tokenizer
 from hf_layouts import parquet, save_to_disk
 from inference_helpers import sample_lines, train_tiny_sentencepiece
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> pathlib.Path:
+def checkpoint(tmp_path_factory, tiny_model_config) -> pathlib.Path:
     root = tmp_path_factory.mktemp("suite_ckpt")
     spm_path = train_tiny_sentencepiece(str(root))
-    config = ModelConfig(vocab_size=Tokenizer(spm_path).vocab_size, d_model=16,
-                         num_encoder_layers=1, num_decoder_layers=1, num_encoder_heads=2,
-                         num_decoder_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                         max_positions=128, dropout_rate=0.0, init_std=0.5, pad_token_id=0,
-                         eos_token_id=1, decoder_start_token_id=0)
+    config = tiny_model_config.replace(vocab_size=Tokenizer(spm_path).vocab_size, d_model=16,
+                                       encoder_ffn_dim=32, decoder_ffn_dim=32,
+                                       max_positions=128, init_std=0.5)
     params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
     return save_model_checkpoint(root / "ckpt", config, params, [spm_path])
 

@@ -17,10 +17,11 @@ from alexatm_jax.model.layout import (
     unscan_params,
 )
 from random_params import random_params
+from tiny_config import tiny_model_config
 
-CONFIG = ModelConfig(vocab_size=50, d_model=32, num_encoder_layers=2, num_decoder_layers=2,
-                     num_encoder_heads=4, num_decoder_heads=2, encoder_ffn_dim=48,
-                     decoder_ffn_dim=40, max_positions=32, type_vocab_size=2)
+CONFIG = tiny_model_config(vocab_size=50, num_encoder_layers=2, num_decoder_layers=2,
+                           num_encoder_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=40,
+                           type_vocab_size=2, dropout_rate=0.1)
 DOCUMENTED_AXES = {"vocab", "embed", "mlp", "heads", "kv", "layers", "position", "type_vocab"}
 # (encoder length, decoder length) of each example; packed two and three to a row.
 EXAMPLE_LENGTHS = [(5, 4), (7, 3), (3, 2), (4, 5), (6, 3)]

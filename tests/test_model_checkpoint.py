@@ -22,10 +22,11 @@ from alexatm_jax.checkpoints import (
 from alexatm_jax.model import ModelConfig, param_shapes
 from alexatm_jax.model.layout import is_scanned, unscan_params
 from random_params import random_params
+from tiny_config import tiny_model_config
 
-CONFIG = ModelConfig(vocab_size=40, d_model=16, num_encoder_layers=2, num_decoder_layers=2,
-                     num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=24,
-                     decoder_ffn_dim=24, max_positions=8, scan_layers=True)
+CONFIG = tiny_model_config(vocab_size=40, d_model=16, num_encoder_layers=2, num_decoder_layers=2,
+                           encoder_ffn_dim=24, decoder_ffn_dim=24, max_positions=8,
+                           dropout_rate=0.1, scan_layers=True)
 
 
 @pytest.fixture(scope="module")

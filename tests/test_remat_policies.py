@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexatm_jax.model.config import REMAT_POLICIES, ModelConfig
+from alexatm_jax.model.config import REMAT_POLICIES
 from alexatm_jax.model.params import init_params
 from alexatm_jax.model.transformer import AlexaTM
 from alexatm_jax.planning import matmul_flops
+from tiny_config import tiny_model_config
 
-CONFIG = ModelConfig(vocab_size=128, d_model=32, num_encoder_layers=2, num_decoder_layers=2,
-                     num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=64,
-                     decoder_ffn_dim=64, max_positions=64, dropout_rate=0.0, scan_layers=True)
+CONFIG = tiny_model_config(vocab_size=128, num_encoder_layers=2, num_decoder_layers=2,
+                           max_positions=64, scan_layers=True)
 
 
 def grad_fn(policy: str):

@@ -55,11 +55,9 @@ def loss_and_grads(config: ModelConfig, params, batch):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    config = ModelConfig(vocab_size=256, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
-                         num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=64,
-                         decoder_ffn_dim=64, max_positions=256, dropout_rate=0.0,
-                         attention_impl="dot_product")
+def tiny(tiny_model_config):
+    config = tiny_model_config.replace(vocab_size=256, max_positions=256,
+                                       attention_impl="dot_product")
     return config, init_params(config, jax.random.key(0))
 
 

@@ -15,8 +15,15 @@ import dataclasses
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
+
+if TYPE_CHECKING:  # tasks imports TensorFlow and SeqIO: only once arguments are valid
+    from tasks.corpus_files import CorpusLayout
+    from tasks.inspection import ExampleRecord
+    from tasks.pretraining import MixtureConfig
+    from tasks.vocabularies import SpecialIds
 
 _ANSI = ("\033[41;97m", "\033[0m")
 _BRACKETS = ("⟦", "⟧")
@@ -151,15 +158,47 @@ def _main(argv: list[str] | None) -> None:
     _validate(args, parser)
 
     import gin
-    import sentencepiece as spm
+
+    import tasks  # noqa: F401  (registers the gin configurables that the bindings name)
+
+    if args.gin_file or args.gin_param:
+        gin.parse_config_files_and_bindings(args.gin_file, args.gin_param, finalize_config=False)
+    lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+    count = max(args.n, args.stats)
+    examples = _collect(args, lengths, count)
+    stats = _stats(args, examples, lengths, count) if args.stats else None
+    if args.format == "json":
+        _print_json(examples.records, stats)
+    else:
+        import sentencepiece as spm
+
+        processor = spm.SentencePieceProcessor(model_file=examples.vocab_path)
+        _print_text(examples.records[: args.n], processor, stats)
+    if len(examples.records) < count:
+        print(f"note: the {args.split} split ended after {len(examples.records)} examples",
+              file=sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Examples:
+    """The first examples of a mixture and what they were read with."""
+
+    config: MixtureConfig
+    layout: CorpusLayout | None  # the local corpus found, None for a registered mixture
+    vocab_path: str
+    ids: SpecialIds
+    records: list[ExampleRecord]
+
+
+def _collect(args: argparse.Namespace, lengths: dict[str, int], count: int) -> _Examples:
+    """Read the first `count` examples of --mixture (registering the local mixture first);
+    exits with the known mixtures named when it cannot, or when there are none."""
     import seqio
     import tensorflow as tf
 
     import tasks
     from tasks import inspection, pretraining
 
-    if args.gin_file or args.gin_param:
-        gin.parse_config_files_and_bindings(args.gin_file, args.gin_param, finalize_config=False)
     overrides = {
         k: v
         for k, v in (
@@ -169,7 +208,6 @@ def _main(argv: list[str] | None) -> None:
         )
         if v
     }
-    lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
     try:
         config = dataclasses.replace(pretraining.MixtureConfig(), **overrides)
         layout = None
@@ -188,7 +226,6 @@ def _main(argv: list[str] | None) -> None:
         )
         vocab_path = config.vocab_path or tasks.vocabulary_path()
         ids = tasks.read_special_ids(vocab_path)
-        count = max(args.n, args.stats)
         records = inspection.collect_examples(ds, count)
     except (OSError, ValueError, tf.errors.OpError) as e:
         registered = {n for n in seqio.MixtureRegistry.names() if n.startswith("alexatm")}
@@ -196,61 +233,67 @@ def _main(argv: list[str] | None) -> None:
         sys.exit(f"alexatm-inspect: {e}\n(known mixtures: {', '.join(known)})")
     if not records:
         sys.exit(f"alexatm-inspect: {args.mixture} produced no {args.split} examples")
+    return _Examples(config, layout, vocab_path, ids, records)
 
-    stats = None
-    if args.stats:
-        languages, clm_share = _intended(args.mixture)
-        stats = inspection.summarize(
-            records,
-            clm_id=ids.clm,
-            lengths=lengths,
-            intended_languages=languages,
-            intended_clm_share=clm_share,
-            rate=config.noise_rate,
-            poisson_lambda=config.poisson_lambda,
-        )
-        stats["requested"] = count
-        stats["counters"] = tasks.pipeline_counters()
-        stats["config"] = {
-            "mixture": args.mixture,
-            "split": args.split,
-            "seed": args.seed,
-            "sequence_length": lengths,
-            "vocab": vocab_path,
-            "special_ids": dataclasses.asdict(ids),
+
+def _stats(args: argparse.Namespace, examples: _Examples, lengths: dict[str, int],
+           count: int) -> dict[str, Any]:
+    """The --stats summary: measured against the mixture's intended rates, with the pipeline
+    counters, the settings used and (for the local mixture) the corpus found."""
+    import tasks
+    from tasks import inspection
+
+    config, layout, ids = examples.config, examples.layout, examples.ids
+    languages, clm_share = _intended(args.mixture)
+    stats = inspection.summarize(
+        examples.records,
+        clm_id=ids.clm,
+        lengths=lengths,
+        intended_languages=languages,
+        intended_clm_share=clm_share,
+        rate=config.noise_rate,
+        poisson_lambda=config.poisson_lambda,
+    )
+    stats["requested"] = count
+    stats["counters"] = tasks.pipeline_counters()
+    stats["config"] = {
+        "mixture": args.mixture,
+        "split": args.split,
+        "seed": args.seed,
+        "sequence_length": lengths,
+        "vocab": examples.vocab_path,
+        "special_ids": dataclasses.asdict(ids),
+    }
+    if layout:
+        stats["corpus"] = {
+            "data_dir": layout.data_dir,
+            "languages": sorted(layout.files),
+            "left_out": layout.missing_languages + layout.empty_dirs,
+            "unknown_dirs": layout.unknown_dirs,
+            "bad_files": layout.bad_files,
         }
-        if layout:
-            stats["corpus"] = {
-                "data_dir": layout.data_dir,
-                "languages": sorted(layout.files),
-                "left_out": layout.missing_languages + layout.empty_dirs,
-                "unknown_dirs": layout.unknown_dirs,
-                "bad_files": layout.bad_files,
-            }
+    return stats
 
-    if args.format == "json":
-        for r in records:
-            line = {
-                "task": r.objective,
-                "language": r.language,
-                "source": r.source,
-                "inputs": r.inputs,
-                "targets": r.targets,
+
+def _print_json(records: list[ExampleRecord], stats: dict[str, Any] | None) -> None:
+    """One JSON line per example (ids, and deleted spans or the CLM split), then the summary."""
+    for r in records:
+        line = {
+            "task": r.objective,
+            "language": r.language,
+            "source": r.source,
+            "inputs": r.inputs,
+            "targets": r.targets,
+        }
+        if r.objective == "denoise":
+            line["deleted_spans"] = [list(span) for span in r.deleted_spans]
+        else:
+            line["clm_split"] = {
+                "document_tokens": r.clm_document_length,
+                "split_point": r.clm_split_point,
             }
-            if r.objective == "denoise":
-                line["deleted_spans"] = [list(span) for span in r.deleted_spans]
-            else:
-                line["clm_split"] = {
-                    "document_tokens": r.clm_document_length,
-                    "split_point": r.clm_split_point,
-                }
-            print(json.dumps(line))
-        print(json.dumps({"summary": stats or {"examples": len(records)}}, ensure_ascii=False))
-    else:
-        processor = spm.SentencePieceProcessor(model_file=vocab_path)
-        _print_text(records[: args.n], processor, stats)
-    if len(records) < count:
-        print(f"note: the {args.split} split ended after {len(records)} examples", file=sys.stderr)
+        print(json.dumps(line))
+    print(json.dumps({"summary": stats or {"examples": len(records)}}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -185,55 +185,16 @@ def train_config_from_gin() -> "TrainConfig":
 def report(plan: "Plan", args: argparse.Namespace,
            estimate: "StepTimeEstimate | None" = None) -> dict[str, Any]:
     """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, provenance notes."""
-    job, compiled = plan.config, plan.compiled
-    compiler = {"tpu": "the TPU compiler (libtpu)", "gpu": "XLA:GPU"}.get(plan.platform, "XLA:CPU")
-    cfg = job.model_config
-    depths = [list(d) for d in plan.compiled_depths]
-    source = (f"extrapolated from compiles at (encoder, decoder) layers {depths}"
-              if plan.extrapolated else f"measured: compiled at {depths[0]} layers")
-    traced_source = (f"extrapolated from traces at {depths}" if plan.extrapolated
-                     else f"traced at {depths[0]} layers")
-    memory = {
-        "params_bytes": plan.params_bytes,
-        "optimizer_state_bytes": plan.optimizer_state_bytes,
-        "batch_bytes": plan.batch_bytes,
-        "compiled_argument_bytes": compiled.argument_bytes,
-        "compiled_output_not_aliased_bytes": compiled.output_bytes - compiled.alias_bytes,
-        "compiled_temp_bytes": compiled.temp_bytes,
-        "compiled_generated_code_bytes": compiled.generated_code_bytes,
-        "compiled_total_bytes": compiled.total_bytes,
-        "analytic_source": "exact: shard shapes of the train state and batch",
-        "compiled_source": f"{source} by {compiler}",
-    }
-    if args.device_memory_gib:
-        memory["device_memory_bytes"] = args.device_memory_gib * GIB
-        memory["fits"] = (None if plan.warnings
-                          else compiled.total_bytes <= args.device_memory_gib * GIB)
-    flops = {
-        "model_flops_per_step": plan.model_flops_per_step,
-        "model_flops_source": "analytic: alexatm_jax/training/flops.py (3 x forward matmuls)",
-        "traced_matmul_flops_per_step": compiled.matmul_flops,
-        "xla_flops_per_device": compiled.xla_flops_per_device,
-        "xla_flops_all_devices": compiled.xla_flops_per_device * plan.num_devices,
-        "traced_source": traced_source,
-        "xla_source": source,
-    }
+    job, cfg = plan.config, plan.config.model_config
+    compiled_source, traced_source = _compile_sources(plan)
     result = {
         "gin_files": list(args.gin_file),
         "devices": plan.num_devices, "device_kind": plan.device_kind, "platform": plan.platform,
         "mesh": plan.mesh_shape, "rules": plan.rules_name,
-        "model": {"num_params": plan.num_params, "encoder_layers": cfg.num_encoder_layers,
-                  "decoder_layers": cfg.num_decoder_layers, "d_model": cfg.d_model,
-                  "vocab_size": cfg.vocab_size, "dtype": cfg.dtype,
-                  "param_dtype": "float32", "scan_layers": cfg.scan_layers,
-                  "remat_policy": cfg.remat_policy, "attention_impl": cfg.attention_impl},
-        "batch": {"global_sequences": job.batch_size, "sequence_length": dict(job.sequence_length),
-                  "sequences_per_batch_shard": job.batch_size // plan.batch_shards,
-                  "grad_accum_steps": job.grad_accum_steps,
-                  "positions_per_step": plan.positions_per_step,
-                  "target_tokens_per_step": job.batch_size * job.sequence_length["targets"]},
+        "model": _model_report(plan), "batch": _batch_report(plan),
         "train_steps": job.train_steps,
-        "memory_per_device": memory, "flops": flops,
+        "memory_per_device": _memory_report(plan, args, compiled_source),
+        "flops": _flops_report(plan, compiled_source, traced_source),
         "compiled_points": [
             {"encoder_layers": depth[0], "decoder_layers": depth[1],
              "argument_bytes": step.argument_bytes, "temp_bytes": step.temp_bytes,
@@ -252,14 +213,86 @@ def report(plan: "Plan", args: argparse.Namespace,
         if estimate is not None:
             result["step_time"] = cost_model_step_time(plan, estimate, args.peak_tflops)
     elif args.peak_tflops:
-        seconds = plan.step_time_s(args.peak_tflops * 1e12, args.mfu)
-        result["step_time"] = {
-            "peak_tflops_per_device": args.peak_tflops, "mfu": args.mfu,
-            "seconds_per_step": seconds,
-            "positions_per_second": plan.positions_per_step / seconds,
-            "days_for_train_steps": seconds * job.train_steps / 86400,
-            "formula": "model_flops_per_step / (devices * peak_tflops * 1e12 * mfu)"}
+        result["step_time"] = _assumed_mfu_step_time(plan, args.peak_tflops, args.mfu)
     return result
+
+
+def _compile_sources(plan: "Plan") -> tuple[str, str]:
+    """Where the compiled and the traced figures come from: (compiled source, traced source)."""
+    depths = [list(d) for d in plan.compiled_depths]
+    source = (f"extrapolated from compiles at (encoder, decoder) layers {depths}"
+              if plan.extrapolated else f"measured: compiled at {depths[0]} layers")
+    traced_source = (f"extrapolated from traces at {depths}" if plan.extrapolated
+                     else f"traced at {depths[0]} layers")
+    return source, traced_source
+
+
+def _model_report(plan: "Plan") -> dict[str, Any]:
+    """The model's size, depth and compute settings."""
+    cfg = plan.config.model_config
+    return {"num_params": plan.num_params, "encoder_layers": cfg.num_encoder_layers,
+            "decoder_layers": cfg.num_decoder_layers, "d_model": cfg.d_model,
+            "vocab_size": cfg.vocab_size, "dtype": cfg.dtype,
+            "param_dtype": "float32", "scan_layers": cfg.scan_layers,
+            "remat_policy": cfg.remat_policy, "attention_impl": cfg.attention_impl}
+
+
+def _batch_report(plan: "Plan") -> dict[str, Any]:
+    """The global batch: sequences, lengths, positions and target tokens per step."""
+    job = plan.config
+    return {"global_sequences": job.batch_size, "sequence_length": dict(job.sequence_length),
+            "sequences_per_batch_shard": job.batch_size // plan.batch_shards,
+            "grad_accum_steps": job.grad_accum_steps,
+            "positions_per_step": plan.positions_per_step,
+            "target_tokens_per_step": job.batch_size * job.sequence_length["targets"]}
+
+
+def _memory_report(plan: "Plan", args: argparse.Namespace, source: str) -> dict[str, Any]:
+    """Bytes per device, analytic and compiled, and whether they fit --device_memory_gib."""
+    compiled = plan.compiled
+    compiler = {"tpu": "the TPU compiler (libtpu)", "gpu": "XLA:GPU"}.get(plan.platform, "XLA:CPU")
+    memory = {
+        "params_bytes": plan.params_bytes,
+        "optimizer_state_bytes": plan.optimizer_state_bytes,
+        "batch_bytes": plan.batch_bytes,
+        "compiled_argument_bytes": compiled.argument_bytes,
+        "compiled_output_not_aliased_bytes": compiled.output_bytes - compiled.alias_bytes,
+        "compiled_temp_bytes": compiled.temp_bytes,
+        "compiled_generated_code_bytes": compiled.generated_code_bytes,
+        "compiled_total_bytes": compiled.total_bytes,
+        "analytic_source": "exact: shard shapes of the train state and batch",
+        "compiled_source": f"{source} by {compiler}",
+    }
+    if args.device_memory_gib:
+        memory["device_memory_bytes"] = args.device_memory_gib * GIB
+        memory["fits"] = (None if plan.warnings
+                          else compiled.total_bytes <= args.device_memory_gib * GIB)
+    return memory
+
+
+def _flops_report(plan: "Plan", source: str, traced_source: str) -> dict[str, Any]:
+    """FLOPs per step: analytic model FLOPs, traced matmul FLOPs and XLA's cost analysis."""
+    compiled = plan.compiled
+    return {
+        "model_flops_per_step": plan.model_flops_per_step,
+        "model_flops_source": "analytic: alexatm_jax/training/flops.py (3 x forward matmuls)",
+        "traced_matmul_flops_per_step": compiled.matmul_flops,
+        "xla_flops_per_device": compiled.xla_flops_per_device,
+        "xla_flops_all_devices": compiled.xla_flops_per_device * plan.num_devices,
+        "traced_source": traced_source,
+        "xla_source": source,
+    }
+
+
+def _assumed_mfu_step_time(plan: "Plan", peak_tflops: float, mfu: float) -> dict[str, Any]:
+    """Step time in seconds from the model FLOPs at `peak_tflops` per device and an assumed MFU."""
+    seconds = plan.step_time_s(peak_tflops * 1e12, mfu)
+    return {
+        "peak_tflops_per_device": peak_tflops, "mfu": mfu,
+        "seconds_per_step": seconds,
+        "positions_per_second": plan.positions_per_step / seconds,
+        "days_for_train_steps": seconds * plan.config.train_steps / 86400,
+        "formula": "model_flops_per_step / (devices * peak_tflops * 1e12 * mfu)"}
 
 
 def _attention_notes(plan: "Plan") -> list[str]:
@@ -320,8 +353,24 @@ def _duration(days: float) -> str:
 
 def format_text(result: dict[str, Any]) -> str:
     """A human-readable rendering of `report(...)`."""
-    model, batch, mem, flops = (result["model"], result["batch"], result["memory_per_device"],
-                                result["flops"])
+    lines = (_header_lines(result) + [""] + _memory_lines(result["memory_per_device"]) + [""]
+             + _flops_lines(result) + [""] + _step_time_lines(result))
+    if len(result["compiled_points"]) > 1:
+        lines += ["", "Compiled points (per device)"]
+        lines += [f"  {p['encoder_layers']:3d} + {p['decoder_layers']:<3d} layers: temporaries "
+                  f"{_size(p['temp_bytes'])}, total {_size(p['total_bytes'])}, traced matmul "
+                  f"FLOPs {p['traced_matmul_flops']:.4g}" for p in result["compiled_points"]]
+    timing = result.get("step_time", {}).get("timing_compile_seconds", 0.0)
+    lines += ["", f"Compile time here: {result['compile_seconds'] + timing:.0f} s"]
+    lines += [f"WARNING: {warning}" for warning in result["warnings"]]
+    lines += ["Notes:"]
+    lines += [f"  - {note}" for note in result["notes"]]
+    return "\n".join(lines)
+
+
+def _header_lines(result: dict[str, Any]) -> list[str]:
+    """The gin files, devices and mesh, model and batch lines that open the text report."""
+    model, batch = result["model"], result["batch"]
     lengths = batch["sequence_length"]
     mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
     if "target" in result:
@@ -330,7 +379,7 @@ def format_text(result: dict[str, Any]) -> str:
                    f"{target['cloud_type']}, compile-only devices)")
     else:
         devices = f"{result['devices']} (emulated {result['device_kind']})"
-    lines = [
+    return [
         f"alexatm-plan: {' + '.join(result['gin_files'])}",
         f"  devices    {devices}, mesh {mesh}, rules '{result['rules']}'",
         f"  model      {model['num_params'] / 1e9:.3f}B parameters, {model['encoder_layers']} + "
@@ -343,7 +392,12 @@ def format_text(result: dict[str, Any]) -> str:
         f"({batch['target_tokens_per_step']:,} target tokens) per step",
         f"             {batch['sequences_per_batch_shard']} sequences per batch shard, "
         f"grad_accum_steps {batch['grad_accum_steps']}",
-        "",
+    ]
+
+
+def _memory_lines(mem: dict[str, Any]) -> list[str]:
+    """The per-device memory table, with the fit verdict when a device size was given."""
+    lines = [
         "Per-device memory",
         f"  parameters (float32)            {_size(mem['params_bytes'])}   {mem['analytic_source']}",
         f"  optimizer state                 {_size(mem['optimizer_state_bytes'])}   same",
@@ -362,8 +416,13 @@ def format_text(result: dict[str, Any]) -> str:
                    None: "unknown: see the warning below"}[mem["fits"]]
         lines.append(f"  device memory                   {_size(mem['device_memory_bytes'])}   "
                      f"{verdict}")
-    lines += [
-        "",
+    return lines
+
+
+def _flops_lines(result: dict[str, Any]) -> list[str]:
+    """The FLOPs-per-step table: analytic, traced and XLA's cost analysis."""
+    flops = result["flops"]
+    return [
         "FLOPs per step",
         f"  model FLOPs (analytic)          {flops['model_flops_per_step']:10.4g}   "
         f"{flops['model_flops_source']}",
@@ -373,10 +432,13 @@ def format_text(result: dict[str, Any]) -> str:
         f"x {result['devices']} devices = {flops['xla_flops_all_devices']:.4g}; "
         f"{flops['xla_source']}",
     ]
+
+
+def _step_time_lines(result: dict[str, Any]) -> list[str]:
+    """The step-time section: the cost model's, the assumed-MFU one, or why there is none."""
     if "step_time" in result and "implied_mfu" in result["step_time"]:
         step = result["step_time"]
-        lines += [
-            "",
+        return [
             f"Step time, estimated by {step['source']}",
             f"  {step['seconds_per_step']:.4g} s/step, implied MFU "
             f"{100 * step['implied_mfu']:.1f}% of {step['peak_tflops_per_device']:g} TFLOP/s "
@@ -386,34 +448,21 @@ def format_text(result: dict[str, Any]) -> str:
             + ", ".join(f"{p['encoder_layers']}+{p['decoder_layers']} layers "
                         f"{p['optimal_seconds']:.4g} s" for p in step["timing_points"]),
         ]
-    elif "step_time" in result:
+    if "step_time" in result:
         step = result["step_time"]
-        lines += [
-            "",
+        return [
             f"Step time at {step['peak_tflops_per_device']:g} TFLOP/s per device and MFU "
             f"{step['mfu']:g} ({step['formula']})",
             f"  {step['seconds_per_step']:.3f} s/step, {step['positions_per_second']:,.0f} "
             f"positions/s, {_duration(step['days_for_train_steps'])} for "
             f"{result['train_steps']:,} steps",
         ]
-    elif "target" in result:
+    if "target" in result:
         why = ("--no_step_time" if result["target"]["cost_model"]
                else "the GPU compiler has no cost model; give --devices N --peak_tflops for an "
                     "assumed-MFU figure")
-        lines += ["", f"Step time: not estimated ({why})"]
-    else:
-        lines += ["", "Step time: give --peak_tflops (and --mfu) to predict it"]
-    if len(result["compiled_points"]) > 1:
-        lines += ["", "Compiled points (per device)"]
-        lines += [f"  {p['encoder_layers']:3d} + {p['decoder_layers']:<3d} layers: temporaries "
-                  f"{_size(p['temp_bytes'])}, total {_size(p['total_bytes'])}, traced matmul "
-                  f"FLOPs {p['traced_matmul_flops']:.4g}" for p in result["compiled_points"]]
-    timing = result.get("step_time", {}).get("timing_compile_seconds", 0.0)
-    lines += ["", f"Compile time here: {result['compile_seconds'] + timing:.0f} s"]
-    lines += [f"WARNING: {warning}" for warning in result["warnings"]]
-    lines += ["Notes:"]
-    lines += [f"  - {note}" for note in result["notes"]]
-    return "\n".join(lines)
+        return [f"Step time: not estimated ({why})"]
+    return ["Step time: give --peak_tflops (and --mfu) to predict it"]
 
 
 def target_devices(args: argparse.Namespace) -> list[Any] | None:
