@@ -1,4 +1,4 @@
-"""The AlexaTM pre-LN encoder-decoder (PAPER.md §1) as Flax Linen modules.
+"""The AlexaTM pre-LN encoder-decoder (docs/paper_facts.md#model) as Flax Linen modules.
 
 Parameter tree (scanned layout puts every layer under `layers` with a leading `layers` axis;
 the unscanned layout uses `layers_0`, `layers_1`, ...):
