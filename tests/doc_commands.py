@@ -31,6 +31,7 @@ SEPARATORS = {";", "&", "&&", "|", "||", "(", ")", ">", ">>", "<", "2>", ">&", "
 REPO_DIRS = ("gin", "tests", "benchmarks", "tpu_scripts", "data", "alexatm_jax", "tasks", "docs")
 PROGRAM = re.compile(r"(?:^|[\s;&|(])(alexatm-[a-z]+|python3?|pytest|make|tpu_scripts/\S+\.sh)"
                      r"(?=\s|$)")
+DOC_REFERENCE = re.compile(r"docs/([a-z0-9_]+\.md)(?:#([a-z0-9_-]+))?")
 INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 
 
@@ -336,4 +337,17 @@ def link_problems(path: Path) -> list[str]:
             found.append(f"{path.name}: link {target}: {file} does not exist")
         elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
             found.append(f"{path.name}: link {target}: no heading #{anchor} in {linked.name}")
+    return found
+
+
+def source_references(root: Path = REPO_ROOT) -> list[tuple[str, str, str]]:
+    """(where, page, anchor) of every `docs/PAGE.md#anchor` cited by code, gin files and scripts."""
+    found = []
+    for directory in ("alexatm_jax", "tasks", "gin", "tests", "benchmarks", "tpu_scripts"):
+        for path in sorted((root / directory).rglob("*")):
+            if path.suffix not in (".py", ".gin", ".sh") or path.name == "test_docs_commands.py":
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+                for page, anchor in DOC_REFERENCE.findall(line):
+                    found.append((f"{path.relative_to(root)}:{number}", page, anchor))
     return found

@@ -108,3 +108,13 @@ def test_link_checker_finds_missing_files_and_anchors(tmp_path: Path):
                    "[web](https://example.com/x)\n\n# Here\n")
     assert link_problems(doc) == ["b.md: link a.md#nowhere: no heading #nowhere in a.md",
                                   "b.md: link c.md: c.md does not exist"]
+
+
+def test_docs_cited_by_the_code_exist():
+    cited = doc_commands.source_references()
+    assert any(page == "paper_facts.md" for _, page, _ in cited)
+    docs = doc_commands.REPO_ROOT / "docs"
+    missing = [f"{where}: docs/{page}#{anchor}" for where, page, anchor in cited
+               if not (docs / page).is_file()
+               or (anchor and anchor not in doc_commands.heading_anchors(docs / page))]
+    assert not missing, "\n".join(missing)
