@@ -28,6 +28,7 @@ from unittest import mock
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHELL_FENCES = ("", "bash", "sh", "shell", "console")
 SEPARATORS = {";", "&", "&&", "|", "||", "(", ")", ">", ">>", "<", "2>", ">&", "2>&"}
+WRAPPERS = ("time", "env", "nohup", "exec")  # words that run the command after them
 REPO_DIRS = ("gin", "tests", "benchmarks", "tpu_scripts", "data", "alexatm_jax", "tasks", "docs")
 PROGRAM = re.compile(r"(?:^|[\s;&|(])(alexatm-[a-z]+|python3?|pytest|make|tpu_scripts/\S+\.sh)"
                      r"(?=\s|$)")
@@ -122,7 +123,8 @@ def extract(path: Path, root: Path = REPO_ROOT) -> list[Invocation]:
             found.append(Invocation(where, ("<unparsable>", f"{line!r}: {error}")))
             continue
         for words in commands:
-            while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+            while words and (words[0] in WRAPPERS
+                             or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0])):
                 words = words[1:]
             if words and PROGRAM.fullmatch(words[0]):
                 found.append(Invocation(where, tuple(words)))

@@ -48,6 +48,7 @@ Prose with `alexatm-info --verfy DIR` inline.
 ```bash
 alexatm-train --gin_file=gin/experiments/smoke_cpu.gin --no_such_flag 3   # a flag
 alexatm-frobnicate --help
+time env X=1 alexatm-score --bogus
 alexatm-vocab tran --demo
 G=gin/experiments/missing.gin
 alexatm-plan --gin_file $G --topology v5p-8
@@ -64,6 +65,7 @@ EXPECTED = [
     "alexatm-info has no option --verfy",
     "alexatm-train has no option --no_such_flag",
     "alexatm-frobnicate is not a console script",
+    "alexatm-score has no option --bogus",
     "names none of the subcommands",
     "gin file 'gin/experiments/missing.gin'",
     "make no-such-target: no such target",
