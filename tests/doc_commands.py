@@ -20,7 +20,6 @@ import io
 import re
 import shlex
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from unittest import mock
@@ -91,7 +90,7 @@ def _shell_lines(text: str) -> list[tuple[int, str]]:
 
 
 def _commands(line: str, variables: dict[str, str]) -> list[list[str]]:
-    """The simple commands of one shell line, `$NAME`s set earlier in the block substituted."""
+    """The simple commands of one shell line, `$NAME`s set earlier on the page substituted."""
     for name, value in variables.items():
         line = re.sub(rf"\$(?:{name}\b|\{{{name}\}})", lambda _, v=value: v, line)
     lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
@@ -112,12 +111,12 @@ def extract(path: Path, root: Path = REPO_ROOT) -> list[Invocation]:
     for number, line in _shell_lines(path.read_text(encoding="utf-8")):
         where = f"{path.relative_to(root)}:{number}"
         assignment = re.fullmatch(r"\s*(?:export\s+)?([A-Z_][A-Z0-9_]*)=(\S+)\s*", line)
-        if assignment:
-            variables[assignment.group(1)] = shlex.split(assignment.group(2))[0]
-            continue
-        if not PROGRAM.search(line):
+        if not (assignment or PROGRAM.search(line)):
             continue
         try:
+            if assignment:
+                variables[assignment.group(1)] = shlex.split(assignment.group(2))[0]
+                continue
             commands = _commands(line, variables)
         except ValueError as error:
             found.append(Invocation(where, ("<unparsable>", f"{line!r}: {error}")))

@@ -58,6 +58,7 @@ python benchmarks/train_step.py --gin_file gin/models/small.gin \\
 python -m alexatm_jax.cli.nothing --help
 pytest tests/test_no_such_file.py
 tpu_scripts/launch.sh --name x --zone z --bogus_flag 1
+alexatm-train --gin.MODEL_DIR="'/tmp/unterminated
 ```
 """
 
@@ -73,6 +74,7 @@ EXPECTED = [
     "python -m alexatm_jax.cli.nothing: no such runnable module",
     "tests/test_no_such_file.py does not exist",
     "tpu_scripts/launch.sh --help lists no option --bogus_flag",
+    "not a shell command line",
 ]
 
 
