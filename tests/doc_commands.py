@@ -29,8 +29,8 @@ SHELL_FENCES = ("", "bash", "sh", "shell", "console")
 SEPARATORS = {";", "&", "&&", "|", "||", "(", ")", ">", ">>", "<", "2>", ">&", "2>&"}
 WRAPPERS = ("time", "env", "nohup", "exec")  # words that run the command after them
 REPO_DIRS = ("gin", "tests", "benchmarks", "tpu_scripts", "data", "alexatm_jax", "tasks", "docs")
-PROGRAM = re.compile(r"(?:^|[\s;&|(])(alexatm-[a-z]+|python3?|pytest|make|tpu_scripts/[\w/.-]+\.sh)"
-                     r"(?=\s|$)")
+PROGRAM = re.compile(r"(?:^|[\s;&|(])"
+                     r"(alexatm-[a-z]+|python3?|pytest|make|tpu_scripts/[\w/.-]+\.sh)(?=\s|$)")
 DOC_REFERENCE = re.compile(r"docs/([a-z0-9_]+\.md)(?:#([a-z0-9_-]+))?")
 INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 
