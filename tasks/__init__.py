@@ -5,7 +5,7 @@ denoising and CLM tasks with the mixture `alexatm_pretrain`. `alexatm_pretrain_l
 the files found under a DATA_DIR, so it is registered when asked for: `register_local_mixture()`,
 `register_for()` or `get_dataset()` (DATA_DIR: the argument, gin, $ALEXATM_DATA_DIR, then the
 repository's data/sample). `get_dataset` re-registers for the data dir / vocabulary / gin config
-in effect. See README.md, "Pretraining data".
+in effect. See docs/data.md.
 """
 
 import logging as _logging

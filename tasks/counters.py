@@ -24,7 +24,7 @@ from collections.abc import Hashable
 
 import tensorflow as tf
 
-# Counter names, one per kind of event (documented in README.md, "Pretraining data").
+# Counter names, one per kind of event (documented in docs/data.md#bad-input).
 DOCUMENTS = "documents"  # records that reached the cleaning step (re-reads included)
 EMPTY = "empty_documents"  # empty or whitespace-only records, dropped
 INVALID_UTF8 = "invalid_utf8_documents"  # records with invalid UTF-8, bytes replaced by U+FFFD

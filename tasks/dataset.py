@@ -61,7 +61,8 @@ def get_dataset(
     """Examples of a pretraining mixture or task, deterministic for (seed, shard_index, num_shards).
 
     sequence_length: {"inputs": L_in, "targets": L_t} in tokens (default 1024 each).
-    split: "train" or "validation" (held-out documents, see README).
+    split: "train" or "validation" (held-out documents, see
+        docs/data.md#determinism-shards-validation).
     seed: one integer for every host; the shard index is folded into per-example randomness.
     data_dir: DATA_DIR of the local mixture (else gin / $ALEXATM_DATA_DIR).
     vocab_path: SentencePiece model (else MixtureConfig.vocab_path / $ALEXATM_VOCAB / demo).

@@ -289,7 +289,7 @@ def register_pretrain_mixture(config: MixtureConfig | None = None) -> str:
     """Registers the TFDS tasks (Wikipedia and mC4 per language) and `alexatm_pretrain`.
 
     Idempotent for an equal config; returns the mixture name. No data is touched until a
-    dataset is requested (TFDS data must then be prepared, see README.md, "Pretraining data").
+    dataset is requested (TFDS data must then be prepared: docs/data.md#preparing-the-tfds-data).
     """
     config = config or MixtureConfig()
     if _installed.get(PRETRAIN_MIXTURE, (None,))[0] == config:

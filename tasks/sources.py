@@ -191,8 +191,8 @@ class TfdsTextSource(seqio.DataSource):
             name = self._tfds.tfds_dataset.name
             raise ValueError(
                 f"TFDS dataset {name} is not available ({e}). Prepare it once with "
-                f"`tfds build {name.split(':')[0]}` (see README.md, 'Preparing "
-                "the TFDS data') and point TFDS_DATA_DIR or MixtureConfig.tfds_data_dir at it, or "
+                f"`tfds build {name.split(':')[0]}` (see docs/data.md#preparing-the-tfds-data) "
+                "and point TFDS_DATA_DIR or MixtureConfig.tfds_data_dir at it, or "
                 "train on local files with alexatm_pretrain_local."
             ) from e
         text = ds.map(tf.autograph.experimental.do_not_convert(lambda ex: ex["text"]))

@@ -73,7 +73,7 @@ def test_encoder_warm_start_lines_select_the_10b_encoder():
     labels = freeze_labels(opt.freeze_prefixes)(shapes)
     frozen = sum(x.size for x, label in zip(jax.tree.leaves(shapes), jax.tree.leaves(labels))
                  if label == FROZEN)
-    assert 9.5e9 < frozen < 10.5e9  # PAPER.md §4: a ~10B pretrained encoder
+    assert 9.5e9 < frozen < 10.5e9  # docs/paper_facts.md#encoder-warm-start: ~10B
 
 
 def test_finetune_experiment_starts_from_the_converted_checkpoint():

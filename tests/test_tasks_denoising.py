@@ -7,7 +7,7 @@ import tensorflow as tf
 from tasks.inspection import rule_mean_span_length, runs_of_ones
 from tasks.preprocessors.denoising import deletion_mask, expected_draw_mean, span_lengths
 
-# Documented in README.md, "Pretraining data": pooled mean deleted-span length of the rule.
+# Documented in docs/data.md#the-objectives-exactly: pooled mean deleted-span length of the rule.
 DOCUMENTED_MEAN_SPAN = {128: 2.93, 1024: 3.13}
 
 

@@ -1,4 +1,4 @@
-"""The error contract of the alexatm-* commands (README, "Exit codes and errors").
+"""The error contract of the alexatm-* commands (docs/exit_codes.md).
 
     0  done
     1  the command ran and failed: I/O errors (disk full, permissions), corrupt or truncated

@@ -3,8 +3,8 @@ suite of the paper's tasks (--suite), the checkpoint loaded once.
 
 Data come from this machine only: our JSONL files `DATA_DIR/<task>/<split>.jsonl`, HuggingFace
 datasets under DATA_DIR (save_to_disk, parquet, arrow) or in the local datasets cache, and TFDS
-datasets already prepared (--tfds_data_dir). See the README for each task's data, prompt and
-metrics. Nothing is ever downloaded.
+datasets already prepared (--tfds_data_dir). See docs/inference_and_evaluation.md for each task's
+data, prompt and metrics. Nothing is ever downloaded.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 Text mode decodes inputs and targets, marking deleted spans of the targets (ANSI colour on a
 terminal, ⟦…⟧ otherwise). JSON mode prints one object per example and a final summary object;
-the schema is in README.md, "`alexatm-inspect` JSON schema".
+the schema is in docs/data.md#alexatm-inspect-json-schema.
 """
 
 from __future__ import annotations

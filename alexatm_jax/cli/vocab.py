@@ -141,7 +141,7 @@ def _info(args: argparse.Namespace) -> None:
     if ids.pad != 0:
         print(
             "note: pad is not 0; SeqIO feature converters pad with 0 "
-            "(see README.md, 'Pretraining data')"
+            "(see docs/data.md#vocabulary)"
         )
 
 

@@ -10,8 +10,9 @@ checkpoint) and breaks when the pipeline code changes.
 
 Two ways to resume (`resume_mode`):
 - "exact" (default): rebuild the stream and skip the examples already read. Bit-exact
-  continuation; the skip re-runs the input pipeline over those examples (measured in the README:
-  about as long as producing them, so it grows with the run).
+  continuation; the skip re-runs the input pipeline over those examples (measured in
+  docs/training.md#data-the-bridge-and-exact-resume: about as long as producing them, so it
+  grows with the run).
 - "reseed": start a fresh stream whose seed is derived from (seed, examples consumed so far):
   constant-time, never repeats the same order, but not the exact sequence of an uninterrupted
   run. Meant for very long runs whose skip would take too long.

@@ -37,7 +37,8 @@ def ban_bad_words(logits: jax.Array, history: jax.Array, prefixes: jax.Array,
 
 def first_argmax(logits: jax.Array) -> jax.Array:
     """int32 [rows]: `jnp.argmax(logits, axis=-1)` (first maximum; first NaN if any), computed as a
-    max and a masked min over the vocabulary, ~3x faster than XLA:CPU's variadic argmax reduce."""
+    max and a masked min over the vocabulary, faster than XLA:CPU's variadic argmax reduce
+    (docs/benchmarks.md#measurements-behind-code-choices)."""
     vocab = logits.shape[-1]
     top = jnp.max(logits, axis=-1, keepdims=True)
     ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)

@@ -1,8 +1,9 @@
 """Zero-shot classification / multiple-choice tasks scored by teacher-forced cross-entropy.
 
-Every example becomes one text per choice (PAPER.md §5: "one input per choice"). A `Choice`
-holds the text split into a `context` and the `continuation` that carries the choice, and the
-`full_text` (their concatenation). The harness scores each choice in one of two modes:
+Every example becomes one text per choice ("one input per choice",
+docs/paper_facts.md#evaluation-protocol). A `Choice` holds the text split into a `context` and
+the `continuation` that carries the choice, and the `full_text` (their concatenation). The
+harness scores each choice in one of two modes:
 
 * `denoise` (default): encoder input = full_text (no `[CLM]`), decoder target = full_text; the
   model rewrites its input and the most plausible text wins.

@@ -18,7 +18,7 @@ ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product", "cudnn", "splash")
 # save_mlp_qkv: also the attention's q, k, v.
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mlp", "save_mlp_qkv")
 # How dropout masks are drawn (alexatm_jax/model/dropout.py): threefry_packed = one Threefry hash
-# per four elements (~4x cheaper than jax.random.bernoulli, same guarantees); the others are
+# per four elements (a quarter of jax.random.bernoulli's hashes, same guarantees); the others are
 # jax.random.bernoulli with a key of that PRNG implementation.
 DROPOUT_RNG_IMPLS = ("threefry_packed", "threefry2x32", "rbg", "unsafe_rbg")
 # Backward-pass cotangent barriers at every residual-stream sublayer input: "auto" = on CPU only.

@@ -6,14 +6,14 @@
   16 of its 64 bits (keep iff the 16-bit draw >= round(rate * 65536), so rate 0.1 is applied as
   0.100006). With `jax_threefry_partitionable` (JAX's default) `jax.random.bernoulli` hashes
   once per element and xors the hash's two words away into one 32-bit draw; this draws 4x fewer
-  hashes, so a [8, 256, 512] mask takes ~4x less time on CPU, and the hash is the same
+  hashes (timed in docs/benchmarks.md#measurements-behind-code-choices), and the hash is the same
   counter-based Threefry: a pure function of (key, element index), identical on every backend
   and under every sharding, so exact resume and the 1-vs-8-device equivalence hold.
 * "threefry2x32", "rbg", "unsafe_rbg": `jax.random.bernoulli` (what `nn.Dropout` does) with a
   key of that implementation derived from the dropout key; rbg/unsafe_rbg use XLA's
   RngBitGenerator, the T5X/MaxText choice on TPU (no faster than threefry on CPU).
 
-(`philox4x32`, ~2x faster still on one CPU device, does not compile under SPMD sharding in
+(`philox4x32`, faster still on one CPU device, does not compile under SPMD sharding in
 jax 0.10: its `mulhi` has no StableHLO form.)
 """
 

@@ -63,9 +63,10 @@ def cotangent_barrier(x: Array, config: ModelConfig) -> Array:
     Placed on the residual stream before every sublayer. Without it XLA:CPU fuses the whole
     backward residual-gradient chain (LayerNorm backward, dropout masks, residual adds) of all
     later layers into the transposing copy that feeds each weight-gradient matmul, so layer i
-    recomputes the chain of layers i+1..N: quadratic work that took ~25% of a small.gin train
-    step (benchmarks/train_profile.py). `config.cotangent_barriers`: "auto" (CPU only), "on",
-    "off". GPU and TPU fusion heuristics do not duplicate the chain, so "auto" leaves them alone.
+    recomputes the chain of layers i+1..N: quadratic work (measured in
+    docs/benchmarks.md#measurements-behind-code-choices). `config.cotangent_barriers`: "auto"
+    (CPU only), "on", "off". GPU and TPU fusion heuristics do not duplicate the chain, so "auto"
+    leaves them alone.
     """
     mode = config.cotangent_barriers
     if mode == "off" or (mode == "auto" and jax.default_backend() != "cpu"):
@@ -199,8 +200,8 @@ class Attention(nn.Module):
         qkv_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         if self.decode and not self.cache_kv and not self.is_initializing():
             # One decode step of self-attention: a single product with the stacked q/k/v
-            # kernels (three separate small matmuls take ~1.7x as long on CPU). The stack is
-            # loop-invariant, so XLA hoists it out of the decode loop.
+            # kernels instead of three small matmuls (docs/benchmarks.md, "Measurements behind
+            # code choices"). The stack is loop-invariant, so XLA hoists it out of the decode loop.
             query, key, value = self._fused_self_projection(proj, inputs_q)
         else:
             query = proj("query")(inputs_q)

@@ -1,4 +1,4 @@
-"""The AlexaTM pre-LN encoder-decoder (PAPER.md §1) as Flax Linen modules.
+"""The AlexaTM pre-LN encoder-decoder (docs/paper_facts.md#model) as Flax Linen modules.
 
 Parameter tree (scanned layout puts every layer under `layers` with a leading `layers` axis;
 the unscanned layout uses `layers_0`, `layers_1`, ...):
@@ -277,7 +277,8 @@ class AlexaTM(nn.Module):
 
         With tied embeddings the kernel is the decoder embedding transposed: a decode loop calls
         this once, outside the loop, so that every step multiplies by a [embed, vocab] matrix in
-        place (on CPU the transposed product is ~25% slower).
+        place (on CPU the transposed product was slower when this was written:
+        docs/benchmarks.md#measurements-behind-code-choices).
         """
         if self.config.tie_word_embeddings:
             kernel = constrain(self._decoder_embedder().embedding.T, ("embed", "vocab"))

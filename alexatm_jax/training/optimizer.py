@@ -1,5 +1,6 @@
-"""The optimizer of PAPER.md §4: AdamW (or Adafactor), linear decay 1e-4 -> 5e-6, masked decay,
-global-norm clipping, and an optional frozen-subtree window (the warm-started encoder).
+"""The paper's optimizer: AdamW (or Adafactor), linear decay 1e-4 -> 5e-6, masked decay,
+global-norm clipping, and an optional frozen-subtree window (the warm-started encoder). The
+paper's recipe: docs/paper_facts.md#optimizer.
 
 Choices where the paper is silent (all configurable): b1=0.9, b2=0.95 (the large-batch LLM
 pretraining convention, steadier than 0.999 under bf16 and 2M-token batches), eps=1e-8, no warmup,
@@ -30,7 +31,7 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """Hyper-parameters of the update rule; defaults follow PAPER.md §4 where it speaks."""
+    """Hyper-parameters of the update rule; defaults follow docs/paper_facts.md#optimizer."""
 
     name: str = "adamw"
     learning_rate: float = 1e-4

@@ -4,9 +4,10 @@ Sources: an alexatm-jax model checkpoint (`alexatm_checkpoint.json` marker, e.g.
 release weights) or a training MODEL_DIR (its newest checkpoint). Optimizer state, step and data
 position are NOT taken: the run starts at step 0 with fresh optimizer statistics. With
 `prefixes`, only the parameters under those paths are copied (e.g. `('encoder',
-'token_embedder')` warm-starts the encoder as in PAPER.md §4) and the rest keep their random
-initialisation. Copied parameters must have the configured shapes; the layer layout (scanned or
-not) is converted as needed.
+'token_embedder')` warm-starts the encoder as the paper did,
+docs/paper_facts.md#encoder-warm-start) and the rest keep their random initialisation. Copied
+parameters must have the configured shapes; the layer layout (scanned or not) is converted as
+needed.
 """
 
 from __future__ import annotations
