@@ -10,10 +10,10 @@ from alexatm_jax.model import ModelConfig, abstract_params
 from alexatm_jax.partitioning import (BATCH_MESH_AXES, RULE_SETS, MeshConfig, Partitioner,
                                       resolve_rules)
 from multidevice_checks import run_multidevice_checks
+from tiny_config import tiny_model_config
 
-TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
-                   num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=48,
-                   decoder_ffn_dim=48, max_positions=16)
+TINY = tiny_model_config(encoder_ffn_dim=48, decoder_ffn_dim=48, max_positions=16,
+                         dropout_rate=0.1)
 
 
 @pytest.mark.parametrize("config, devices, expected", [

@@ -15,10 +15,9 @@ from alexatm_jax.partitioning import BATCH_MESH_AXES, MeshConfig, Partitioner
 from alexatm_jax.training.config import InvalidTrainArguments, TrainConfig
 from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
 from alexatm_jax.training.state import boxed_abstract_train_state
+from tiny_config import TINY_MODEL_CONFIG
 
-TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
-                   num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=48,
-                   decoder_ffn_dim=48, max_positions=16)
+TINY = TINY_MODEL_CONFIG
 RUN_FILES = ["gin/models/tiny.gin", "gin/runs/pretrain.gin", "gin/meshes/cpu_1.gin"]
 
 

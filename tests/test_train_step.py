@@ -17,10 +17,9 @@ from alexatm_jax.training.loss import token_statistics
 from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.optimizer import FROZEN, HeldState, path_string
 from multidevice_checks import run_multidevice_checks
+from tiny_config import tiny_model_config
 
-TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
-                   num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=48,
-                   decoder_ffn_dim=48, max_positions=16, dropout_rate=0.0)
+TINY = tiny_model_config(encoder_ffn_dim=48, decoder_ffn_dim=48, max_positions=16)
 TOTAL_STEPS = 20
 FROZEN_PREFIXES = ("encoder", "token_embedder")
 Z_LOSS = 1e-4

@@ -21,10 +21,9 @@ from alexatm_jax.training.model_dir import (ArchitectureMismatchError, check_arc
                                             write_model_config)
 from alexatm_jax.training.state import TrainState
 from alexatm_jax.training.warm_start import warm_start_params
+from tiny_config import tiny_model_config
 
-TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
-                   num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=64,
-                   decoder_ffn_dim=64, max_positions=32)
+TINY = tiny_model_config(dropout_rate=0.1)
 
 
 def small_state(step: int, scale: float = 1.0, width: int = 8) -> TrainState:

@@ -13,10 +13,9 @@ from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.partitioning import MeshConfig
 from alexatm_jax.training.optimizer import OptimizerConfig
 from alexatm_jax.training.trainer import NonFiniteLossError, TrainConfig, train
+from tiny_config import TINY_MODEL_CONFIG
 
-TINY = ModelConfig(vocab_size=64, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
-                   num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=64,
-                   decoder_ffn_dim=64, max_positions=32, dropout_rate=0.0)
+TINY = TINY_MODEL_CONFIG
 # Adam moves every parameter by ~lr on the first step: 1e30 makes the next loss non-finite.
 EXPLODING = OptimizerConfig(learning_rate=1e30, end_learning_rate=1e30, clip_norm=0.0)
 
