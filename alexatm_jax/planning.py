@@ -45,7 +45,7 @@ from alexatm_jax.data.synthetic import SyntheticHostBatches
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import count_params, param_shapes
 from alexatm_jax.model.splash import splash_kernel_flops
-from alexatm_jax.partitioning import Partitioner
+from alexatm_jax.partitioning import BATCH_MESH_AXES, Partitioner
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.optimizer import make_optimizer
@@ -107,7 +107,7 @@ class Plan:
     @property
     def batch_shards(self) -> int:
         """How many ways the global batch is split."""
-        return math.prod(self.mesh_shape[axis] for axis in ("replica", "data", "fsdp"))
+        return math.prod(self.mesh_shape[axis] for axis in BATCH_MESH_AXES)
 
     @property
     def positions_per_step(self) -> int:
