@@ -174,6 +174,7 @@ def test_benchmark_load_record_marks_a_busy_machine(monkeypatch, repo_root):
     quiet = machine_load.LoadMonitor(interval_s=0.01)
     record = quiet.finish(cores_used=64)
     assert record["cores"] >= 1 and record["cores_used"] == 64
+    assert record["cores_after"] == record["cores"]
     assert record["load_before"] == record["load_after"] == 0.5
     monkeypatch.setattr(machine_load, "_loadavg", lambda: 9.0)
     busy = machine_load.LoadMonitor(interval_s=0.01).finish(cores_used=2)
