@@ -20,8 +20,9 @@ from alexatm_jax.model.dropout import batch_block
 from alexatm_jax.model.params import model_inputs
 from alexatm_jax.model.transformer import AlexaTM, head_is_vocab_major
 from alexatm_jax.partitioning import Partitioner
+from alexatm_jax.training.guarded_update import guarded_update
 from alexatm_jax.training.loss import fused_head_statistics, token_statistics
-from alexatm_jax.training.optimizer import HeldState, applied_learning_rate, freeze_labels, FROZEN
+from alexatm_jax.training.optimizer import HeldState, freeze_labels, FROZEN
 from alexatm_jax.training.state import (TrainState, abstract_train_state, training_model_config,
                                         train_state_shardings)
 
@@ -185,15 +186,10 @@ def make_train_step(model_config: ModelConfig, optimizer: optax.GradientTransfor
             stats = dict(stats, loss_sum=stats["loss_sum"] + poison)
         grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        learning_rate = applied_learning_rate(opt_state)  # before a skip restores the old state
-        params = optax.apply_updates(state.params, updates)
         objective = (stats["loss_sum"] + stats["z_loss_sum"]) / denominator
         finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
-        if skip_nonfinite:
-            params = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                  params, state.params)
-            opt_state = jax.tree.map(_keep_statistics_if(finite), opt_state, state.opt_state)
+        params, opt_state, learning_rate = guarded_update(
+            optimizer, grads, state.params, state.opt_state, finite if skip_nonfinite else None)
         metrics = {
             "loss": stats["loss_sum"] / denominator,
             "accuracy": stats["correct_tokens"] / denominator,
@@ -230,14 +226,6 @@ def _available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def _keep_statistics_if(finite: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    def select(new: jax.Array, old: jax.Array) -> jax.Array:
-        if jnp.issubdtype(new.dtype, jnp.integer):
-            return new
-        return jnp.where(finite, new, old)
-    return select
 
 
 def _has_frozen_group(opt_state: Any) -> bool:
