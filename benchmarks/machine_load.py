@@ -5,7 +5,8 @@
     load = monitor.finish(cores_used=2) # after it: a JSON-ready dict, also printed
     results["machine_load"] = load
 
-It records the 1-minute load average and the number of cores before and after the run, samples
+It records the 1-minute load average and the number of cores (`cores` before, `cores_after`
+after, which only differ if CPUs went on- or offline) before and after the run, samples
 the load average every few seconds in between, and measures the CPU time that *other* processes
 took while the run lasted (from /proc/stat minus this process's own CPU time). The run is marked
 `busy` when the load average was above the number of cores the run uses before it started, or on
@@ -92,6 +93,7 @@ class LoadMonitor:
             reasons.append(f"other processes used {others:.2f} cores on average")
         self.result = {
             "cores": self.cores,
+            "cores_after": os.cpu_count() or 1,
             "cores_used": cores_used,
             "load_before": round(self.load_before, 2),
             "load_after": round(load_after, 2),
@@ -107,7 +109,10 @@ class LoadMonitor:
     @staticmethod
     def describe(result: dict[str, Any]) -> str:
         """One line for a quiet run; a loud multi-line warning for a busy one."""
-        line = (f"machine: {result['cores']} cores, run uses {result['cores_used']}; load "
+        cores = result["cores"]
+        if result.get("cores_after", cores) != cores:
+            cores = f"{cores} (then {result['cores_after']})"
+        line = (f"machine: {cores} cores, run uses {result['cores_used']}; load "
                 f"average {result['load_before']:.2f} before, {result['load_mean_during']:.2f} "
                 f"during (max {result['load_max_during']:.2f}), {result['load_after']:.2f} "
                 "after")

@@ -1,6 +1,7 @@
 """The CPU train-step speed-ups change no numbers: the LM head fused with the loss, the
 backward-pass cotangent barriers, the packed Threefry dropout masks, the parallel gradient
-branches; plus the benchmarks' load record."""
+branches, 2-D dense products, the skippable optimizer update; plus the benchmarks' load
+record."""
 
 import os
 import sys
@@ -12,7 +13,10 @@ import pytest
 
 from alexatm_jax.model import AlexaTM, ModelConfig, init_params
 from alexatm_jax.model.dropout import Dropout, keep_mask, packed_keep_mask
+from alexatm_jax.model.layers import matrix_product
 from alexatm_jax.model.transformer import head_is_vocab_major
+from alexatm_jax.training import OptimizerConfig, applied_learning_rate, make_optimizer
+from alexatm_jax.training.guarded_update import guarded_update
 from alexatm_jax.training.loss import fused_head_statistics, token_statistics
 
 SMALL = ModelConfig(vocab_size=97, d_model=32, num_encoder_layers=1, num_decoder_layers=2,
@@ -180,9 +184,51 @@ def test_benchmark_load_record_marks_a_busy_machine(monkeypatch, repo_root):
     quiet = machine_load.LoadMonitor(interval_s=0.01)
     record = quiet.finish(cores_used=64)
     assert record["cores"] >= 1 and record["cores_used"] == 64
+    assert record["cores_after"] == record["cores"]
     assert record["load_before"] == record["load_after"] == 0.5
     monkeypatch.setattr(machine_load, "_loadavg", lambda: 9.0)
     busy = machine_load.LoadMonitor(interval_s=0.01).finish(cores_used=2)
     assert busy["busy"] and "above the 2 core(s)" in busy["busy_reasons"][0]
     assert "WARNING" in machine_load.LoadMonitor.describe(busy)
     sys.modules.pop("machine_load", None)
+
+
+@pytest.mark.parametrize("num_in_axes", [1, 2])
+def test_matrix_product_equals_dot_general_with_its_gradients(num_in_axes):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 3, 4, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((4, 5, 6)[2 - num_in_axes:] + (7,)), jnp.float32)
+    contract = tuple(range(4 - num_in_axes, 4)), tuple(range(num_in_axes))
+
+    def plain(x, kernel):
+        return jnp.sum(jnp.sin(jax.lax.dot_general(x, kernel, (contract, ((), ())))))
+
+    def flat(x, kernel):
+        return jnp.sum(jnp.sin(matrix_product(x, kernel, num_in_axes, jnp.float32)))
+
+    expected_shape = x.shape[:4 - num_in_axes] + kernel.shape[num_in_axes:]
+    assert matrix_product(x, kernel, num_in_axes, jnp.float32).shape == expected_shape
+    _assert_trees_close(jax.grad(plain, argnums=(0, 1))(x, kernel),
+                        jax.grad(flat, argnums=(0, 1))(x, kernel))
+    np.testing.assert_allclose(plain(x, kernel), flat(x, kernel), rtol=1e-5)
+
+
+def test_guarded_update_applies_or_skips_keeping_the_schedule():
+    optimizer = make_optimizer(OptimizerConfig(), 100)
+    params = {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.ones(3)}
+    grads = jax.tree.map(lambda p: 0.1 * p + 0.5, params)
+    state = optimizer.init(params)
+    updates, expected_state = optimizer.update(grads, state, params)
+    expected = jax.tree.map(lambda p, u: p + u, params, updates)
+    applied = jax.jit(guarded_update, static_argnums=0)(
+        optimizer, grads, params, state, jnp.bool_(True))
+    _assert_trees_close((expected, expected_state, applied_learning_rate(expected_state)),
+                        applied, rtol=1e-6)
+    kept, kept_state, rate = jax.jit(guarded_update, static_argnums=0)(
+        optimizer, grads, params, state, jnp.bool_(False))
+    for new, old, advanced in zip(jax.tree.leaves(kept_state), jax.tree.leaves(state),
+                                  jax.tree.leaves(expected_state)):
+        integer = jnp.issubdtype(new.dtype, jnp.integer)
+        np.testing.assert_array_equal(new, advanced if integer else old)
+    _assert_trees_close(params, kept, rtol=0)
+    assert float(rate) == float(applied_learning_rate(expected_state))

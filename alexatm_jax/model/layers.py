@@ -6,6 +6,7 @@ names too. Only the partitioner maps those names onto mesh axes.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -107,6 +108,26 @@ class LayerNorm(nn.Module):
         return y.astype(jnp.dtype(cfg.dtype))
 
 
+def matrix_product(x: Array, kernel: Array, num_in_axes: int, dtype: jnp.dtype) -> Array:
+    """x . kernel, contracting x's trailing `num_in_axes` axes with the kernel's leading ones,
+    as one 2-D product [rows, in] . [in, out] reshaped back: [*x.shape[:-num_in_axes],
+    *kernel.shape[num_in_axes:]] in `dtype`.
+
+    In this form the weight gradient is the 2-D product [rows, in]^T . [rows, out], which
+    XLA:CPU runs with the transposition folded into the matmul. Contracting the batch and
+    length axes of the 3-D (4-D) operands instead made it copy a transposed activation or
+    cotangent before every weight-gradient matmul, and a transposed kernel before some input-
+    gradient ones. The reshapes merge or split only leading and trailing axes, so the batch
+    sharding and a sharded heads/mlp axis carry over; GPU and TPU compilers canonicalise both
+    forms to the same matmuls.
+    """
+    lead, contracted = x.shape[:x.ndim - num_in_axes], x.shape[x.ndim - num_in_axes:]
+    out_shape = kernel.shape[num_in_axes:]
+    rows = x.reshape(math.prod(lead), math.prod(contracted)).astype(dtype)
+    matrix = kernel.reshape(math.prod(contracted), math.prod(out_shape)).astype(dtype)
+    return (rows @ matrix).reshape(lead + out_shape)
+
+
 class Dense(nn.Module):
     """y = x . kernel + bias, contracting the trailing `len(in_axes)` axes of x.
 
@@ -130,10 +151,7 @@ class Dense(nn.Module):
                                                  self.kernel_axes[self.num_in_axes:]),
             self.out_shape, jnp.dtype(cfg.param_dtype))
         dtype = jnp.dtype(cfg.dtype)
-        contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                                ((contract, tuple(range(self.num_in_axes))), ((), ())))
-        return y + bias.astype(dtype)
+        return matrix_product(x, kernel, self.num_in_axes, dtype) + bias.astype(dtype)
 
 
 class MLP(nn.Module):

@@ -21,9 +21,9 @@ from alexatm_jax.model.params import model_inputs
 from alexatm_jax.model.transformer import AlexaTM, head_is_vocab_major
 from alexatm_jax.partitioning import PartitionedFunction, Partitioner
 from alexatm_jax.training.config import TrainConfig
+from alexatm_jax.training.guarded_update import guarded_update
 from alexatm_jax.training.loss import fused_head_statistics, token_statistics
-from alexatm_jax.training.optimizer import (FROZEN, applied_learning_rate, freeze_labels,
-                                            make_optimizer)
+from alexatm_jax.training.optimizer import FROZEN, freeze_labels, make_optimizer
 from alexatm_jax.training.state import (TrainState, abstract_train_state, train_state_shardings,
                                         training_model_config)
 
@@ -209,16 +209,14 @@ def _gradient_function(config: TrainConfig, optimizer: optax.GradientTransformat
 def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads: Any,
                   stats: Metrics, denominator: jax.Array, num_tokens: jax.Array, *,
                   with_z_loss: bool) -> tuple[TrainState, Metrics]:
-    """The optimizer update, skipped (params and float statistics kept) when the objective or
-    the gradient norm is not finite; and the step's float32 metrics."""
+    """The optimizer update, skipped (params and float statistics kept, counters advanced:
+    `guarded_update`) when the objective or the gradient norm is not finite; and the step's
+    float32 metrics."""
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    learning_rate = applied_learning_rate(opt_state)  # before a skip restores the old state
-    params = optax.apply_updates(state.params, updates)
     objective = (stats["loss_sum"] + stats["z_loss_sum"]) / denominator
     finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
-    params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
-    opt_state = jax.tree.map(_keep_statistics_if(finite), opt_state, state.opt_state)
+    params, opt_state, learning_rate = guarded_update(optimizer, grads, state.params,
+                                                      state.opt_state, finite)
     metrics = {
         "loss": stats["loss_sum"] / denominator,
         "accuracy": stats["correct_tokens"] / denominator,
@@ -252,12 +250,6 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _keep_statistics_if(finite: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    def select(new: jax.Array, old: jax.Array) -> jax.Array:
-        if jnp.issubdtype(new.dtype, jnp.integer):
-            return new
-        return jnp.where(finite, new, old)
-    return select
 
 
 def make_eval_step(model_config: ModelConfig,
