@@ -257,11 +257,16 @@ def _platform(partitioner: Partitioner) -> str:
 def planned_model_config(config: ModelConfig, platform: str) -> ModelConfig:
     """The model as compiled for `platform`: an attention kernel that does not exist there
     (cuDNN off GPU, splash off TPU) is planned as XLA's dot_product attention, which
-    materialises the scores, so the planned memory is an upper bound."""
+    materialises the scores, so the planned memory is an upper bound. CPU-only program shapes
+    left at "auto" (cotangent barriers, flat Dense products) are off for a TPU or GPU, whose
+    plan is made on a CPU host."""
     native = {"cudnn": "gpu", "splash": "tpu"}.get(config.attention_impl)
     kind = "gpu" if platform in ("gpu", "cuda", "rocm") else platform
     if native is not None and kind != native:
-        return config.replace(attention_impl="dot_product")
+        config = config.replace(attention_impl="dot_product")
+    if kind != "cpu":
+        config = config.replace(**{name: "off" for name in ("cotangent_barriers", "flat_dense")
+                                   if getattr(config, name) == "auto"})
     return config
 
 

@@ -232,3 +232,27 @@ def test_guarded_update_applies_or_skips_keeping_the_schedule():
         np.testing.assert_array_equal(new, advanced if integer else old)
     _assert_trees_close(params, kept, rtol=0)
     assert float(rate) == float(applied_learning_rate(expected_state))
+
+
+def test_cpu_only_program_shapes_are_off_in_plans_for_accelerators():
+    """"auto" cotangent barriers and flat Dense products are for XLA:CPU: a TPU or GPU plan,
+    made on a CPU host, compiles the program that chip would run."""
+    from alexatm_jax.planning import planned_model_config
+
+    config = SMALL.replace(attention_impl="splash")
+    tpu = planned_model_config(config, "tpu")
+    assert (tpu.cotangent_barriers, tpu.flat_dense, tpu.attention_impl) == ("off", "off", "splash")
+    gpu = planned_model_config(config.replace(flat_dense="on"), "cuda")
+    assert (gpu.flat_dense, gpu.attention_impl) == ("on", "dot_product")  # explicit: kept
+    assert planned_model_config(config, "cpu").cotangent_barriers == "auto"
+
+
+def test_flat_dense_and_dot_general_give_the_same_model():
+    batch, _, _ = _inputs(2)
+    outputs = []
+    for mode in ("on", "off"):
+        config = SMALL.replace(flat_dense=mode)
+        params = init_params(config, jax.random.key(0))
+        outputs.append(AlexaTM(config).apply({"params": params}, batch["encoder_input_tokens"],
+                                             batch["decoder_input_tokens"]))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

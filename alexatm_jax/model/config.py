@@ -21,8 +21,10 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mlp", "save_mlp
 # per four elements (a quarter of jax.random.bernoulli's hashes, same guarantees); the others are
 # jax.random.bernoulli with a key of that PRNG implementation.
 DROPOUT_RNG_IMPLS = ("threefry_packed", "threefry2x32", "rbg", "unsafe_rbg")
-# Backward-pass cotangent barriers at every residual-stream sublayer input: "auto" = on CPU only.
+# CPU-only program shapes (cotangent barriers at every residual-stream sublayer input; Dense
+# products as one 2-D matmul): "auto" = on when JAX runs on CPU, "on", "off".
 COTANGENT_BARRIERS = ("auto", "on", "off")
+FLAT_DENSE = COTANGENT_BARRIERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,7 @@ class ModelConfig:
     attention_impl: str = "einsum"
     dropout_rng_impl: str = "threefry_packed"
     cotangent_barriers: str = "auto"
+    flat_dense: str = "auto"
     pad_token_id: int = 0
     eos_token_id: int = 1
     bos_token_id: int = -1
@@ -83,9 +86,10 @@ class ModelConfig:
         if self.dropout_rng_impl not in DROPOUT_RNG_IMPLS:
             problems.append(f"dropout_rng_impl must be one of {DROPOUT_RNG_IMPLS}, "
                             f"got {self.dropout_rng_impl!r}")
-        if self.cotangent_barriers not in COTANGENT_BARRIERS:
-            problems.append(f"cotangent_barriers must be one of {COTANGENT_BARRIERS}, "
-                            f"got {self.cotangent_barriers!r}")
+        for name in ("cotangent_barriers", "flat_dense"):
+            if getattr(self, name) not in COTANGENT_BARRIERS:
+                problems.append(f"{name} must be one of {COTANGENT_BARRIERS}, "
+                                f"got {getattr(self, name)!r}")
         if self.remat_policy not in REMAT_POLICIES:
             problems.append(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         for name in ("dropout_rate", "attention_dropout_rate", "activation_dropout_rate"):
@@ -135,5 +139,5 @@ class ModelConfig:
         """
         runtime = {"dropout_rate", "attention_dropout_rate", "activation_dropout_rate", "init_std",
                    "dtype", "remat_policy", "attention_impl", "scan_layers", "dropout_rng_impl",
-                   "cotangent_barriers"}
+                   "cotangent_barriers", "flat_dense"}
         return {k: v for k, v in self.to_dict().items() if k not in runtime}

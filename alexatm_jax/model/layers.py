@@ -69,10 +69,16 @@ def cotangent_barrier(x: Array, config: ModelConfig) -> Array:
     (CPU only), "on", "off". GPU and TPU fusion heuristics do not duplicate the chain, so "auto"
     leaves them alone.
     """
-    mode = config.cotangent_barriers
-    if mode == "off" or (mode == "auto" and jax.default_backend() != "cpu"):
+    if not cpu_only_option(config.cotangent_barriers):
         return x
     return _materialize_cotangent(x)
+
+
+def cpu_only_option(mode: str) -> bool:
+    """Whether a CPU-only program shape ("auto", "on", "off") applies: "auto" means when JAX
+    runs on CPU. A plan for TPU or GPU devices made on a CPU host resolves "auto" to "off"
+    first (`planning.planned_model_config`)."""
+    return mode == "on" or (mode == "auto" and jax.default_backend() == "cpu")
 
 
 def constrain(x: Array, axes: LogicalAxes) -> Array:
@@ -151,7 +157,12 @@ class Dense(nn.Module):
                                                  self.kernel_axes[self.num_in_axes:]),
             self.out_shape, jnp.dtype(cfg.param_dtype))
         dtype = jnp.dtype(cfg.dtype)
-        return matrix_product(x, kernel, self.num_in_axes, dtype) + bias.astype(dtype)
+        if cpu_only_option(cfg.flat_dense):
+            return matrix_product(x, kernel, self.num_in_axes, dtype) + bias.astype(dtype)
+        contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                ((contract, tuple(range(self.num_in_axes))), ((), ())))
+        return y + bias.astype(dtype)
 
 
 class MLP(nn.Module):
