@@ -11,10 +11,10 @@ from alexatm_jax.cli.plan import train_config_from_gin
 from alexatm_jax.model.params import param_shapes
 from alexatm_jax.training.optimizer import FROZEN, freeze_labels
 
-HARDWARE = {  # gin file -> (devices of the target, gradient accumulation steps, attention)
-    "gin/experiments/alexatm_20b_v5p256.gin": (128, 1, "splash"),
-    "gin/experiments/alexatm_20b_v4_512.gin": (256, 4, "einsum"),
-    "gin/experiments/alexatm_20b_h100_16x8.gin": (128, 2, "einsum"),
+HARDWARE = {  # gin file -> (devices of the target, accumulation steps, attention, remat policy)
+    "gin/experiments/alexatm_20b_v5p256.gin": (128, 2, "splash", "save_mlp"),
+    "gin/experiments/alexatm_20b_v4_512.gin": (256, 4, "einsum", "full"),
+    "gin/experiments/alexatm_20b_h100_16x8.gin": (128, 2, "einsum", "full"),
 }
 
 
@@ -31,11 +31,11 @@ def _job(files, bindings=()):
 
 @pytest.mark.parametrize("gin_file", sorted(HARDWARE))
 def test_pretraining_experiment_binds_the_paper_recipe(gin_file):
-    devices, accum, attention = HARDWARE[gin_file]
+    devices, accum, attention, remat = HARDWARE[gin_file]
     job = _job([gin_file])
     cfg, opt = job.model_config, job.optimizer_config
     assert (cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.d_model) == (46, 32, 4096)
-    assert (cfg.dtype, cfg.scan_layers, cfg.remat_policy) == ("bfloat16", True, "full")
+    assert (cfg.dtype, cfg.scan_layers, cfg.remat_policy) == ("bfloat16", True, remat)
     assert cfg.attention_impl == attention
     assert job.batch_size == 2048 and job.sequence_length == {"inputs": 1024, "targets": 1024}
     assert job.train_steps == 500_000 and job.grad_accum_steps == accum
