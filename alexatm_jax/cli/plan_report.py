@@ -239,7 +239,8 @@ def _header_lines(result: dict[str, Any]) -> list[str]:
         f"{lengths['targets']} targets) = {batch['positions_per_step']:,} positions "
         f"({batch['target_tokens_per_step']:,} target tokens) per step",
         f"             {batch['sequences_per_batch_shard']} sequences per batch shard, "
-        f"grad_accum_steps {batch['grad_accum_steps']}",
+        f"grad_accum_steps {batch['grad_accum_steps']} "
+        f"({batch['sequences_per_batch_shard'] // batch['grad_accum_steps']} per microbatch)",
     ]
 
 
