@@ -1,7 +1,7 @@
 """`alexatm-demo` (what `make demo` runs): the whole system end to end on a laptop CPU.
 
 1. trains (or reuses) the demo SentencePiece vocabulary on data/sample;
-2. pretrains the demo model on the 80/20 denoising + causal-LM mixture over data/sample with
+2. pretrains the demo model on the denoising + causal-LM mixture (95/5) over data/sample with
    gin/experiments/demo.gin (checkpoints, metrics.jsonl, TensorBoard; resumes if interrupted);
 3. reports the loss drop from metrics.jsonl;
 4. denoises held-out documents of data/sample (never trained on) greedily and prints, for a
@@ -276,12 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     accuracy, examples = evaluate_denoising(model, sequence_length, args.eval_examples,
                                             args.examples)
     source = next((e for e in examples if e.language == "en"), examples[0])
-    clm_prompt = "[CLM] " + " ".join(model.tokenizer.decode(source.target_ids).split()[:16])
+    words = model.tokenizer.decode(source.target_ids).split()
+    clm_prompt = "[CLM] " + " ".join(words[:max(1, len(words) // 2)])  # the first half
     clm, = model.generate([clm_prompt], DecodeOptions(max_new_tokens=args.max_new_tokens))
     print(_wrapped("[CLM] prompt", clm_prompt[len("[CLM] "):]))
     print(_wrapped("continuation", clm.text))
-    print("  (Continuation is the 20% causal-LM objective: a few minutes of training teach the "
-          "model\n   the corpus's words, not yet coherent text.)")
+    clm_share = tasks.MixtureConfig().clm_share
+    print(f"  (Continuation is the causal-LM objective, {100 * clm_share:.0f}% of the demo's "
+          "mixture: a few minutes\n   of training teach the model the corpus's words, not "
+          "coherent text.)")
     print(f"\nDone in {time.perf_counter() - started:.0f} s; held-out reconstruction accuracy "
           f"{100 * accuracy:.1f}%.\n"
           f"  checkpoints : {os.path.join(args.model_dir, 'checkpoints')}\n"
