@@ -13,5 +13,6 @@ __all__ = ["LoadedModel", "load"]
 def __getattr__(name: str) -> Any:
     if name in __all__:
         from alexatm_jax import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'alexatm_jax' has no attribute {name!r}")

@@ -47,6 +47,7 @@ class LoadedModel:
     def _jitted_encode(self) -> Callable[..., jax.Array]:
         def encode(params: Params, inputs: dict[str, jax.Array]) -> jax.Array:
             return self.model.apply({"params": params}, method=AlexaTM.encode, **inputs)
+
         return jax.jit(encode)
 
     def logits(self, batch: Mapping[str, Any]) -> np.ndarray:
@@ -62,10 +63,13 @@ class LoadedModel:
         """float32 encoder states [batch, input_len, d_model] for the encoder features."""
         if "encoder_input_tokens" not in batch:
             raise KeyError(f"batch lacks encoder_input_tokens; it has {sorted(batch)}")
-        names = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
-                 "encoder_token_type_ids")
-        inputs = {k: jnp.asarray(batch[k], jnp.int32) for k in names
-                  if batch.get(k) is not None}
+        names = (
+            "encoder_input_tokens",
+            "encoder_segment_ids",
+            "encoder_positions",
+            "encoder_token_type_ids",
+        )
+        inputs = {k: jnp.asarray(batch[k], jnp.int32) for k in names if batch.get(k) is not None}
         return np.asarray(self._jitted_encode(self.params, inputs), np.float32)
 
     @property
@@ -91,30 +95,40 @@ class DirectoryLoader:
     load: Callable[[pathlib.Path, Any, dict[str, Any]], LoadedModel]
 
 
-def _load_model_checkpoint(path: pathlib.Path, sharding: Any,
-                           overrides: dict[str, Any]) -> LoadedModel:
+def _load_model_checkpoint(
+    path: pathlib.Path, sharding: Any, overrides: dict[str, Any]
+) -> LoadedModel:
     config, params = checkpoints.restore_model_checkpoint(path, overrides, sharding)
     return LoadedModel(config, params, path, checkpoints.tokenizer_dir(path))
 
 
 def _is_training_checkpoint(path: pathlib.Path) -> bool:
     from alexatm_jax.training.trained_model import is_training_checkpoint_path
+
     return is_training_checkpoint_path(path)
 
 
-def _load_training_checkpoint(path: pathlib.Path, sharding: Any,
-                              overrides: dict[str, Any]) -> LoadedModel:
+def _load_training_checkpoint(
+    path: pathlib.Path, sharding: Any, overrides: dict[str, Any]
+) -> LoadedModel:
     from alexatm_jax.training.trained_model import restore_trained_model
+
     config, params, tokenizer, _ = restore_trained_model(path, sharding, overrides)
     return LoadedModel(config, params, path, tokenizer)
 
 
 _LOADERS: list[DirectoryLoader] = [
-    DirectoryLoader(f"a model checkpoint (contains {checkpoints.MARKER_FILE})",
-                    checkpoints.is_model_checkpoint, _load_model_checkpoint),
-    DirectoryLoader("a training MODEL_DIR (model_config.json + checkpoints/; newest step) or "
-                    "one of its checkpoints/<step> directories",
-                    _is_training_checkpoint, _load_training_checkpoint),
+    DirectoryLoader(
+        f"a model checkpoint (contains {checkpoints.MARKER_FILE})",
+        checkpoints.is_model_checkpoint,
+        _load_model_checkpoint,
+    ),
+    DirectoryLoader(
+        "a training MODEL_DIR (model_config.json + checkpoints/; newest step) or "
+        "one of its checkpoints/<step> directories",
+        _is_training_checkpoint,
+        _load_training_checkpoint,
+    ),
 ]
 
 

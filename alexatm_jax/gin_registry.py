@@ -65,8 +65,11 @@ def search_paths(extra: Sequence[str | os.PathLike] = ()) -> list[pathlib.Path]:
     return list(dict.fromkeys(paths))
 
 
-def resolve_gin_file(name: str | os.PathLike, paths: Sequence[pathlib.Path],
-                     included_from: pathlib.Path | None = None) -> pathlib.Path:
+def resolve_gin_file(
+    name: str | os.PathLike,
+    paths: Sequence[pathlib.Path],
+    included_from: pathlib.Path | None = None,
+) -> pathlib.Path:
     """The existing file `name` refers to; FileNotFoundError names every place searched.
 
     Like gin's own `include`, relative names are tried against each search path in turn.
@@ -77,8 +80,9 @@ def resolve_gin_file(name: str | os.PathLike, paths: Sequence[pathlib.Path],
         if path.is_file():
             return path.resolve()
     where = f" (included from {included_from})" if included_from else ""
-    raise FileNotFoundError(f"gin file {str(name)!r}{where} not found; searched: "
-                            + ", ".join(str(p) for p in tried))
+    raise FileNotFoundError(
+        f"gin file {str(name)!r}{where} not found; searched: " + ", ".join(str(p) for p in tried)
+    )
 
 
 class _MacroRecorder(config_parser.ParserDelegate):
@@ -106,8 +110,9 @@ def _macro_name(statement: config_parser.BindingStatement) -> str | None:
     return f"{statement.scope}/{statement.selector}" if statement.scope else statement.selector
 
 
-def _scan_files(paths: Sequence[pathlib.Path], search: Sequence[pathlib.Path],
-                recorder: _MacroRecorder) -> set[str]:
+def _scan_files(
+    paths: Sequence[pathlib.Path], search: Sequence[pathlib.Path], recorder: _MacroRecorder
+) -> set[str]:
     """Check that every file and include exists; record the macros the files reference. Returns
     the macros the files define."""
     defined: set[str] = set()
@@ -121,8 +126,7 @@ def _scan_files(paths: Sequence[pathlib.Path], search: Sequence[pathlib.Path],
         with open(path, encoding="utf-8") as f:
             for statement in _statements(f, recorder):
                 if isinstance(statement, config_parser.IncludeStatement):
-                    pending.append(resolve_gin_file(statement.filename, search,
-                                                    included_from=path))
+                    pending.append(resolve_gin_file(statement.filename, search, included_from=path))
                 elif isinstance(statement, config_parser.BindingStatement):
                     defined.add(_macro_name(statement) or "")
     defined.discard("")
@@ -135,8 +139,9 @@ def _nearest(name: str, known: Any) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
-def _check_macro_bindings(bindings: Sequence[str], recorder: _MacroRecorder,
-                          defined: set[str]) -> None:
+def _check_macro_bindings(
+    bindings: Sequence[str], recorder: _MacroRecorder, defined: set[str]
+) -> None:
     """Refuse a binding of a macro that nothing references: gin would define a new one."""
     macros = []
     for binding in bindings:
@@ -149,29 +154,38 @@ def _check_macro_bindings(bindings: Sequence[str], recorder: _MacroRecorder,
             raise GinConfigError(
                 f"the binding {binding.strip()!r} sets the macro {name}, which no gin file uses"
                 f"{_nearest(name, known)}; gin would define a new macro and the run would ignore "
-                "it. Macros used by these files: " + (", ".join(sorted(recorder.referenced))
-                                                     or "none"))
+                "it. Macros used by these files: "
+                + (", ".join(sorted(recorder.referenced)) or "none")
+            )
 
 
 def _registered() -> dict[str, Any]:
     """{short name: configurable} of everything registered with gin (gin keeps no public list)."""
     from gin import config as gin_config
-    return {selector.split(".")[-1]: configurable
-            for selector, configurable in gin_config._REGISTRY.items()  # noqa: SLF001
-            if not selector.startswith("gin.")}
+
+    return {
+        selector.split(".")[-1]: configurable
+        for selector, configurable in gin_config._REGISTRY.items()  # noqa: SLF001
+        if not selector.startswith("gin.")
+    }
 
 
 def _explained(error: ValueError) -> GinConfigError:
     """gin's error for an unknown configurable or parameter, with the nearest known name."""
     message = str(error).strip()
     first = message.splitlines()[0] if message else ""
-    required = re.match(r"(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently "
-                        r"overridden", first)
+    required = re.match(
+        r"(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently "
+        r"overridden",
+        first,
+    )
     if required:
         name = required.group(1)
-        return GinConfigError(f"the macro {name} is required (%gin.REQUIRED in the run file) and "
-                              f"no gin file or binding sets it: define it in the experiment file "
-                              f"or pass --gin.{name}=...")
+        return GinConfigError(
+            f"the macro {name} is required (%gin.REQUIRED in the run file) and "
+            f"no gin file or binding sets it: define it in the experiment file "
+            f"or pass --gin.{name}=..."
+        )
     registered = _registered()
     hint = ""
     if first.startswith("No configurable matching"):
@@ -188,16 +202,20 @@ def _explained(error: ValueError) -> GinConfigError:
     return GinConfigError(message.replace(first, first + hint, 1) if hint else message)
 
 
-def _parse(paths: Sequence[pathlib.Path], search: Sequence[pathlib.Path],
-           bindings: Sequence[str]) -> None:
+def _parse(
+    paths: Sequence[pathlib.Path], search: Sequence[pathlib.Path], bindings: Sequence[str]
+) -> None:
     gin.clear_config()
     for path in search:
         gin.add_config_file_search_path(str(path))
     gin.parse_config_files_and_bindings([str(p) for p in paths], list(bindings))
 
 
-def parse_gin(gin_files: Sequence[str | os.PathLike], bindings: Sequence[str] = (),
-              extra_search_paths: Sequence[str | os.PathLike] = ()) -> list[pathlib.Path]:
+def parse_gin(
+    gin_files: Sequence[str | os.PathLike],
+    bindings: Sequence[str] = (),
+    extra_search_paths: Sequence[str | os.PathLike] = (),
+) -> list[pathlib.Path]:
     """Replace gin's configuration with `gin_files` (in order) then `bindings`.
 
     Every file and every file it includes must exist (checked before anything is parsed), and
@@ -261,11 +279,14 @@ def train_config_from_gin() -> TrainConfig:
     macro left unset is refused by `parse_gin` already, by its name).
     """
     bindings = gin.get_bindings("train")
-    missing = [f"train.{name}" for name, parameter in
-               inspect.signature(TrainConfig).parameters.items()
-               if name not in bindings and parameter.default is inspect.Parameter.empty]
+    missing = [
+        f"train.{name}"
+        for name, parameter in inspect.signature(TrainConfig).parameters.items()
+        if name not in bindings and parameter.default is inspect.Parameter.empty
+    ]
     if missing:
         raise GinConfigError(
             f"the gin configuration binds no {', '.join(missing)}: a run needs a run file such "
-            "as gin/runs/pretrain.gin and a model file such as gin/models/tiny.gin")
+            "as gin/runs/pretrain.gin and a model file such as gin/models/tiny.gin"
+        )
     return gin_train_config()

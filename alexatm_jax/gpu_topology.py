@@ -14,8 +14,10 @@ import importlib.util
 import re
 from typing import Any
 
-INSTALL_HINT = ("install the CUDA compiler plugin with `pip install -e '.[gpu-aot]'` (the "
-                "jax-cuda12-plugin and jax-cuda12-pjrt of the installed jax version)")
+INSTALL_HINT = (
+    "install the CUDA compiler plugin with `pip install -e '.[gpu-aot]'` (the "
+    "jax-cuda12-plugin and jax-cuda12-pjrt of the installed jax version)"
+)
 
 # XLA's GpuTargetConfig for an H100 SXM 80GB: the fields XLA:GPU's compiler reads.
 H100_SXM_TARGET_CONFIG = """
@@ -53,9 +55,14 @@ class GpuTarget:
 
     def describe(self) -> dict[str, Any]:
         """The target as JSON-ready fields of the plan report."""
-        return {"topology": f"1x{self.nodes}x{self.gpus_per_node}", "cloud_type": self.name,
-                "chips": self.num_devices, "hbm_gib": self.hbm_gib,
-                "peak_bf16_tflops": self.peak_bf16_tflops, "cost_model": False}
+        return {
+            "topology": f"1x{self.nodes}x{self.gpus_per_node}",
+            "cloud_type": self.name,
+            "chips": self.num_devices,
+            "hbm_gib": self.hbm_gib,
+            "peak_bf16_tflops": self.peak_bf16_tflops,
+            "cost_model": False,
+        }
 
 
 def parse_gpu_target(name: str) -> GpuTarget | None:
@@ -100,9 +107,12 @@ def gpu_devices(target: GpuTarget) -> list[Any]:
 
     try:
         description = topologies.get_topology_desc(
-            platform="cuda", target_config=H100_SXM_TARGET_CONFIG,
-            topology=f"1x{target.nodes}x{target.gpus_per_node}")
+            platform="cuda",
+            target_config=H100_SXM_TARGET_CONFIG,
+            topology=f"1x{target.nodes}x{target.gpus_per_node}",
+        )
     except Exception as error:  # the plugin raises JaxRuntimeError variants
-        raise RuntimeError(f"the CUDA plugin could not describe {target.name}: "
-                           f"{str(error).splitlines()[0]}") from error
+        raise RuntimeError(
+            f"the CUDA plugin could not describe {target.name}: {str(error).splitlines()[0]}"
+        ) from error
     return list(description.devices)

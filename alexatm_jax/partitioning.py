@@ -35,31 +35,57 @@ LogicalRules = tuple[tuple[str, Any], ...]
 
 BATCH_AXES = ("activation_batch", "activation_length")  # a [batch, length] input feature
 
-_UNSHARDED_ACTIVATIONS = tuple((name, None) for name in (
-    "activation_length", "activation_embed", "activation_kv"))
+_UNSHARDED_ACTIVATIONS = tuple(
+    (name, None) for name in ("activation_length", "activation_embed", "activation_kv")
+)
 _NEVER_SHARDED = (("kv", None), ("layers", None), ("position", None), ("type_vocab", None))
 _BATCH = (("activation_batch", BATCH_MESH_AXES),)
 
 RULE_SETS: dict[str, LogicalRules] = {
     # Pure data parallelism: every parameter replicated, the batch split over all batch axes.
-    "data_parallel": _BATCH + _UNSHARDED_ACTIVATIONS + (
-        ("activation_mlp", None), ("activation_heads", None), ("activation_vocab", None),
-        ("embed", None), ("mlp", None), ("heads", None), ("vocab", None)) + _NEVER_SHARDED,
+    "data_parallel": _BATCH
+    + _UNSHARDED_ACTIVATIONS
+    + (
+        ("activation_mlp", None),
+        ("activation_heads", None),
+        ("activation_vocab", None),
+        ("embed", None),
+        ("mlp", None),
+        ("heads", None),
+        ("vocab", None),
+    )
+    + _NEVER_SHARDED,
     # ZeRO-3-like (docs/paper_facts.md#training-scale): parameters, gradients and optimizer
     # state split over 'fsdp' on their embed dimension; biases without one fall back to their
     # mlp/heads axis.
     # The [vocab] logits bias stays replicated, so that an embedding table unsharded on embed for
     # a lookup is whole (the model gathers it in the compute dtype, as ZeRO-3 does).
-    "fsdp": _BATCH + _UNSHARDED_ACTIVATIONS + (
-        ("activation_mlp", None), ("activation_heads", None), ("activation_vocab", None),
-        ("embed", "fsdp"), ("mlp", "fsdp"), ("heads", "fsdp"), ("vocab", None)) + _NEVER_SHARDED,
+    "fsdp": _BATCH
+    + _UNSHARDED_ACTIVATIONS
+    + (
+        ("activation_mlp", None),
+        ("activation_heads", None),
+        ("activation_vocab", None),
+        ("embed", "fsdp"),
+        ("mlp", "fsdp"),
+        ("heads", "fsdp"),
+        ("vocab", None),
+    )
+    + _NEVER_SHARDED,
     # FSDP plus Megatron-style tensor parallelism: heads, FFN width and vocabulary over 'tensor',
     # for parameters and activations alike.
-    "fsdp_tensor": _BATCH + _UNSHARDED_ACTIVATIONS + (
-        ("activation_mlp", "tensor"), ("activation_heads", "tensor"),
+    "fsdp_tensor": _BATCH
+    + _UNSHARDED_ACTIVATIONS
+    + (
+        ("activation_mlp", "tensor"),
+        ("activation_heads", "tensor"),
         ("activation_vocab", "tensor"),
-        ("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"), ("embed", "fsdp"),
-    ) + _NEVER_SHARDED,
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+    )
+    + _NEVER_SHARDED,
 }
 
 
@@ -94,12 +120,14 @@ class MeshConfig:
                 raise ValueError(
                     f"MeshConfig {self}: the fixed axes use {known} devices, which does not "
                     f"divide the {num_devices} available; change the sizes so their product "
-                    f"divides {num_devices}")
+                    f"divides {num_devices}"
+                )
             sizes[unknown[0]] = num_devices // known
         elif known != num_devices:
             raise ValueError(
                 f"MeshConfig {self} needs {known} devices but {num_devices} are available; "
-                f"set one axis to -1 or make the sizes multiply to {num_devices}")
+                f"set one axis to -1 or make the sizes multiply to {num_devices}"
+            )
         return tuple(sizes[name] for name in MESH_AXES)
 
 
@@ -107,15 +135,19 @@ def resolve_rules(rules: str | Sequence[tuple[str, Any]]) -> LogicalRules:
     """A rule tuple from a `RULE_SETS` name or an explicit sequence of (logical, mesh) pairs."""
     if isinstance(rules, str):
         if rules not in RULE_SETS:
-            raise ValueError(f"Unknown rule set {rules!r}; choose one of {sorted(RULE_SETS)} or "
-                             "pass a sequence of (logical_axis, mesh_axes) pairs")
+            raise ValueError(
+                f"Unknown rule set {rules!r}; choose one of {sorted(RULE_SETS)} or "
+                "pass a sequence of (logical_axis, mesh_axes) pairs"
+            )
         return RULE_SETS[rules]
     resolved = tuple((str(name), _as_mesh_axes(target)) for name, target in rules)
     for name, target in resolved:
-        for axis in (target if isinstance(target, tuple) else (target,)):
+        for axis in target if isinstance(target, tuple) else (target,):
             if axis is not None and axis not in MESH_AXES:
-                raise ValueError(f"Rule ({name!r}, {target!r}) names mesh axis {axis!r}; the mesh "
-                                 f"axes are {MESH_AXES}")
+                raise ValueError(
+                    f"Rule ({name!r}, {target!r}) names mesh axis {axis!r}; the mesh "
+                    f"axes are {MESH_AXES}"
+                )
     return resolved
 
 
@@ -133,6 +165,7 @@ def build_mesh(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = N
         # Multi-slice TPU: keep the replica axis across slices (slow DCN links carry only the
         # gradient all-reduce of pure data parallelism).
         from jax.experimental import mesh_utils
+
         per_slice = (shape[0] // num_slices,) + shape[1:]
         dcn = (num_slices,) + (1,) * (len(shape) - 1)
         array = mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices)
@@ -143,9 +176,12 @@ def build_mesh(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = N
 class Partitioner:
     """Owns the mesh and the logical-axis rules; everything sharding-related goes through it."""
 
-    def __init__(self, mesh_config: MeshConfig = MeshConfig(),
-                 rules: str | Sequence[tuple[str, Any]] = "fsdp",
-                 devices: Sequence[jax.Device] | None = None) -> None:
+    def __init__(
+        self,
+        mesh_config: MeshConfig = MeshConfig(),
+        rules: str | Sequence[tuple[str, Any]] = "fsdp",
+        devices: Sequence[jax.Device] | None = None,
+    ) -> None:
         self.mesh_config = mesh_config
         self.rules = resolve_rules(rules)
         self.rules_name = rules if isinstance(rules, str) else "custom"
@@ -166,14 +202,20 @@ class Partitioner:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             yield self
 
-    def partition(self, fn: Callable[..., Any], in_shardings: Any = None,
-                  out_shardings: Any = None,
-                  donate_argnums: int | Sequence[int] = ()) -> "PartitionedFunction":
+    def partition(
+        self,
+        fn: Callable[..., Any],
+        in_shardings: Any = None,
+        out_shardings: Any = None,
+        donate_argnums: int | Sequence[int] = (),
+    ) -> "PartitionedFunction":
         """`fn` jitted with these shardings (None: jit infers them); calling, tracing,
         lowering and shape evaluation all run under this partitioner's mesh and rules."""
-        shardings = {name: value for name, value in (("in_shardings", in_shardings),
-                                                     ("out_shardings", out_shardings))
-                     if value is not None}
+        shardings = {
+            name: value
+            for name, value in (("in_shardings", in_shardings), ("out_shardings", out_shardings))
+            if value is not None
+        }
         jitted = jax.jit(fn, donate_argnums=donate_argnums, **shardings)
         return PartitionedFunction(jitted, self)
 
@@ -183,8 +225,11 @@ class Partitioner:
         return NamedSharding(self.mesh, PartitionSpec())
 
     # ----------------------------------------------------------------- logical -> mesh
-    def logical_to_mesh_spec(self, logical: PartitionSpec | Sequence[str | None] | None,
-                             shape: Sequence[int] | None = None) -> PartitionSpec:
+    def logical_to_mesh_spec(
+        self,
+        logical: PartitionSpec | Sequence[str | None] | None,
+        shape: Sequence[int] | None = None,
+    ) -> PartitionSpec:
         """The mesh PartitionSpec for one array's logical axis names.
 
         With `shape`, a dimension whose size is not divisible by its mesh axes is left
@@ -196,8 +241,10 @@ class Partitioner:
         if shape is None:
             return spec
         entries = list(spec) + [None] * (len(shape) - len(spec))
-        kept = [entry if size % self._axes_size(entry) == 0 else None
-                for entry, size in zip(entries, shape)]
+        kept = [
+            entry if size % self._axes_size(entry) == 0 else None
+            for entry, size in zip(entries, shape)
+        ]
         return PartitionSpec(*kept)
 
     def _axes_size(self, entry: Any) -> int:
@@ -214,11 +261,17 @@ class Partitioner:
         """
         is_spec = lambda x: isinstance(x, PartitionSpec) or x is None
         if shapes is None:
-            return jax.tree.map(lambda s: NamedSharding(self.mesh, self.logical_to_mesh_spec(s)),
-                                logical_tree, is_leaf=is_spec)
+            return jax.tree.map(
+                lambda s: NamedSharding(self.mesh, self.logical_to_mesh_spec(s)),
+                logical_tree,
+                is_leaf=is_spec,
+            )
         return jax.tree.map(
             lambda s, x: NamedSharding(self.mesh, self.logical_to_mesh_spec(s, x.shape)),
-            logical_tree, shapes, is_leaf=is_spec)
+            logical_tree,
+            shapes,
+            is_leaf=is_spec,
+        )
 
     def logical_shardings(self, abstract_tree: Any) -> Any:
         """NamedSharding per leaf of a tree whose arrays sit in flax `Partitioned` boxes (as
@@ -266,8 +319,10 @@ class Partitioner:
         width = len(blocks[0])
         for i, block in enumerate(blocks):
             if block != tuple(range(i * width, (i + 1) * width)):
-                raise ValueError(f"Process batch rows {blocks} are not contiguous equal blocks; "
-                                 "reorder the mesh so each process holds one block of the batch")
+                raise ValueError(
+                    f"Process batch rows {blocks} are not contiguous equal blocks; "
+                    "reorder the mesh so each process holds one block of the batch"
+                )
         mine = tuple(sorted(rows_of[jax.process_index()]))
         return blocks.index(mine), len(blocks)
 
@@ -286,14 +341,15 @@ class Partitioner:
                 raise ValueError(
                     f"Feature {name!r}: global batch {global_shape[0]} is not divisible by the "
                     f"{self.num_batch_shards} batch shards of {self}; choose a batch size that is "
-                    f"a multiple of {self.num_batch_shards}")
+                    f"a multiple of {self.num_batch_shards}"
+                )
             out[name] = jax.make_array_from_process_local_data(
-                self.batch_sharding(local.ndim), local, global_shape)
+                self.batch_sharding(local.ndim), local, global_shape
+            )
         return out
 
     # ----------------------------------------------------------------- reporting
-    def sharding_table(self, tree_of_shapes: Any, shardings: Any,
-                       logical_axes: Any = None) -> str:
+    def sharding_table(self, tree_of_shapes: Any, shardings: Any, logical_axes: Any = None) -> str:
         """A plain-text table: path, shape, dtype, logical axes, mesh spec, per-device shape.
 
         `tree_of_shapes` may be the boxed `abstract_params` (logical axes read from the boxes)
@@ -304,25 +360,37 @@ class Partitioner:
         shapes = _strip_boxes(tree_of_shapes)
         flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
         flat_shardings = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
-        flat_logical = (jax.tree.leaves(logical_axes, is_leaf=lambda x: isinstance(
-            x, PartitionSpec) or x is None) if logical_axes is not None
-                        else [None] * len(flat_shapes))
+        flat_logical = (
+            jax.tree.leaves(
+                logical_axes, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None
+            )
+            if logical_axes is not None
+            else [None] * len(flat_shapes)
+        )
         rows = [("parameter", "shape", "dtype", "logical axes", "mesh spec", "per device")]
         total = per_device_total = 0
         for (path, leaf), sharding, logical in zip(flat_shapes, flat_shardings, flat_logical):
             shard_shape = sharding.shard_shape(tuple(leaf.shape))
             total += math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
             per_device_total += math.prod(shard_shape) * np.dtype(leaf.dtype).itemsize
-            rows.append((jax.tree_util.keystr(path, simple=True, separator="/"),
-                         str(tuple(leaf.shape)), str(np.dtype(leaf.dtype)),
-                         "-" if logical is None else str(tuple(logical)),
-                         str(tuple(sharding.spec)), str(shard_shape)))
+            rows.append(
+                (
+                    jax.tree_util.keystr(path, simple=True, separator="/"),
+                    str(tuple(leaf.shape)),
+                    str(np.dtype(leaf.dtype)),
+                    "-" if logical is None else str(tuple(logical)),
+                    str(tuple(sharding.spec)),
+                    str(shard_shape),
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append(f"{len(rows) - 1} arrays, {total / 2**20:.2f} MiB in total, "
-                     f"{per_device_total / 2**20:.2f} MiB per device on mesh "
-                     f"{dict(self.mesh.shape)} with rules '{self.rules_name}'")
+        lines.append(
+            f"{len(rows) - 1} arrays, {total / 2**20:.2f} MiB in total, "
+            f"{per_device_total / 2**20:.2f} MiB per device on mesh "
+            f"{dict(self.mesh.shape)} with rules '{self.rules_name}'"
+        )
         return "\n".join(lines)
 
 
@@ -356,11 +424,16 @@ class PartitionedFunction:
 
 def _strip_boxes(tree: Any) -> Any:
     """The values inside flax `Partitioned` boxes (unlike `nn.unbox`, adds no constraints)."""
-    return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree,
-                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    return jax.tree.map(
+        lambda x: x.value if isinstance(x, nn.Partitioned) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned),
+    )
 
 
 def _logical_axes_or_none(tree: Any) -> Any:
-    has_boxes = any(isinstance(x, nn.Partitioned) for x in jax.tree.leaves(
-        tree, is_leaf=lambda x: isinstance(x, nn.Partitioned)))
+    has_boxes = any(
+        isinstance(x, nn.Partitioned)
+        for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    )
     return nn.get_partition_spec(tree) if has_boxes else None

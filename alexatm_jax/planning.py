@@ -49,8 +49,11 @@ from alexatm_jax.partitioning import BATCH_MESH_AXES, Partitioner
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.optimizer import make_optimizer
-from alexatm_jax.training.state import (abstract_train_state, train_state_shardings,
-                                        training_model_config)
+from alexatm_jax.training.state import (
+    abstract_train_state,
+    train_state_shardings,
+    training_model_config,
+)
 from alexatm_jax.training.step import make_train_step
 
 Depths = tuple[int, int]
@@ -74,8 +77,13 @@ class CompiledStep:
     @property
     def total_bytes(self) -> float:
         """Arguments + outputs not aliased to (donated) arguments + temporaries + code."""
-        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-                + self.generated_code_bytes)
+        return (
+            self.argument_bytes
+            + self.output_bytes
+            - self.alias_bytes
+            + self.temp_bytes
+            + self.generated_code_bytes
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,15 +129,24 @@ class Plan:
         return self.model_flops_per_step / (self.num_devices * peak_flops_per_device * mfu)
 
 
-def abstract_batch(config: TrainConfig, partitioner: Partitioner) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(
+    config: TrainConfig, partitioner: Partitioner
+) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch the trainer feeds (features of SeqIO's packed EncDec converter, as the
     synthetic source makes them), as batch-sharded ShapeDtypeStructs."""
     example = SyntheticHostBatches(
-        vocab_size=config.model_config.vocab_size, sequence_length=dict(config.sequence_length),
-        per_host_batch_size=1).next_batch()
-    return {name: jax.ShapeDtypeStruct((config.batch_size,) + row.shape[1:], row.dtype,
-                                       sharding=partitioner.batch_sharding(row.ndim))
-            for name, row in example.items()}
+        vocab_size=config.model_config.vocab_size,
+        sequence_length=dict(config.sequence_length),
+        per_host_batch_size=1,
+    ).next_batch()
+    return {
+        name: jax.ShapeDtypeStruct(
+            (config.batch_size,) + row.shape[1:],
+            row.dtype,
+            sharding=partitioner.batch_sharding(row.ndim),
+        )
+        for name, row in example.items()
+    }
 
 
 def check_batch_layout(config: TrainConfig, partitioner: Partitioner) -> None:
@@ -142,8 +159,10 @@ def check_batch_layout(config: TrainConfig, partitioner: Partitioner) -> None:
 def _shard_bytes(tree: Any, shardings: Any) -> int:
     leaves = jax.tree.leaves(tree)
     specs = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
-    return sum(math.prod(s.shard_shape(tuple(x.shape))) * np.dtype(x.dtype).itemsize
-               for x, s in zip(leaves, specs))
+    return sum(
+        math.prod(s.shard_shape(tuple(x.shape))) * np.dtype(x.dtype).itemsize
+        for x, s in zip(leaves, specs)
+    )
 
 
 def state_bytes_per_device(config: TrainConfig, partitioner: Partitioner) -> tuple[int, int]:
@@ -151,8 +170,10 @@ def state_bytes_per_device(config: TrainConfig, partitioner: Partitioner) -> tup
     optimizer = make_optimizer(config.optimizer_config, config.train_steps)
     abstract = abstract_train_state(config.model_config, optimizer)
     shardings = train_state_shardings(config.model_config, optimizer, partitioner)
-    return (_shard_bytes(abstract.params, shardings.params),
-            _shard_bytes(abstract.opt_state, shardings.opt_state))
+    return (
+        _shard_bytes(abstract.params, shardings.params),
+        _shard_bytes(abstract.opt_state, shardings.opt_state),
+    )
 
 
 def matmul_flops(jaxpr: Any) -> float:
@@ -178,7 +199,7 @@ def matmul_flops(jaxpr: Any) -> float:
 def _sub_jaxprs(params: Mapping[str, Any]) -> list[Any]:
     found = []
     for value in params.values():
-        for item in (value if isinstance(value, (tuple, list)) else (value,)):
+        for item in value if isinstance(value, (tuple, list)) else (value,):
             if isinstance(item, jax.extend.core.ClosedJaxpr):
                 found.append(item.jaxpr)
             elif isinstance(item, jax.extend.core.Jaxpr):
@@ -186,9 +207,9 @@ def _sub_jaxprs(params: Mapping[str, Any]) -> list[Any]:
     return found
 
 
-def compile_train_executable(config: TrainConfig, partitioner: Partitioner,
-                             progress: ProgressCallback = lambda stage: None
-                             ) -> tuple[jax.stages.Compiled, float, float]:
+def compile_train_executable(
+    config: TrainConfig, partitioner: Partitioner, progress: ProgressCallback = lambda stage: None
+) -> tuple[jax.stages.Compiled, float, float]:
     """Trace, lower and compile the config's train step on abstract inputs.
 
     Returns (the compiled step, its traced matmul FLOPs, seconds spent). Calls `progress` after
@@ -198,8 +219,11 @@ def compile_train_executable(config: TrainConfig, partitioner: Partitioner,
     model_config = planned_model_config(config.model_config, _platform(partitioner))
     step = make_train_step(config.replace(model_config=model_config), partitioner)
     shardings = train_state_shardings(config.model_config, optimizer, partitioner)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         abstract_train_state(config.model_config, optimizer), shardings)
+    state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_train_state(config.model_config, optimizer),
+        shardings,
+    )
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=partitioner.replicated)
     start = time.perf_counter()
@@ -219,9 +243,9 @@ def compile_train_executable(config: TrainConfig, partitioner: Partitioner,
     return compiled, flops, seconds
 
 
-def compile_train_step(config: TrainConfig, partitioner: Partitioner,
-                       progress: ProgressCallback = lambda stage: None
-                       ) -> tuple[CompiledStep, float]:
+def compile_train_step(
+    config: TrainConfig, partitioner: Partitioner, progress: ProgressCallback = lambda stage: None
+) -> tuple[CompiledStep, float]:
     """The config's train step compiled on abstract inputs: (its CompiledStep, seconds spent)."""
     compiled, flops, seconds = compile_train_executable(config, partitioner, progress)
     memory = compiled.memory_analysis()
@@ -235,7 +259,8 @@ def compile_train_step(config: TrainConfig, partitioner: Partitioner,
         generated_code_bytes=float(memory.generated_code_size_in_bytes),
         xla_flops_per_device=float(cost.get("flops", float("nan"))),
         matmul_flops=flops,
-        optimal_seconds=float(cost.get("optimal_seconds", float("nan")))), seconds
+        optimal_seconds=float(cost.get("optimal_seconds", float("nan"))),
+    ), seconds
 
 
 class DoesNotFit(Exception):
@@ -265,8 +290,13 @@ def planned_model_config(config: ModelConfig, platform: str) -> ModelConfig:
     if native is not None and kind != native:
         config = config.replace(attention_impl="dot_product")
     if kind != "cpu":
-        config = config.replace(**{name: "off" for name in ("cotangent_barriers", "flat_dense")
-                                   if getattr(config, name) == "auto"})
+        config = config.replace(
+            **{
+                name: "off"
+                for name in ("cotangent_barriers", "flat_dense")
+                if getattr(config, name) == "auto"
+            }
+        )
     return config
 
 
@@ -277,8 +307,9 @@ def extrapolation_depths(k: int) -> tuple[Depths, Depths, Depths]:
     return (k, k), (2 * k, k), (k, 2 * k)
 
 
-def extrapolate_linearly(measured: Mapping[Depths, CompiledStep], k: int,
-                         target: Depths) -> CompiledStep:
+def extrapolate_linearly(
+    measured: Mapping[Depths, CompiledStep], k: int, target: Depths
+) -> CompiledStep:
     """Every field of the CompiledSteps at `extrapolation_depths(k)` extended linearly in the
     encoder and decoder depth to `target`: base + slope_enc·(E - k) + slope_dec·(D - k)."""
     base_depth, enc_depth, dec_depth = extrapolation_depths(k)
@@ -286,28 +317,34 @@ def extrapolate_linearly(measured: Mapping[Depths, CompiledStep], k: int,
     values = {}
     for field in dataclasses.fields(CompiledStep):
         b, e, d = (getattr(x, field.name) for x in (base, enc, dec))
-        values[field.name] = (b + (e - b) / k * (target[0] - k)
-                              + (d - b) / k * (target[1] - k))
+        values[field.name] = b + (e - b) / k * (target[0] - k) + (d - b) / k * (target[1] - k)
     return CompiledStep(**values)
 
 
-def _extrapolation_warnings(measured: Mapping[Depths, CompiledStep],
-                            extrapolated: CompiledStep) -> tuple[str, ...]:
+def _extrapolation_warnings(
+    measured: Mapping[Depths, CompiledStep], extrapolated: CompiledStep
+) -> tuple[str, ...]:
     """Say so when a deeper model is predicted to need less than a shallower one compiled."""
     found = []
     for name in ("argument_bytes", "temp_bytes"):
         smallest = min(getattr(step, name) for step in measured.values())
         if getattr(extrapolated, name) < smallest:
-            found.append(f"extrapolated {name} ({getattr(extrapolated, name):.4g}) is below the "
-                         f"smallest compiled value ({smallest:.4g}): memory is not linear in "
-                         "depth at these depths; extrapolate from more layers or compile the "
-                         "full depth")
+            found.append(
+                f"extrapolated {name} ({getattr(extrapolated, name):.4g}) is below the "
+                f"smallest compiled value ({smallest:.4g}): memory is not linear in "
+                "depth at these depths; extrapolate from more layers or compile the "
+                "full depth"
+            )
     return tuple(found)
 
 
-def make_plan(config: TrainConfig, *, devices: Sequence[Any] | None = None,
-              extrapolate_from_layers: int | None = None,
-              progress: ProgressCallback = lambda stage: None) -> Plan:
+def make_plan(
+    config: TrainConfig,
+    *,
+    devices: Sequence[Any] | None = None,
+    extrapolate_from_layers: int | None = None,
+    progress: ProgressCallback = lambda stage: None,
+) -> Plan:
     """Plan `config` on `devices` (default: the JAX devices): compile at the configured depth, or at
     the three shallow depths of `extrapolate_from_layers` and extrapolate. Raises ValueError
     when the mesh or batch does not fit the devices."""
@@ -315,37 +352,54 @@ def make_plan(config: TrainConfig, *, devices: Sequence[Any] | None = None,
     check_batch_layout(config, partitioner)
     params_bytes, optimizer_bytes = state_bytes_per_device(config, partitioner)
     batch = abstract_batch(config, partitioner)
-    batch_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-                      for x in batch.values())
+    batch_bytes = sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+        for x in batch.values()
+    )
     if extrapolate_from_layers is None:
         depths: tuple[Depths, ...] = (config.depths,)
     else:
         depths = extrapolation_depths(extrapolate_from_layers)
         too_deep = [d for d in depths if d[0] > config.depths[0] or d[1] > config.depths[1]]
         if too_deep:
-            raise ValueError(f"extrapolate_from_layers={extrapolate_from_layers} needs depths "
-                             f"{list(depths)}, deeper than the configured {config.depths}; "
-                             "choose a smaller value or plan without extrapolation")
+            raise ValueError(
+                f"extrapolate_from_layers={extrapolate_from_layers} needs depths "
+                f"{list(depths)}, deeper than the configured {config.depths}; "
+                "choose a smaller value or plan without extrapolation"
+            )
     measured, seconds = {}, 0.0
     for depth in depths:
-        measured[depth], spent = compile_train_step(config.with_depths(depth), partitioner,
-                                                    lambda stage, d=depth: progress(f"{d}: {stage}"))
+        measured[depth], spent = compile_train_step(
+            config.with_depths(depth), partitioner, lambda stage, d=depth: progress(f"{d}: {stage}")
+        )
         seconds += spent
-    compiled = (measured[config.depths] if extrapolate_from_layers is None
-                else extrapolate_linearly(measured, extrapolate_from_layers, config.depths))
+    compiled = (
+        measured[config.depths]
+        if extrapolate_from_layers is None
+        else extrapolate_linearly(measured, extrapolate_from_layers, config.depths)
+    )
     warnings = _extrapolation_warnings(measured, compiled) if extrapolate_from_layers else ()
     lengths = config.sequence_length
     return Plan(
-        config=config, num_devices=partitioner.mesh.size,
+        config=config,
+        num_devices=partitioner.mesh.size,
         device_kind=partitioner.mesh.devices.flat[0].device_kind,
-        mesh_shape=dict(partitioner.mesh.shape), rules_name=partitioner.rules_name,
+        mesh_shape=dict(partitioner.mesh.shape),
+        rules_name=partitioner.rules_name,
         num_params=count_params(param_shapes(training_model_config(config.model_config))),
-        params_bytes=params_bytes, optimizer_state_bytes=optimizer_bytes,
-        batch_bytes=batch_bytes, compiled=compiled, compiled_points=tuple(measured.items()),
-        extrapolated=extrapolate_from_layers is not None, warnings=warnings,
-        model_flops_per_step=train_flops_per_step(config.model_config, config.batch_size,
-                                                  int(lengths["inputs"]), int(lengths["targets"])),
-        compile_seconds=seconds, platform=_platform(partitioner))
+        params_bytes=params_bytes,
+        optimizer_state_bytes=optimizer_bytes,
+        batch_bytes=batch_bytes,
+        compiled=compiled,
+        compiled_points=tuple(measured.items()),
+        extrapolated=extrapolate_from_layers is not None,
+        warnings=warnings,
+        model_flops_per_step=train_flops_per_step(
+            config.model_config, config.batch_size, int(lengths["inputs"]), int(lengths["targets"])
+        ),
+        compile_seconds=seconds,
+        platform=_platform(partitioner),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,8 +422,11 @@ class StepTimeEstimate:
 def timing_config(config: TrainConfig) -> TrainConfig:
     """One microbatch of `config` as a whole step, layers unrolled: what `estimate_step_time`
     compiles, so that the cost model sees every layer (it visits a loop body once)."""
-    return config.replace(model_config=config.model_config.replace(scan_layers=False),
-                       batch_size=config.batch_size // config.grad_accum_steps, grad_accum_steps=1)
+    return config.replace(
+        model_config=config.model_config.replace(scan_layers=False),
+        batch_size=config.batch_size // config.grad_accum_steps,
+        grad_accum_steps=1,
+    )
 
 
 def timing_depths(config: TrainConfig, layers: int) -> tuple[Depths, ...]:
@@ -380,9 +437,14 @@ def timing_depths(config: TrainConfig, layers: int) -> tuple[Depths, ...]:
     return (config.depths,)
 
 
-def estimate_step_time(config: TrainConfig, devices: Sequence[Any], *, layers: int = 2,
-                       peak_flops_per_device: float | None = None,
-                       progress: ProgressCallback = lambda stage: None) -> StepTimeEstimate:
+def estimate_step_time(
+    config: TrainConfig,
+    devices: Sequence[Any],
+    *,
+    layers: int = 2,
+    peak_flops_per_device: float | None = None,
+    progress: ProgressCallback = lambda stage: None,
+) -> StepTimeEstimate:
     """The TPU cost model's time for one step of `config` on `devices`.
 
     Compiles `timing_config(config)` at (layers, layers), (2·layers, layers) and (layers, 2·layers)
@@ -401,25 +463,37 @@ def estimate_step_time(config: TrainConfig, devices: Sequence[Any], *, layers: i
     measured, spent = {}, 0.0
     for depth in depths:
         measured[depth], seconds = compile_train_step(
-            micro.with_depths(depth), partitioner,
-            lambda stage, d=depth: progress(f"timing {d}: {stage}"))
+            micro.with_depths(depth),
+            partitioner,
+            lambda stage, d=depth: progress(f"timing {d}: {stage}"),
+        )
         spent += seconds
     if any(math.isnan(step.optimal_seconds) for step in measured.values()):
-        raise ValueError(f"the {_platform(partitioner)} compiler reports no optimal_seconds: "
-                         "step-time estimates need the TPU compiler (--topology)")
-    step = (extrapolate_linearly(measured, layers, config.depths) if extrapolated
-            else measured[config.depths])
+        raise ValueError(
+            f"the {_platform(partitioner)} compiler reports no optimal_seconds: "
+            "step-time estimates need the TPU compiler (--topology)"
+        )
+    step = (
+        extrapolate_linearly(measured, layers, config.depths)
+        if extrapolated
+        else measured[config.depths]
+    )
     kernel_seconds = 0.0
     if planned_model_config(config.model_config, _platform(partitioner)).attention_impl == "splash":
         if not peak_flops_per_device:
-            raise ValueError("splash attention's kernels are not in the cost model: give "
-                             "peak_flops_per_device to add their time")
+            raise ValueError(
+                "splash attention's kernels are not in the cost model: give "
+                "peak_flops_per_device to add their time"
+            )
         lengths = config.sequence_length
-        kernel_seconds = splash_kernel_flops(config.model_config, config.batch_size,
-                                             int(lengths["inputs"]), int(lengths["targets"])
-                                             ) / (len(devices) * peak_flops_per_device)
+        kernel_seconds = splash_kernel_flops(
+            config.model_config, config.batch_size, int(lengths["inputs"]), int(lengths["targets"])
+        ) / (len(devices) * peak_flops_per_device)
     return StepTimeEstimate(
         seconds=step.optimal_seconds * config.grad_accum_steps + kernel_seconds,
         uncosted_kernel_seconds=kernel_seconds,
         points=tuple((depth, m.optimal_seconds) for depth, m in measured.items()),
-        microbatches=config.grad_accum_steps, extrapolated=extrapolated, compile_seconds=spent)
+        microbatches=config.grad_accum_steps,
+        extrapolated=extrapolated,
+        compile_seconds=spent,
+    )

@@ -61,15 +61,24 @@ def read_special_tokens(processor: spm.SentencePieceProcessor, path: str) -> Spe
     if pad < 0:
         pad = _piece_id(processor, PAD_PIECE)
     if pad is None:
-        raise ValueError(f"the SentencePiece model {path} defines neither a pad id nor a "
-                         f"{PAD_PIECE} piece; retrain it with pad_id set")
+        raise ValueError(
+            f"the SentencePiece model {path} defines neither a pad id nor a "
+            f"{PAD_PIECE} piece; retrain it with pad_id set"
+        )
     if processor.eos_id() < 0:
-        raise ValueError(f"the SentencePiece model {path} defines no eos id; retrain it with "
-                         "eos_id set")
+        raise ValueError(
+            f"the SentencePiece model {path} defines no eos id; retrain it with eos_id set"
+        )
     bos = processor.bos_id()
-    return SpecialTokens(pad=pad, eos=processor.eos_id(), unk=processor.unk_id(),
-                         bos=bos if bos >= 0 else None, clm=_piece_id(processor, CLM_PIECE),
-                         doc=_piece_id(processor, DOC_PIECE), mask=_piece_id(processor, MASK_PIECE))
+    return SpecialTokens(
+        pad=pad,
+        eos=processor.eos_id(),
+        unk=processor.unk_id(),
+        bos=bos if bos >= 0 else None,
+        clm=_piece_id(processor, CLM_PIECE),
+        doc=_piece_id(processor, DOC_PIECE),
+        mask=_piece_id(processor, MASK_PIECE),
+    )
 
 
 class Tokenizer:
@@ -81,12 +90,21 @@ class Tokenizer:
         self.path = model_path
         self.processor = spm.SentencePieceProcessor(model_file=model_path)
         self.special = read_special_tokens(self.processor, model_path)
-        self._skipped_on_decode = {i for i in (self.special.pad, self.special.eos,
-                                               self.special.unk, self.special.bos,
-                                               self.special.mask) if i is not None}
+        self._skipped_on_decode = {
+            i
+            for i in (
+                self.special.pad,
+                self.special.eos,
+                self.special.unk,
+                self.special.bos,
+                self.special.mask,
+            )
+            if i is not None
+        }
         # The release convention (see the module docstring) for vocabularies with a BOS piece.
-        self.release = (ReleaseEncoding(self.processor, model_path)
-                        if self.special.bos is not None else None)
+        self.release = (
+            ReleaseEncoding(self.processor, model_path) if self.special.bos is not None else None
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -117,9 +135,11 @@ class Tokenizer:
         """
         if self.release is None and text.startswith(CLM_PIECE):
             if self.special.clm is None:
-                raise ValueError(f"the prompt starts with {CLM_PIECE} but the SentencePiece model "
-                                 f"{self.path} has no {CLM_PIECE} piece")
-            rest = text[len(CLM_PIECE):]
+                raise ValueError(
+                    f"the prompt starts with {CLM_PIECE} but the SentencePiece model "
+                    f"{self.path} has no {CLM_PIECE} piece"
+                )
+            rest = text[len(CLM_PIECE) :]
             rest = rest[1:] if rest.startswith(" ") else rest
             return self.wrap([self.special.clm] + self.pieces(rest))
         return self.wrap(self.pieces(text))
@@ -148,11 +168,14 @@ class Tokenizer:
         head = 0
         if self.special.bos is not None and ids[:1] == [self.special.bos]:
             head = 1
-        marker = [self.special.clm] if self.release is None else [
-            self.processor.piece_to_id("\u2581"), self.special.clm]
-        if self.special.clm is not None and ids[head:head + len(marker)] == marker:
+        marker = (
+            [self.special.clm]
+            if self.release is None
+            else [self.processor.piece_to_id("\u2581"), self.special.clm]
+        )
+        if self.special.clm is not None and ids[head : head + len(marker)] == marker:
             head += len(marker)
-        return list(ids[:head]) + list(ids[len(ids) - (max_tokens - head):])
+        return list(ids[:head]) + list(ids[len(ids) - (max_tokens - head) :])
 
     def plain_text(self, ids: list[int]) -> str:
         """Text of piece ids with nothing left out (the release's `decode(ids)` for its

@@ -31,8 +31,18 @@ _UNKNOWN_PENALTY = 10.0
 _SPACE_RUNS = re.compile(" {2,}")
 _WORDS = re.compile(WORD_BOUNDARY + "[^" + WORD_BOUNDARY + "]*")
 # transformers.PreTrainedTokenizerBase.clean_up_tokenization, in its order.
-_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_CLEAN_UP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 class ReleaseEncoding:
@@ -41,8 +51,11 @@ class ReleaseEncoding:
     def __init__(self, processor: spm.SentencePieceProcessor, model_path: str):
         self.processor = processor
         self.normalizer = spm.SentencePieceNormalizer(
-            model_file=model_path, add_dummy_prefix=False, escape_whitespaces=False,
-            remove_extra_whitespaces=False)
+            model_file=model_path,
+            add_dummy_prefix=False,
+            escape_whitespaces=False,
+            remove_extra_whitespaces=False,
+        )
         size = processor.get_piece_size()
         self.pieces = [processor.id_to_piece(i) for i in range(size)]
         self.scores = {}

@@ -15,8 +15,10 @@ import os
 import re
 from typing import Any
 
-INSTALL_HINT = ("install the TPU compiler with `pip install -e '.[tpu-aot]'` (libtpu, the version "
-                "`jax[tpu]` pins for the installed jax)")
+INSTALL_HINT = (
+    "install the TPU compiler with `pip install -e '.[tpu-aot]'` (libtpu, the version "
+    "`jax[tpu]` pins for the installed jax)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +68,14 @@ class TpuTarget:
 
     def describe(self) -> dict[str, Any]:
         """The target as JSON-ready fields of the plan report."""
-        return {"topology": self.topology_name, "cloud_type": self.cloud_type,
-                "chips": self.num_chips, "hbm_gib": self.hbm_gib,
-                "peak_bf16_tflops": self.peak_bf16_tflops, "cost_model": True}
+        return {
+            "topology": self.topology_name,
+            "cloud_type": self.cloud_type,
+            "chips": self.num_chips,
+            "hbm_gib": self.hbm_gib,
+            "peak_bf16_tflops": self.peak_bf16_tflops,
+            "cost_model": True,
+        }
 
     @property
     def topology_name(self) -> str:
@@ -124,13 +131,17 @@ def parse_tpu_target(name: str) -> TpuTarget:
         chip = CHIPS[topology.group(1)]
         shape = tuple(int(n) for n in topology.group(2).split("x"))
         if len(shape) != (3 if chip.megacore else 2):
-            raise ValueError(f"{name}: a {chip.generation} topology has "
-                             f"{3 if chip.megacore else 2} dimensions, e.g. "
-                             f"{'v5p:2x2x1' if chip.megacore else 'v5e:2x2'}")
+            raise ValueError(
+                f"{name}: a {chip.generation} topology has "
+                f"{3 if chip.megacore else 2} dimensions, e.g. "
+                f"{'v5p:2x2x1' if chip.megacore else 'v5e:2x2'}"
+            )
         return TpuTarget(name, chip, shape)
-    raise ValueError(f"unknown TPU slice {name!r}: give a Cloud TPU type (v4-8 ... v4-4096, "
-                     "v5p-8 ... v5p-12288, v5litepod-1 ... v5litepod-256, v6e-1 ... v6e-256) or a "
-                     "topology such as v5p:4x4x8 or v5e:4x4")
+    raise ValueError(
+        f"unknown TPU slice {name!r}: give a Cloud TPU type (v4-8 ... v4-4096, "
+        "v5p-8 ... v5p-12288, v5litepod-1 ... v5litepod-256, v6e-1 ... v6e-256) or a "
+        "topology such as v5p:4x4x8 or v5e:4x4"
+    )
 
 
 def libtpu_problem() -> str | None:
@@ -163,9 +174,12 @@ def topology_devices(target: TpuTarget) -> list[Any]:
     if target.chip.megacore:
         kwargs["chip_config_name"] = "megacore"
     try:
-        description = topologies.get_topology_desc(platform="tpu",
-                                                   topology_name=target.topology_name, **kwargs)
+        description = topologies.get_topology_desc(
+            platform="tpu", topology_name=target.topology_name, **kwargs
+        )
     except Exception as error:  # libtpu raises JaxRuntimeError / RuntimeError variants
-        raise RuntimeError(f"libtpu could not describe {target.topology_name}: "
-                           f"{str(error).splitlines()[0]} ({INSTALL_HINT})") from error
+        raise RuntimeError(
+            f"libtpu could not describe {target.topology_name}: "
+            f"{str(error).splitlines()[0]} ({INSTALL_HINT})"
+        ) from error
     return list(description.devices)

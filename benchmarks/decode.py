@@ -46,8 +46,9 @@ from machine_load import LoadMonitor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--input_len", type=int, default=64, help="prompt tokens")
     parser.add_argument("--new_tokens", type=int, default=64, help="generated tokens per row")
@@ -57,17 +58,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ffn", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side (best kept)")
-    parser.add_argument("--threads", type=int, default=1, choices=(0, 1),
-                        help="1: both sides single-threaded (torch.set_num_threads(1) and XLA's "
-                             "Eigen thread pool off); 0: each library's default threading")
-    parser.add_argument("--ceiling", action="store_true",
-                        help="also time our decode step's weight and attention products alone "
-                             "(same shapes, same XLA kernels): the best decode-loop ratio they "
-                             "allow if norms, softmax, vocabulary passes and the loop were free")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="1: both sides single-threaded (torch.set_num_threads(1) and XLA's "
+        "Eigen thread pool off); 0: each library's default threading",
+    )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also time our decode step's weight and attention products alone "
+        "(same shapes, same XLA kernels): the best decode-loop ratio they "
+        "allow if norms, softmax, vocabulary passes and the loop were free",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    for name in ("input_len", "new_tokens", "d_model", "layers", "heads", "ffn", "vocab",
-                 "rounds"):
+    for name in ("input_len", "new_tokens", "d_model", "layers", "heads", "ffn", "vocab", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     if any(b < 1 for b in args.batch_sizes):
@@ -87,21 +95,33 @@ def build_models(args: argparse.Namespace):
 
     torch.manual_seed(0)
     hf_config = atm.AlexaTMSeq2SeqConfig(
-        vocab_size=args.vocab, d_model=args.d_model, encoder_layers=args.layers,
-        decoder_layers=args.layers, encoder_attention_heads=args.heads,
-        decoder_attention_heads=args.heads, encoder_ffn_dim=args.ffn, decoder_ffn_dim=args.ffn,
-        max_position_embeddings=max(args.input_len, args.new_tokens) + 2, pad_token_id=0,
-        eos_token_id=1, bos_token_id=-1, decoder_start_token_id=0, dropout=0.0)
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        encoder_layers=args.layers,
+        decoder_layers=args.layers,
+        encoder_attention_heads=args.heads,
+        decoder_attention_heads=args.heads,
+        encoder_ffn_dim=args.ffn,
+        decoder_ffn_dim=args.ffn,
+        max_position_embeddings=max(args.input_len, args.new_tokens) + 2,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=-1,
+        decoder_start_token_id=0,
+        dropout=0.0,
+    )
     reference = atm.AlexaTMSeq2SeqForConditionalGeneration(hf_config).eval()
     config = hf_names.hf_config_to_model_config(hf_config.to_dict())
     state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
     params = flax.traverse_util.unflatten_dict(
-        {m.path: m.to_ours(state[m.hf_key]) for m in hf_names.tensor_mappings(config)})
+        {m.path: m.to_ours(state[m.hf_key]) for m in hf_names.tensor_mappings(config)}
+    )
     return reference, config, params
 
 
-def reference_generate(model, prompts: np.ndarray, new_tokens: int, start_id: int,
-                       eos_id: int) -> np.ndarray:
+def reference_generate(
+    model, prompts: np.ndarray, new_tokens: int, start_id: int, eos_id: int
+) -> np.ndarray:
     """Greedy ids [batch, new_tokens] from the reference's cached step-by-step forward."""
     import torch
 
@@ -113,8 +133,13 @@ def reference_generate(model, prompts: np.ndarray, new_tokens: int, start_id: in
         token = torch.full((ids.shape[0], 1), start_id, dtype=torch.long)
         past = None
         for _ in range(new_tokens):
-            step = model(attention_mask=mask, encoder_outputs=encoded, decoder_input_ids=token,
-                         past_key_values=past, use_cache=True)
+            step = model(
+                attention_mask=mask,
+                encoder_outputs=encoded,
+                decoder_input_ids=token,
+                past_key_values=past,
+                use_cache=True,
+            )
             logits = step.logits[:, -1]
             logits[:, eos_id] = -float("inf")
             token = logits.argmax(-1, keepdim=True)
@@ -134,16 +159,25 @@ def step_weight_kernels(config, params, head) -> tuple[list[tuple], object]:
     for layer in range(config.num_decoder_layers):
         p = params["decoder"][f"layers_{layer}"]
         self_attn, cross = p["self_attention"], p["cross_attention"]
-        qkv = jnp.concatenate([self_attn[n]["kernel"].reshape(d, d)
-                               for n in ("query", "key", "value")], axis=1)
-        layers.append((qkv, self_attn["out"]["kernel"].reshape(d, d),
-                       cross["query"]["kernel"].reshape(d, d), cross["out"]["kernel"].reshape(d, d),
-                       p["mlp"]["wi"]["kernel"], p["mlp"]["wo"]["kernel"]))
+        qkv = jnp.concatenate(
+            [self_attn[n]["kernel"].reshape(d, d) for n in ("query", "key", "value")], axis=1
+        )
+        layers.append(
+            (
+                qkv,
+                self_attn["out"]["kernel"].reshape(d, d),
+                cross["query"]["kernel"].reshape(d, d),
+                cross["out"]["kernel"].reshape(d, d),
+                p["mlp"]["wi"]["kernel"],
+                p["mlp"]["wo"]["kernel"],
+            )
+        )
     return layers, head.kernel
 
 
-def products_alone(layers: list[tuple], head_kernel, batch: int, heads: int, cache_len: int,
-                   input_len: int):
+def products_alone(
+    layers: list[tuple], head_kernel, batch: int, heads: int, cache_len: int, input_len: int
+):
     """`run(steps)`: a jitted loop of `steps` steps that do only a greedy decode step's
     products: the weight matmuls and the attention q.k / weights.v over full head-major
     self-attention ([batch, heads, cache_len, head_dim]) and cross-attention caches, in the
@@ -154,9 +188,10 @@ def products_alone(layers: list[tuple], head_kernel, batch: int, heads: int, cac
 
     d = head_kernel.shape[0]
     head_dim = d // heads
-    kv = lambda length, seed: [jax.random.normal(jax.random.key(seed + i),
-                                                 (batch, heads, length, head_dim))
-                               for i in range(2 * len(layers))]
+    kv = lambda length, seed: [
+        jax.random.normal(jax.random.key(seed + i), (batch, heads, length, head_dim))
+        for i in range(2 * len(layers))
+    ]
     self_kv, cross_kv = kv(cache_len, 0), kv(input_len, 1000)
 
     def attend(x, k, v):
@@ -181,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     monitor = LoadMonitor()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
     sys.path.insert(0, str(REPO_ROOT))
     import jax
     import torch
@@ -203,13 +239,22 @@ def main(argv: list[str] | None = None) -> int:
 
         def ours(steps: int) -> np.ndarray:
             options = DecodeOptions(max_new_tokens=steps, bad_words=((config.eos_token_id,),))
-            return np.asarray(greedy_or_sample(params, prompts, segments, jax.random.key(0),
-                                               config=config, options=options,
-                                               head=head).tokens)
+            return np.asarray(
+                greedy_or_sample(
+                    params,
+                    prompts,
+                    segments,
+                    jax.random.key(0),
+                    config=config,
+                    options=options,
+                    head=head,
+                ).tokens
+            )
 
         def theirs(steps: int) -> np.ndarray:
-            return reference_generate(reference, prompts, steps, config.decoder_start_token_id,
-                                      config.eos_token_id)
+            return reference_generate(
+                reference, prompts, steps, config.decoder_start_token_id, config.eos_token_id
+            )
 
         start = time.perf_counter()
         our_tokens = ours(args.new_tokens)
@@ -218,8 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         ref_tokens = theirs(args.new_tokens)
         timed = [("ours", ours), ("reference", theirs)]
         if args.ceiling:
-            products = products_alone(*step_weight_kernels(config, params, head), batch,
-                                      config.num_decoder_heads, args.new_tokens, args.input_len)
+            products = products_alone(
+                *step_weight_kernels(config, params, head),
+                batch,
+                config.num_decoder_heads,
+                args.new_tokens,
+                args.input_len,
+            )
             products(args.new_tokens)
             timed.append(("products", products))
         best = {}
@@ -230,45 +280,54 @@ def main(argv: list[str] | None = None) -> int:
                     fn(steps)
                     elapsed = time.perf_counter() - start
                     best[name, steps] = min(best.get((name, steps), elapsed), elapsed)
-        row = {"batch": batch, "ours_compile_plus_first_run_s": compile_s,
-               "rows_identical": int(np.sum(np.all(our_tokens == ref_tokens, axis=1))),
-               "tokens_identical_fraction": float(np.mean(our_tokens == ref_tokens))}
+        row = {
+            "batch": batch,
+            "ours_compile_plus_first_run_s": compile_s,
+            "rows_identical": int(np.sum(np.all(our_tokens == ref_tokens, axis=1))),
+            "tokens_identical_fraction": float(np.mean(our_tokens == ref_tokens)),
+        }
         for name in ("ours", "reference"):
             full, one = best[name, args.new_tokens], best[name, 1]
             row[f"{name}_tokens_per_s"] = batch * args.new_tokens / full
-            row[f"{name}_decode_tokens_per_s"] = batch * (args.new_tokens - 1) / max(full - one,
-                                                                                      1e-9)
+            row[f"{name}_decode_tokens_per_s"] = (
+                batch * (args.new_tokens - 1) / max(full - one, 1e-9)
+            )
             row[f"{name}_prompt_and_first_token_s"] = one
         row["ratio"] = row["ours_tokens_per_s"] / row["reference_tokens_per_s"]
-        row["decode_ratio"] = (row["ours_decode_tokens_per_s"]
-                               / row["reference_decode_tokens_per_s"])
+        row["decode_ratio"] = row["ours_decode_tokens_per_s"] / row["reference_decode_tokens_per_s"]
         if args.ceiling:
             for name in ("ours", "reference", "products"):
-                row[f"{name}_ms_per_step"] = (best[name, args.new_tokens] - best[name, 1]) / (
-                    args.new_tokens - 1) * 1e3
-            row["decode_ratio_ceiling"] = (row["reference_ms_per_step"]
-                                           / row["products_ms_per_step"])
+                row[f"{name}_ms_per_step"] = (
+                    (best[name, args.new_tokens] - best[name, 1]) / (args.new_tokens - 1) * 1e3
+                )
+            row["decode_ratio_ceiling"] = row["reference_ms_per_step"] / row["products_ms_per_step"]
         rows.append(row)
-        print(f"batch {batch:3d}: end to end ours {row['ours_tokens_per_s']:8.1f} tok/s, reference "
-              f"{row['reference_tokens_per_s']:8.1f} tok/s, ratio {row['ratio']:5.2f}x | decode "
-              f"loop only ours {row['ours_decode_tokens_per_s']:8.1f} tok/s, reference "
-              f"{row['reference_decode_tokens_per_s']:8.1f} tok/s, ratio "
-              f"{row['decode_ratio']:5.2f}x | prompt + first token ours "
-              f"{row['ours_prompt_and_first_token_s']:.2f}s, reference "
-              f"{row['reference_prompt_and_first_token_s']:.2f}s | compile+first run "
-              f"{compile_s:.1f}s | identical rows {row['rows_identical']}/{batch}", flush=True)
+        print(
+            f"batch {batch:3d}: end to end ours {row['ours_tokens_per_s']:8.1f} tok/s, reference "
+            f"{row['reference_tokens_per_s']:8.1f} tok/s, ratio {row['ratio']:5.2f}x | decode "
+            f"loop only ours {row['ours_decode_tokens_per_s']:8.1f} tok/s, reference "
+            f"{row['reference_decode_tokens_per_s']:8.1f} tok/s, ratio "
+            f"{row['decode_ratio']:5.2f}x | prompt + first token ours "
+            f"{row['ours_prompt_and_first_token_s']:.2f}s, reference "
+            f"{row['reference_prompt_and_first_token_s']:.2f}s | compile+first run "
+            f"{compile_s:.1f}s | identical rows {row['rows_identical']}/{batch}",
+            flush=True,
+        )
         if args.ceiling:
-            print(f"  ceiling: reference {row['reference_ms_per_step']:.1f} ms/step, ours "
-                  f"{row['ours_ms_per_step']:.1f} ms/step, of which the weight and attention "
-                  f"products alone take {row['products_ms_per_step']:.1f} ms => "
-                  f"decode-loop ratio <= {row['decode_ratio_ceiling']:.2f}x with these kernels",
-                  flush=True)
+            print(
+                f"  ceiling: reference {row['reference_ms_per_step']:.1f} ms/step, ours "
+                f"{row['ours_ms_per_step']:.1f} ms/step, of which the weight and attention "
+                f"products alone take {row['products_ms_per_step']:.1f} ms => "
+                f"decode-loop ratio <= {row['decode_ratio_ceiling']:.2f}x with these kernels",
+                flush=True,
+            )
     # Single-threaded (--threads 1) each side uses one core; else torch and XLA use them all.
     load = monitor.finish(cores_used=1 if args.threads == 1 else os.cpu_count())
     print(LoadMonitor.describe(load))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(
-            {"args": vars(args), "results": rows, "machine_load": load}, indent=2) + "\n")
+        pathlib.Path(args.json).write_text(
+            json.dumps({"args": vars(args), "results": rows, "machine_load": load}, indent=2) + "\n"
+        )
         print(f"wrote {args.json}")
     return 0
 

@@ -32,8 +32,9 @@ from machine_load import LoadMonitor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--input_len", type=int, default=64, help="prompt tokens")
     parser.add_argument("--new_tokens", type=int, default=64, help="decode steps")
@@ -42,10 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--ffn", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--untied", action="store_true",
-                        help="separate LM head matrix (AlexaTM 20B) instead of tied embeddings")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="compute and parameter dtype")
+    parser.add_argument(
+        "--untied",
+        action="store_true",
+        help="separate LM head matrix (AlexaTM 20B) instead of tied embeddings",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute and parameter dtype",
+    )
     parser.add_argument("--top", type=int, default=25, help="rows to print")
     parser.add_argument("--out", help="directory for the trace and HLO dump (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -68,8 +76,10 @@ def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
             op_name = re.search(r'op_name="([^"]*)"', line)
             shape = match.group(2).split("{")[0]
             # Ops without metadata (e.g. the attention products) are told apart by shape.
-            found[match.group(1)] = (shape, op_name.group(1) if op_name
-                                     else f"{match.group(3)} {shape} (no op_name)")
+            found[match.group(1)] = (
+                shape,
+                op_name.group(1) if op_name else f"{match.group(3)} {shape} (no op_name)",
+            )
     return found
 
 
@@ -97,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="decode_profile_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_cpu_multi_thread_eigen=false --xla_dump_to={out}/hlo")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_cpu_multi_thread_eigen=false --xla_dump_to={out}/hlo"
+    )
     sys.path.insert(0, str(REPO_ROOT))
     import jax
     import numpy as np
@@ -108,22 +120,41 @@ def main(argv: list[str] | None = None) -> int:
     from alexatm_jax.model.params import init_params
 
     config = ModelConfig(
-        vocab_size=args.vocab, d_model=args.d_model, num_encoder_layers=args.layers,
-        num_decoder_layers=args.layers, num_encoder_heads=args.heads,
-        num_decoder_heads=args.heads, encoder_ffn_dim=args.ffn, decoder_ffn_dim=args.ffn,
-        max_positions=max(args.input_len, args.new_tokens), dropout_rate=0.0,
-        tie_word_embeddings=not args.untied, share_embeddings=not args.untied,
-        dtype=args.dtype, param_dtype=args.dtype)
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        num_encoder_layers=args.layers,
+        num_decoder_layers=args.layers,
+        num_encoder_heads=args.heads,
+        num_decoder_heads=args.heads,
+        encoder_ffn_dim=args.ffn,
+        decoder_ffn_dim=args.ffn,
+        max_positions=max(args.input_len, args.new_tokens),
+        dropout_rate=0.0,
+        tie_word_embeddings=not args.untied,
+        share_embeddings=not args.untied,
+        dtype=args.dtype,
+        param_dtype=args.dtype,
+    )
     params = init_params(config, jax.random.key(0))
     head = model_steps.output_head(config, params)
-    prompts = np.random.default_rng(0).integers(2, args.vocab, (args.batch, args.input_len),
-                                                dtype=np.int32)
+    prompts = np.random.default_rng(0).integers(
+        2, args.vocab, (args.batch, args.input_len), dtype=np.int32
+    )
     segments = np.ones_like(prompts)
 
     def generate(steps: int) -> None:
         options = DecodeOptions(max_new_tokens=steps, bad_words=((config.eos_token_id,),))
-        np.asarray(greedy_or_sample(params, prompts, segments, jax.random.key(0), config=config,
-                                    options=options, head=head).tokens)
+        np.asarray(
+            greedy_or_sample(
+                params,
+                prompts,
+                segments,
+                jax.random.key(0),
+                config=config,
+                options=options,
+                head=head,
+            ).tokens
+        )
 
     generate(args.new_tokens)  # compile (and dump the HLO)
     generate(1)
@@ -138,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     dumps = sorted((out / "hlo").glob("*jit__greedy_or_sample*after_optimizations.txt"))
     traces = sorted((out / "trace").rglob("*.trace.json.gz"))
     if not dumps or not traces:
-        raise SystemExit(f"no HLO dump or trace found under {out}: is the profiler plugin "
-                         "available in this jax build?")
+        raise SystemExit(
+            f"no HLO dump or trace found under {out}: is the profiler plugin "
+            "available in this jax build?"
+        )
     instructions = hlo_instructions(dumps[0].read_text())
     groups: collections.Counter = collections.Counter()
     shapes: dict[str, str] = {}
@@ -149,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         groups[label] += micros / 1e3 / (args.new_tokens - 1)
         shapes.setdefault(label, shape)
     step_ms = (wall[args.new_tokens] - wall[1]) / (args.new_tokens - 1) * 1e3
-    print(f"batch {args.batch}, {config.num_decoder_layers} decoder layers, vocab {args.vocab}, "
-          f"{args.dtype}: {step_ms:.2f} ms per step (wall clock), {sum(groups.values()):.2f} ms "
-          f"per step in {len(groups)} op groups (profiled)")
+    print(
+        f"batch {args.batch}, {config.num_decoder_layers} decoder layers, vocab {args.vocab}, "
+        f"{args.dtype}: {step_ms:.2f} ms per step (wall clock), {sum(groups.values()):.2f} ms "
+        f"per step in {len(groups)} op groups (profiled)"
+    )
     print(f"{'ms/step':>8}  {'share':>6}  {'result shape':<22} op")
     total = sum(groups.values())
     for label, ms in groups.most_common(args.top):

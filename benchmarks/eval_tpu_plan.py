@@ -31,20 +31,30 @@ import sys
 from typing import Any
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-GIB = 2.0 ** 30
+GIB = 2.0**30
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gin_file", action="append", required=True)
     parser.add_argument("--topology", default="v5p-8", help="a Cloud TPU type or topology")
-    parser.add_argument("--input_len", type=int, default=None,
-                        help="prompt / scoring input positions (default: max_positions)")
-    parser.add_argument("--target_len", type=int, default=None,
-                        help="scored target positions (default: max_positions)")
-    parser.add_argument("--new_tokens", type=int, default=63,
-                        help="generated tokens (alexatm-eval's default 63)")
+    parser.add_argument(
+        "--input_len",
+        type=int,
+        default=None,
+        help="prompt / scoring input positions (default: max_positions)",
+    )
+    parser.add_argument(
+        "--target_len",
+        type=int,
+        default=None,
+        help="scored target positions (default: max_positions)",
+    )
+    parser.add_argument(
+        "--new_tokens", type=int, default=63, help="generated tokens (alexatm-eval's default 63)"
+    )
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--json_out", default=None)
     return parser.parse_args(argv)
@@ -59,10 +69,14 @@ def eval_layout_from_gin(files: list[str]) -> tuple[Any, Any, int]:
 
     gin_registry.parse_gin(files, [], [])
     config = gin_registry.model_config_from_gin()
-    mesh = MeshConfig(data=-1, fsdp=gin.query_parameter("%MESH_FSDP"),
-                      tensor=gin.query_parameter("%MESH_TENSOR"))
-    return config, (mesh, gin.query_parameter("%PARTITION_RULES")), gin.query_parameter(
-        "%BATCH_SIZE")
+    mesh = MeshConfig(
+        data=-1, fsdp=gin.query_parameter("%MESH_FSDP"), tensor=gin.query_parameter("%MESH_TENSOR")
+    )
+    return (
+        config,
+        (mesh, gin.query_parameter("%PARTITION_RULES")),
+        gin.query_parameter("%BATCH_SIZE"),
+    )
 
 
 def abstract_params(config: Any, partitioner: Any) -> Any:
@@ -72,24 +86,35 @@ def abstract_params(config: Any, partitioner: Any) -> Any:
     from alexatm_jax.model.params import init_params
 
     shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        shapes, partitioner.params_shardings(config))
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        shapes,
+        partitioner.params_shardings(config),
+    )
 
 
 def memory_report(compiled: Any, hbm_gib: float) -> dict[str, Any]:
     """Per-chip argument / output / temporary GiB of a compiled computation, and the verdict."""
     memory = compiled.memory_analysis()
-    parts = {"arguments_gib": memory.argument_size_in_bytes / GIB,
-             "outputs_gib": (memory.output_size_in_bytes - memory.alias_size_in_bytes) / GIB,
-             "temporaries_gib": memory.temp_size_in_bytes / GIB,
-             "code_gib": memory.generated_code_size_in_bytes / GIB}
+    parts = {
+        "arguments_gib": memory.argument_size_in_bytes / GIB,
+        "outputs_gib": (memory.output_size_in_bytes - memory.alias_size_in_bytes) / GIB,
+        "temporaries_gib": memory.temp_size_in_bytes / GIB,
+        "code_gib": memory.generated_code_size_in_bytes / GIB,
+    }
     total = sum(parts.values())
-    return {**parts, "total_gib": total, "hbm_gib": hbm_gib, "share_of_hbm": total / hbm_gib,
-            "fits": total <= hbm_gib}
+    return {
+        **parts,
+        "total_gib": total,
+        "hbm_gib": hbm_gib,
+        "share_of_hbm": total / hbm_gib,
+        "fits": total <= hbm_gib,
+    }
 
 
-def compile_scoring(config: Any, partitioner: Any, params: Any, batch: int, input_len: int,
-                    target_len: int) -> Any:
+def compile_scoring(
+    config: Any, partitioner: Any, params: Any, batch: int, input_len: int, target_len: int
+) -> Any:
     """`target_log_probs` compiled for the partitioner's devices."""
     import jax
     import jax.numpy as jnp
@@ -100,12 +125,22 @@ def compile_scoring(config: Any, partitioner: Any, params: Any, batch: int, inpu
     inputs = jax.ShapeDtypeStruct((batch, input_len), jnp.int32, sharding=rows)
     targets = jax.ShapeDtypeStruct((batch, target_len), jnp.int32, sharding=rows)
     with partitioner.activate():
-        return target_log_probs.trace(params, inputs, inputs, targets, targets,
-                                      config=config).lower().compile()
+        return (
+            target_log_probs.trace(params, inputs, inputs, targets, targets, config=config)
+            .lower()
+            .compile()
+        )
 
 
-def compile_generation(config: Any, partitioner: Any, params: Any, batch: int, input_len: int,
-                       new_tokens: int, num_beams: int) -> Any:
+def compile_generation(
+    config: Any,
+    partitioner: Any,
+    params: Any,
+    batch: int,
+    input_len: int,
+    new_tokens: int,
+    num_beams: int,
+) -> Any:
     """Greedy search (or beam search) of `new_tokens` compiled for the partitioner's devices."""
     import jax
     import jax.numpy as jnp
@@ -115,16 +150,19 @@ def compile_generation(config: Any, partitioner: Any, params: Any, batch: int, i
     from alexatm_jax.decoding.sampling import _greedy_or_sample
 
     static, knobs = split_options(DecodeOptions(max_new_tokens=new_tokens, num_beams=num_beams))
-    prompts = jax.ShapeDtypeStruct((batch, input_len), jnp.int32,
-                                   sharding=partitioner.batch_sharding(2))
+    prompts = jax.ShapeDtypeStruct(
+        (batch, input_len), jnp.int32, sharding=partitioner.batch_sharding(2)
+    )
     rng = jax.eval_shape(lambda: jax.random.key(0))
     with partitioner.activate():
         if num_beams > 1:
-            traced = _beam_search.trace(params, None, prompts, prompts, knobs, config=config,
-                                        static=static)
+            traced = _beam_search.trace(
+                params, None, prompts, prompts, knobs, config=config, static=static
+            )
         else:
-            traced = _greedy_or_sample.trace(params, None, prompts, prompts, rng,
-                                             knobs, config=config, static=static)
+            traced = _greedy_or_sample.trace(
+                params, None, prompts, prompts, rng, knobs, config=config, static=static
+            )
         return traced.lower().compile()
 
 
@@ -146,15 +184,34 @@ def plan_eval(args: argparse.Namespace) -> dict[str, Any]:
     input_len = args.input_len or config.max_positions
     target_len = args.target_len or config.max_positions
     compile_one = {
-        "scoring": functools.partial(compile_scoring, config, partitioner, params, batch,
-                                     input_len, target_len),
-        "generation": functools.partial(compile_generation, config, partitioner, params, batch,
-                                        input_len, args.new_tokens, args.num_beams)}
-    report = {"gin_files": args.gin_file, "topology": target.topology_name,
-              "cloud_type": target.cloud_type, "chips": target.num_chips, "mesh": str(mesh),
-              "rules": rules, "batch_size": batch, "param_dtype": config.param_dtype,
-              "input_len": input_len, "target_len": target_len, "new_tokens": args.new_tokens,
-              "num_beams": args.num_beams}
+        "scoring": functools.partial(
+            compile_scoring, config, partitioner, params, batch, input_len, target_len
+        ),
+        "generation": functools.partial(
+            compile_generation,
+            config,
+            partitioner,
+            params,
+            batch,
+            input_len,
+            args.new_tokens,
+            args.num_beams,
+        ),
+    }
+    report = {
+        "gin_files": args.gin_file,
+        "topology": target.topology_name,
+        "cloud_type": target.cloud_type,
+        "chips": target.num_chips,
+        "mesh": str(mesh),
+        "rules": rules,
+        "batch_size": batch,
+        "param_dtype": config.param_dtype,
+        "input_len": input_len,
+        "target_len": target_len,
+        "new_tokens": args.new_tokens,
+        "num_beams": args.num_beams,
+    }
     for name, compile_fn in compile_one.items():
         report[name] = memory_report(compile_fn(), target.hbm_gib)
     return report

@@ -86,9 +86,11 @@ class LoadMonitor:
         # The run's own threads put up to `cores_used` on the load average; more than that
         # (with half a unit of slack for the average's lag) is other work.
         if self.load_before > cores_used or mean_during > cores_used + 0.5:
-            reasons.append(f"load average (before {self.load_before:.2f}, during "
-                           f"{mean_during:.2f} on average, max {max(samples):.2f}, after "
-                           f"{load_after:.2f}) above the {cores_used} core(s) the run uses")
+            reasons.append(
+                f"load average (before {self.load_before:.2f}, during "
+                f"{mean_during:.2f} on average, max {max(samples):.2f}, after "
+                f"{load_after:.2f}) above the {cores_used} core(s) the run uses"
+            )
         if others is not None and others > OTHERS_BUSY_CORES:
             reasons.append(f"other processes used {others:.2f} cores on average")
         self.result = {
@@ -112,17 +114,23 @@ class LoadMonitor:
         cores = result["cores"]
         if result.get("cores_after", cores) != cores:
             cores = f"{cores} (then {result['cores_after']})"
-        line = (f"machine: {cores} cores, run uses {result['cores_used']}; load "
-                f"average {result['load_before']:.2f} before, {result['load_mean_during']:.2f} "
-                f"during (max {result['load_max_during']:.2f}), {result['load_after']:.2f} "
-                "after")
+        line = (
+            f"machine: {cores} cores, run uses {result['cores_used']}; load "
+            f"average {result['load_before']:.2f} before, {result['load_mean_during']:.2f} "
+            f"during (max {result['load_max_during']:.2f}), {result['load_after']:.2f} "
+            "after"
+        )
         if result["other_processes_cores"] is not None:
             line += f"; other processes used {result['other_processes_cores']:.2f} cores"
         if not result["busy"]:
             return line + " (quiet)"
         bar = "!" * 78
-        return "\n".join([bar, "!! WARNING: THE MACHINE WAS BUSY DURING THIS BENCHMARK", "!! " + line]
-                         + [f"!! {reason}" for reason in result["busy_reasons"]]
-                         + ["!! Times are inflated and ratios against the reference are skewed;",
-                            "!! the JSON output is marked \"busy\": true. Rerun on a quiet machine.",
-                            bar])
+        return "\n".join(
+            [bar, "!! WARNING: THE MACHINE WAS BUSY DURING THIS BENCHMARK", "!! " + line]
+            + [f"!! {reason}" for reason in result["busy_reasons"]]
+            + [
+                "!! Times are inflated and ratios against the reference are skewed;",
+                '!! the JSON output is marked "busy": true. Rerun on a quiet machine.',
+                bar,
+            ]
+        )

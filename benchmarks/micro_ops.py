@@ -39,8 +39,11 @@ Case = tuple[Callable, Callable, tuple]  # (ours, alternative, arguments)
 def dropout_case() -> Case:
     key = jax.random.key(0)
     shape = (8, 256, 512)
-    return (jax.jit(lambda k: keep_mask(k, shape, 0.1, "threefry_packed")),
-            jax.jit(lambda k: keep_mask(k, shape, 0.1, "threefry2x32")), (key,))
+    return (
+        jax.jit(lambda k: keep_mask(k, shape, 0.1, "threefry_packed")),
+        jax.jit(lambda k: keep_mask(k, shape, 0.1, "threefry2x32")),
+        (key,),
+    )
 
 
 def argmax_case() -> Case:
@@ -67,8 +70,11 @@ def time_case(ours: Callable, alternative: Callable, args: tuple, repeats: int) 
         times["ours"].append(_seconds(ours, args))
         times["alternative"].append(_seconds(alternative, args))
     ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
-    return {"ours_ms": ms["ours"], "alternative_ms": ms["alternative"],
-            "ratio": ms["alternative"] / ms["ours"]}
+    return {
+        "ours_ms": ms["ours"],
+        "alternative_ms": ms["alternative"],
+        "ratio": ms["alternative"] / ms["ours"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.cases:
         results[name] = time_case(*CASES[name](), repeats=args.repeats)
         row = results[name]
-        print(f"{name:>13}: ours {row['ours_ms']:.3f} ms, alternative "
-              f"{row['alternative_ms']:.3f} ms, alternative / ours {row['ratio']:.2f}x")
+        print(
+            f"{name:>13}: ours {row['ours_ms']:.3f} ms, alternative "
+            f"{row['alternative_ms']:.3f} ms, alternative / ours {row['ratio']:.2f}x"
+        )
     results["machine_load"] = monitor.finish()
     print(LoadMonitor.describe(results["machine_load"]))
     if args.output_json:

@@ -36,21 +36,34 @@ from machine_load import LoadMonitor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gin_file", default=str(REPO_ROOT / "gin" / "models" / "small.gin"))
-    parser.add_argument("--gin_param", action="append", default=[],
-                        help="extra gin binding, e.g. ModelConfig.dropout_rate=0.0")
+    parser.add_argument(
+        "--gin_param",
+        action="append",
+        default=[],
+        help="extra gin binding, e.g. ModelConfig.dropout_rate=0.0",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input_len", type=int, default=256)
     parser.add_argument("--target_len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
     parser.add_argument("--top", type=int, default=30, help="rows to print")
-    parser.add_argument("--top_thunks", type=int, default=0,
-                        help="also print the N most expensive individual thunks")
-    parser.add_argument("--num_cpu_devices", type=int, default=1,
-                        help="emulated CPU devices, data-parallel (default 1)")
+    parser.add_argument(
+        "--top_thunks",
+        type=int,
+        default=0,
+        help="also print the N most expensive individual thunks",
+    )
+    parser.add_argument(
+        "--num_cpu_devices",
+        type=int,
+        default=1,
+        help="emulated CPU devices, data-parallel (default 1)",
+    )
     parser.add_argument("--out", help="directory for the trace and HLO dump (default: a temp dir)")
     args = parser.parse_args(argv)
     for name in ("batch", "input_len", "target_len", "steps", "top"):
@@ -91,13 +104,20 @@ def op_times(trace_file: pathlib.Path) -> tuple[dict[str, float], dict[str, int]
 def thread_concurrency(trace_file: pathlib.Path) -> float:
     """Average number of XLA threads running an op (thunk) during the traced steps."""
     events = json.load(gzip.open(trace_file))["traceEvents"]
-    names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
-             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    names = {
+        (e["pid"], e.get("tid")): e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
     spans: dict = collections.defaultdict(list)
     for e in events:
-        if (e.get("ph") == "X" and "dur" in e and e["name"].startswith("ThunkExecutor::Execute")
-                and "wait" not in e["name"]
-                and "XLAEigen" in names.get((e["pid"], e.get("tid")), "")):
+        if (
+            e.get("ph") == "X"
+            and "dur" in e
+            and e["name"].startswith("ThunkExecutor::Execute")
+            and "wait" not in e["name"]
+            and "XLAEigen" in names.get((e["pid"], e.get("tid")), "")
+        ):
             spans[e["tid"]].append((e["ts"], e["ts"] + e["dur"]))
     if not spans:
         return float("nan")
@@ -150,18 +170,31 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="train_profile_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_dump_to={out}/hlo --xla_dump_hlo_module_re=train_step")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_dump_to={out}/hlo --xla_dump_hlo_module_re=train_step"
+    )
     monitor = LoadMonitor()
     import jax
+
     if args.num_cpu_devices > 1:  # before the first JAX computation
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
     import train_step as bench
 
-    bench_args = bench.parse_args(["--gin_file", args.gin_file, "--batch", str(args.batch),
-                                   "--input_len", str(args.input_len),
-                                   "--target_len", str(args.target_len), "--no_reference"]
-                                  + sum((["--gin_param", p] for p in args.gin_param), []))
+    bench_args = bench.parse_args(
+        [
+            "--gin_file",
+            args.gin_file,
+            "--batch",
+            str(args.batch),
+            "--input_len",
+            str(args.input_len),
+            "--target_len",
+            str(args.target_len),
+            "--no_reference",
+        ]
+        + sum((["--gin_param", p] for p in args.gin_param), [])
+    )
     cfg = bench.load_model_config(bench_args)
     host_batch = bench.synthetic_batch(cfg, args.batch, args.input_len, args.target_len)
     trainer = bench.OurTrainer(cfg, host_batch, bench_args.rules)
@@ -201,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
             thunks[name] = (ms, shape, op_name)
     total = sum(groups.values())
     load = monitor.finish(cores_used=os.cpu_count())
-    print(f"{cfg.d_model=} layers {cfg.num_encoder_layers}+{cfg.num_decoder_layers} vocab "
-          f"{cfg.vocab_size} dropout {cfg.dropout_rate}; batch {args.batch} x "
-          f"({args.input_len} + {args.target_len}) on {jax.device_count()} device(s): "
-          f"{wall:.2f} s per step (wall clock), {total / 1e3:.2f} s per step in ops (profiled); "
-          f"on average {busy_threads:.2f} XLA threads busy while the step ran")
+    print(
+        f"{cfg.d_model=} layers {cfg.num_encoder_layers}+{cfg.num_decoder_layers} vocab "
+        f"{cfg.vocab_size} dropout {cfg.dropout_rate}; batch {args.batch} x "
+        f"({args.input_len} + {args.target_len}) on {jax.device_count()} device(s): "
+        f"{wall:.2f} s per step (wall clock), {total / 1e3:.2f} s per step in ops (profiled); "
+        f"on average {busy_threads:.2f} XLA threads busy while the step ran"
+    )
     print(monitor.describe(load))
     print(f"{'ms/step':>9}  {'share':>6}  {'result shape':<28} op")
     for label, ms in groups.most_common(args.top):
@@ -216,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_thunks:
         print(f"\n{'ms/step':>9}  {'thunk':<32} {'result shape':<28} op_name")
         for name, (ms, shape, op_name) in sorted(thunks.items(), key=lambda kv: -kv[1][0])[
-                :args.top_thunks]:
+            : args.top_thunks
+        ]:
             print(f"{ms:9.1f}  {name:<32} {shape[:28]:<28} {op_name[-80:]}")
     print(f"trace and HLO dump: {out}")
     return 0

@@ -44,37 +44,73 @@ from machine_load import LoadMonitor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--gin_file", default=None,
-                        help="model gin file (e.g. gin/models/small.gin); default: that file")
-    source.add_argument("--model_config_json", default=None,
-                        help="a ModelConfig JSON file instead of a gin file")
-    parser.add_argument("--gin_param", action="append", default=[],
-                        help="extra gin binding, e.g. ModelConfig.num_encoder_layers=2")
+    source.add_argument(
+        "--gin_file",
+        default=None,
+        help="model gin file (e.g. gin/models/small.gin); default: that file",
+    )
+    source.add_argument(
+        "--model_config_json", default=None, help="a ModelConfig JSON file instead of a gin file"
+    )
+    parser.add_argument(
+        "--gin_param",
+        action="append",
+        default=[],
+        help="extra gin binding, e.g. ModelConfig.num_encoder_layers=2",
+    )
     parser.add_argument("--batch", type=int, default=8, help="global batch size (examples)")
     parser.add_argument("--input_len", type=int, default=256, help="encoder length (tokens)")
     parser.add_argument("--target_len", type=int, default=256, help="decoder length (tokens)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternating rounds (ours, reference); the median step is reported")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternating rounds (ours, reference); the median step is reported",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype (parameters stay float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype (parameters stay float32)",
+    )
     parser.add_argument("--rules", default="fsdp", help="logical axis rule set")
     parser.add_argument("--remat", default=None, help="override ModelConfig.remat_policy")
-    parser.add_argument("--attention_impl", default=None,
-                        help="override ModelConfig.attention_impl (einsum, dot_product, cudnn)")
-    parser.add_argument("--num_cpu_devices", type=int, default=1,
-                        help="emulated CPU devices, data-parallel (default 1; variants can use "
-                             "fewer with devices=N)")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                        help="another of our trainers, timed in the same rounds (see above)")
-    parser.add_argument("--no_reference", action="store_true",
-                        help="skip the PyTorch reference (always skipped off CPU)")
-    parser.add_argument("--cpu_peak_flops", type=float, default=None,
-                        help="peak FLOP/s of this CPU, for an MFU figure on CPU")
+    parser.add_argument(
+        "--attention_impl",
+        default=None,
+        help="override ModelConfig.attention_impl (einsum, dot_product, cudnn)",
+    )
+    parser.add_argument(
+        "--num_cpu_devices",
+        type=int,
+        default=1,
+        help="emulated CPU devices, data-parallel (default 1; variants can use "
+        "fewer with devices=N)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="another of our trainers, timed in the same rounds (see above)",
+    )
+    parser.add_argument(
+        "--no_reference",
+        action="store_true",
+        help="skip the PyTorch reference (always skipped off CPU)",
+    )
+    parser.add_argument(
+        "--cpu_peak_flops",
+        type=float,
+        default=None,
+        help="peak FLOP/s of this CPU, for an MFU figure on CPU",
+    )
     parser.add_argument("--output_json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     for name in ("batch", "input_len", "target_len", "steps", "rounds"):
@@ -112,6 +148,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 def apply_variant(cfg, settings: dict[str, str]) -> tuple[object, dict]:
     """(ModelConfig with the ModelConfig keys applied, {fused_head, branches, devices})."""
     import dataclasses
+
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     changes, options = {}, {}
     for key, value in settings.items():
@@ -126,18 +163,22 @@ def apply_variant(cfg, settings: dict[str, str]) -> tuple[object, dict]:
             else:
                 changes[key] = type(current)(value)
         else:
-            raise SystemExit(f"--variant: unknown key {key!r} (ModelConfig field, fused_head, "
-                             "branches or devices)")
+            raise SystemExit(
+                f"--variant: unknown key {key!r} (ModelConfig field, fused_head, "
+                "branches or devices)"
+            )
     return cfg.replace(**changes), options
 
 
 def load_model_config(args: argparse.Namespace):
     """The ModelConfig named by --gin_file/--gin_param or --model_config_json, with overrides."""
     from alexatm_jax.model import ModelConfig
+
     if args.model_config_json:
         cfg = ModelConfig.from_dict(json.loads(pathlib.Path(args.model_config_json).read_text()))
     else:
         from alexatm_jax.gin_registry import model_config_from_gin, parse_gin
+
         parse_gin([args.gin_file], args.gin_param)
         cfg = model_config_from_gin()
     overrides = {"dtype": args.dtype}
@@ -166,22 +207,40 @@ class OurTrainer:
     """Our jitted train step, data-parallel over the first `devices` devices (default: all)
     with `branches` parallel gradient branches (default: make_train_step's)."""
 
-    def __init__(self, cfg, host_batch: dict[str, np.ndarray], rules: str,
-                 devices: int | None = None, fused_head: bool = True,
-                 branches: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg,
+        host_batch: dict[str, np.ndarray],
+        rules: str,
+        devices: int | None = None,
+        fused_head: bool = True,
+        branches: int | None = None,
+    ) -> None:
         import jax
         from alexatm_jax.partitioning import MeshConfig, Partitioner
-        from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
-                                          make_train_step)
+        from alexatm_jax.training import (
+            OptimizerConfig,
+            create_train_state,
+            make_optimizer,
+            make_train_step,
+        )
         from alexatm_jax.training.config import TrainConfig
+
         self.jax = jax
         partitioner = Partitioner(MeshConfig(), rules, devices=jax.devices()[:devices])
         tx = make_optimizer(OptimizerConfig(), 10_000)
         self.state = create_train_state(cfg, tx, partitioner, jax.random.key(0))
         extra = {} if branches is None else {"parallel_branches": branches}
-        self.step_fn = make_train_step(TrainConfig(
-            model_config=cfg, train_steps=10_000, batch_size=next(iter(host_batch.values())).shape[0],
-            fused_head=fused_head, **extra), partitioner)
+        self.step_fn = make_train_step(
+            TrainConfig(
+                model_config=cfg,
+                train_steps=10_000,
+                batch_size=next(iter(host_batch.values())).shape[0],
+                fused_head=fused_head,
+                **extra,
+            ),
+            partitioner,
+        )
         self.batch = partitioner.shard_batch(host_batch)
         self.rng = jax.random.key(1)
         self.num_devices = partitioner.mesh.size
@@ -201,20 +260,28 @@ class ReferenceTrainer:
         import torch
         import alexa_teacher_models as atm
         from alexatm_jax.conversion.hf_names import model_config_to_hf_config
+
         torch.set_num_threads(os.cpu_count())
         torch.manual_seed(0)
-        hf = {k: v for k, v in model_config_to_hf_config(cfg).items()
-              if k not in ("architectures", "model_type")}
+        hf = {
+            k: v
+            for k, v in model_config_to_hf_config(cfg).items()
+            if k not in ("architectures", "model_type")
+        }
         self.torch = torch
         self.model = atm.AlexaTMSeq2SeqForConditionalGeneration(
-            atm.AlexaTMSeq2SeqConfig(**hf)).train()
+            atm.AlexaTMSeq2SeqConfig(**hf)
+        ).train()
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
             is_norm = "layer_norm" in name or "layernorm" in name
             (no_decay if name.endswith("bias") or is_norm else decay).append(param)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
+            lr=1e-4,
+            betas=(0.9, 0.95),
+            eps=1e-8,
+        )
         self.inputs = {
             "input_ids": torch.from_numpy(host_batch["encoder_input_tokens"]).long(),
             "attention_mask": torch.from_numpy(host_batch["encoder_segment_ids"]).long(),
@@ -231,7 +298,8 @@ class ReferenceTrainer:
         torch = self.torch
         logits = self.model(**self.inputs).logits.float()
         token_loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), reduction="none")
+            logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), reduction="none"
+        )
         loss = (token_loss * self.weights.reshape(-1)).sum() / self.weights.sum().clamp(min=1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -254,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     monitor = LoadMonitor()
     import jax
+
     if args.num_cpu_devices > 1:  # before the first JAX computation
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
     from tqdm import tqdm
@@ -266,11 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     run_reference = on_cpu and not args.no_reference
     host_batch = synthetic_batch(cfg, args.batch, args.input_len, args.target_len)
     num_params = count_params(param_shapes(cfg))
-    print(f"model: {num_params / 1e6:.1f}M parameters, d_model={cfg.d_model}, layers="
-          f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers}, vocab={cfg.vocab_size}, "
-          f"dtype={cfg.dtype}, dropout {cfg.dropout_rate} ({cfg.dropout_rng_impl}); batch "
-          f"{args.batch} x ({args.input_len} + {args.target_len}) tokens on "
-          f"{jax.device_count()} x {device.device_kind}", flush=True)
+    print(
+        f"model: {num_params / 1e6:.1f}M parameters, d_model={cfg.d_model}, layers="
+        f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers}, vocab={cfg.vocab_size}, "
+        f"dtype={cfg.dtype}, dropout {cfg.dropout_rate} ({cfg.dropout_rng_impl}); batch "
+        f"{args.batch} x ({args.input_len} + {args.target_len}) tokens on "
+        f"{jax.device_count()} x {device.device_kind}",
+        flush=True,
+    )
 
     trainers = {"ours": OurTrainer(cfg, host_batch, args.rules)}
     variant_settings = {"ours": {}}
@@ -297,29 +369,41 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_step = args.batch * (args.input_len + args.target_len)
     flops_per_step = train_flops_per_step(cfg, args.batch, args.input_len, args.target_len)
     peak = peak_flops_per_device(device.device_kind, args.dtype, args.cpu_peak_flops)
-    results = {"config": cfg.to_dict(), "batch": args.batch, "input_len": args.input_len,
-               "target_len": args.target_len, "device": device.device_kind,
-               "num_devices": jax.device_count(), "flops_per_step": flops_per_step,
-               "peak_flops_per_device": peak, "variants": variant_settings,
-               "machine_load": load}
+    results = {
+        "config": cfg.to_dict(),
+        "batch": args.batch,
+        "input_len": args.input_len,
+        "target_len": args.target_len,
+        "device": device.device_kind,
+        "num_devices": jax.device_count(),
+        "flops_per_step": flops_per_step,
+        "peak_flops_per_device": peak,
+        "variants": variant_settings,
+        "machine_load": load,
+    }
     for name, pairs in times.items():
         seconds = [wall for wall, _ in pairs]
         median = statistics.median(seconds)
         cpu_median = statistics.median(cpu for _, cpu in pairs)
-        entry = {"step_time_s": median, "cpu_time_per_step_s": cpu_median,
-                 "tokens_per_s": tokens_per_step / median,
-                 "model_flops_per_s": flops_per_step / median, "all_step_times_s": seconds,
-                 "all_cpu_times_s": [cpu for _, cpu in pairs]}
+        entry = {
+            "step_time_s": median,
+            "cpu_time_per_step_s": cpu_median,
+            "tokens_per_s": tokens_per_step / median,
+            "model_flops_per_s": flops_per_step / median,
+            "all_step_times_s": seconds,
+            "all_cpu_times_s": [cpu for _, cpu in pairs],
+        }
         if peak:
             num_devices = trainers[name].num_devices if name != "reference" else 1
             entry["mfu"] = mfu(flops_per_step, median, num_devices, peak)
         results[name] = entry
         mfu_text = f", MFU {entry['mfu'] * 100:.1f}%" if "mfu" in entry else ""
-        devices_text = (f" [{trainers[name].num_devices} device(s)]" if name != "reference"
-                        else "")
-        print(f"{name:>12}: {median:.3f} s/step, {cpu_median:.2f} CPU-s/step, "
-              f"{entry['tokens_per_s']:.0f} tokens/s, "
-              f"{entry['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu_text}{devices_text}")
+        devices_text = f" [{trainers[name].num_devices} device(s)]" if name != "reference" else ""
+        print(
+            f"{name:>12}: {median:.3f} s/step, {cpu_median:.2f} CPU-s/step, "
+            f"{entry['tokens_per_s']:.0f} tokens/s, "
+            f"{entry['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu_text}{devices_text}"
+        )
     for name in trainers:
         if name != "ours":
             ratio = results["ours"]["tokens_per_s"] / results[name]["tokens_per_s"]

@@ -36,8 +36,16 @@ CLM_TOO_SHORT = "clm_documents_too_short"  # documents under 2 tokens, unusable 
 BAD_FILES = "bad_files"  # unreadable, not gzip, truncated or corrupt gzip: skipped whole
 
 # The counters that count distinct bad records (all but DOCUMENTS), in reporting order.
-PROBLEMS = (BAD_FILES, INVALID_JSON, INVALID_UTF8, EMPTY, SPLIT_LONG, SPECIAL_PIECES,
-            CLM_TOO_SHORT, CONTAMINATED)
+PROBLEMS = (
+    BAD_FILES,
+    INVALID_JSON,
+    INVALID_UTF8,
+    EMPTY,
+    SPLIT_LONG,
+    SPECIAL_PIECES,
+    CLM_TOO_SHORT,
+    CONTAMINATED,
+)
 
 
 def record_key(value: tf.Tensor) -> tf.Tensor:

@@ -50,8 +50,9 @@ def _lines(path: tf.Tensor, compression: str, counters: ScopedCounters) -> tf.da
     lines = tf.data.TextLineDataset(path, compression_type=compression)
     if not compression:
         return lines
-    intact = tf.numpy_function(functools.partial(_check_gzip, counters=counters), [path],
-                               tf.bool, stateful=True)
+    intact = tf.numpy_function(
+        functools.partial(_check_gzip, counters=counters), [path], tf.bool, stateful=True
+    )
     return lines.take(tf.where(intact, tf.constant(-1, tf.int64), tf.constant(0, tf.int64)))
 
 

@@ -181,8 +181,9 @@ def summarize(
         "clm": {
             "examples": len(clm),
             # [CLM] first, or after `<s> ▁` with the released tokenizer's template.
-            "inputs_not_starting_with_clm": sum(clm_id not in r.inputs[:1] + r.inputs[2:3]
-                                                for r in clm),
+            "inputs_not_starting_with_clm": sum(
+                clm_id not in r.inputs[:1] + r.inputs[2:3] for r in clm
+            ),
             "split_fraction_mean": _mean(fractions),
             "split_fraction_min": min(fractions, default=float("nan")),
             "split_fraction_max": max(fractions, default=float("nan")),

@@ -144,8 +144,10 @@ def _template(ds, *, vocabulary, objective):
     if not ids.release_template:
         return ds
     if ids.space is None:
-        raise ValueError("the SentencePiece model has a BOS piece (the release's template) but no "
-                         "`\u2581` piece to put before [CLM]")
+        raise ValueError(
+            "the SentencePiece model has a BOS piece (the release's template) but no "
+            "`\u2581` piece to put before [CLM]"
+        )
     return release_template(ds, objective=objective, bos_id=ids.bos, space_id=ids.space)
 
 

@@ -29,8 +29,10 @@ SHELL_FENCES = ("", "bash", "sh", "shell", "console")
 SEPARATORS = {";", "&", "&&", "|", "||", "(", ")", ">", ">>", "<", "2>", ">&", "2>&"}
 WRAPPERS = ("time", "env", "nohup", "exec")  # words that run the command after them
 REPO_DIRS = ("gin", "tests", "benchmarks", "tpu_scripts", "data", "alexatm_jax", "tasks", "docs")
-PROGRAM = re.compile(r"(?:^|[\s;&|(])"
-                     r"(alexatm-[a-z]+|python3?|pytest|make|tpu_scripts/[\w/.-]+\.sh)(?=\s|$)")
+PROGRAM = re.compile(
+    r"(?:^|[\s;&|(])"
+    r"(alexatm-[a-z]+|python3?|pytest|make|tpu_scripts/[\w/.-]+\.sh)(?=\s|$)"
+)
 DOC_REFERENCE = re.compile(r"docs/([a-z0-9_]+\.md)(?:#([a-z0-9_-]+))?")
 INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 
@@ -45,8 +47,11 @@ class Invocation:
 
 def doc_files(root: Path = REPO_ROOT) -> list[Path]:
     """The README, every page under docs/ and the launchers' README."""
-    return [root / "README.md", *sorted((root / "docs").glob("*.md")),
-            root / "tpu_scripts" / "README.md"]
+    return [
+        root / "README.md",
+        *sorted((root / "docs").glob("*.md")),
+        root / "tpu_scripts" / "README.md",
+    ]
 
 
 @functools.cache
@@ -122,8 +127,9 @@ def extract(path: Path, root: Path = REPO_ROOT) -> list[Invocation]:
             found.append(Invocation(where, ("<unparsable>", f"{line!r}: {error}")))
             continue
         for words in commands:
-            while words and (words[0] in WRAPPERS
-                             or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0])):
+            while words and (
+                words[0] in WRAPPERS or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0])
+            ):
                 words = words[1:]
             if words and PROGRAM.fullmatch(words[0]):
                 found.append(Invocation(where, tuple(words)))
@@ -136,6 +142,7 @@ class _Parsed(BaseException):
 
 def _parser_from_main(main) -> argparse.ArgumentParser:
     """The parser that `main` builds, caught as it starts parsing (nothing else runs)."""
+
     def grab(parser, *_args, **_kwargs):
         raise _Parsed(parser)
 
@@ -232,8 +239,12 @@ def path_problems(args: tuple[str, ...]) -> list[str]:
                 problems.append(str(error))
     for word in args:
         path = word.split("=", 1)[-1].split("::")[0]
-        if (path.split("/")[0] in REPO_DIRS and "/" in path and _concrete(path)
-                and not (REPO_ROOT / path).exists()):
+        if (
+            path.split("/")[0] in REPO_DIRS
+            and "/" in path
+            and _concrete(path)
+            and not (REPO_ROOT / path).exists()
+        ):
             problems.append(f"{path} does not exist")
     return problems
 
@@ -248,8 +259,9 @@ def make_targets(root: Path = REPO_ROOT) -> frozenset[str]:
 @functools.cache
 def script_help(path: Path) -> str:
     """What `bash SCRIPT --help` prints (stdout and stderr)."""
-    result = subprocess.run(["bash", str(path), "--help"], capture_output=True, text=True,
-                            timeout=30, check=False)
+    result = subprocess.run(
+        ["bash", str(path), "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
     return result.stdout + result.stderr if result.returncode == 0 else ""
 
 
@@ -260,9 +272,12 @@ def _shell_script_problems(script: str, args: tuple[str, ...]) -> list[str]:
     text = script_help(path)
     if not text:
         return [f"{script} --help failed"]
-    return [f"{script} --help lists no option {name}" for name in filter(None, map(_option, args))
-            if not name.startswith("--gin.")
-            and not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)]
+    return [
+        f"{script} --help lists no option {name}"
+        for name in filter(None, map(_option, args))
+        if not name.startswith("--gin.")
+        and not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)
+    ]
 
 
 def _cli_problems(parser: argparse.ArgumentParser, args: tuple[str, ...]) -> list[str]:
@@ -283,8 +298,11 @@ def _python_problems(args: tuple[str, ...]) -> list[str]:
         path = REPO_ROOT / args[0]
         if not path.is_file():
             return [f"{args[0]} does not exist"]
-        return _cli_problems(parser_of(args[0], path), args[1:]) if args[0].startswith(
-            "benchmarks/") else []
+        return (
+            _cli_problems(parser_of(args[0], path), args[1:])
+            if args[0].startswith("benchmarks/")
+            else []
+        )
     return []
 
 
@@ -302,9 +320,11 @@ def problems(invocation: Invocation) -> list[str]:
     elif program in ("python", "python3"):
         found += _python_problems(args)
     elif program == "make":
-        found += [f"make {target}: no such target in the Makefile" for target in args
-                  if not target.startswith("-") and "=" not in target
-                  and target not in make_targets()]
+        found += [
+            f"make {target}: no such target in the Makefile"
+            for target in args
+            if not target.startswith("-") and "=" not in target and target not in make_targets()
+        ]
     elif program.startswith("tpu_scripts/"):
         found += _shell_script_problems(program, args)
     return found

@@ -24,12 +24,21 @@ TRAIN_STEPS = 12
 def train_args(model_dir: str, **overrides: Any) -> dict[str, Any]:
     """The arguments of a 12-step synthetic run (the LR schedule spans TRAIN_STEPS, so runs
     with the same `train_steps` have the same losses step for step)."""
-    args = dict(model_config=TINY, model_dir=model_dir, train_steps=TRAIN_STEPS, batch_size=2,
-                sequence_length={"inputs": 8, "targets": 8}, mesh_config=MeshConfig(),
-                rules="data_parallel",
-                optimizer_config=OptimizerConfig(learning_rate=1e-2, end_learning_rate=1e-3),
-                checkpoint_period=2, keep_checkpoints=1, log_every=1, data_source="synthetic",
-                progress_bar=False)
+    args = dict(
+        model_config=TINY,
+        model_dir=model_dir,
+        train_steps=TRAIN_STEPS,
+        batch_size=2,
+        sequence_length={"inputs": 8, "targets": 8},
+        mesh_config=MeshConfig(),
+        rules="data_parallel",
+        optimizer_config=OptimizerConfig(learning_rate=1e-2, end_learning_rate=1e-3),
+        checkpoint_period=2,
+        keep_checkpoints=1,
+        log_every=1,
+        data_source="synthetic",
+        progress_bar=False,
+    )
     args.update(overrides)
     return args
 

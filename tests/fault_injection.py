@@ -52,8 +52,7 @@ def tmpfs(path: str, size_bytes: int) -> Iterator[bool]:
     """Mount a tmpfs of `size_bytes` at `path` (created); yields False when mounting is not
     possible here (not root, no permission), True while mounted."""
     os.makedirs(path, exist_ok=True)
-    mounted = os.geteuid() == 0 and _mount("-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
-                                           path)
+    mounted = os.geteuid() == 0 and _mount("-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", path)
     try:
         yield mounted
     finally:

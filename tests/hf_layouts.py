@@ -24,8 +24,9 @@ def save_to_disk(directory: pathlib.Path, splits: dict[str, list[dict]]) -> None
     for split, rows in splits.items():
         name = "data-00000-of-00001.arrow"
         _write_stream(directory / split / name, rows)
-        (directory / split / "state.json").write_text(json.dumps(
-            {"_data_files": [{"filename": name}], "_split": split}))
+        (directory / split / "state.json").write_text(
+            json.dumps({"_data_files": [{"filename": name}], "_split": split})
+        )
         (directory / split / "dataset_info.json").write_text("{}")
 
 

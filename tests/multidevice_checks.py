@@ -21,15 +21,24 @@ STEPS = 5
 @functools.lru_cache(maxsize=None)
 def run_multidevice_checks() -> dict:
     """Run this file in a fresh interpreter with 8 CPU devices; its JSON result as a dict."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}")
-    out = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve())], env=env,
-                         capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+    )
+    out = subprocess.run(
+        [sys.executable, str(pathlib.Path(__file__).resolve())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if out.returncode:
         raise RuntimeError(f"multidevice_checks failed:\n{out.stderr[-4000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["involuntary_rematerializations"] = out.stderr.count(
-        "Involuntary full rematerialization")
+        "Involuntary full rematerialization"
+    )
     return result
 
 
@@ -41,35 +50,55 @@ def _main() -> dict:
     from alexatm_jax.model import ModelConfig, abstract_params
     from alexatm_jax.model.params import param_logical_axes
     from alexatm_jax.partitioning import MeshConfig, Partitioner
-    from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
-                                      make_train_step, train_state_shardings)
+    from alexatm_jax.training import (
+        OptimizerConfig,
+        create_train_state,
+        make_optimizer,
+        make_train_step,
+        train_state_shardings,
+    )
     from alexatm_jax.training.config import TrainConfig
     from alexatm_jax.training.optimizer import path_string
 
     assert len(jax.devices()) == NUM_DEVICES, jax.devices()
-    cfg = ModelConfig(vocab_size=128, d_model=32, num_encoder_layers=1, num_decoder_layers=1,
-                      num_encoder_heads=4, num_decoder_heads=2, encoder_ffn_dim=64,
-                      decoder_ffn_dim=48, max_positions=16, dropout_rate=0.0)
+    cfg = ModelConfig(
+        vocab_size=128,
+        d_model=32,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        num_encoder_heads=4,
+        num_decoder_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=48,
+        max_positions=16,
+        dropout_rate=0.0,
+    )
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(STEPS):
         lengths = rng.integers(4, 11, 8)
         weights = (np.arange(10)[None] < lengths[:, None]).astype(np.float32)
-        batches.append({
-            "encoder_input_tokens": rng.integers(3, 128, (8, 12)).astype(np.int32),
-            "decoder_input_tokens": rng.integers(3, 128, (8, 10)).astype(np.int32),
-            "decoder_target_tokens": rng.integers(3, 128, (8, 10)).astype(np.int32),
-            "decoder_loss_weights": weights,
-            "decoder_segment_ids": weights.astype(np.int32),
-            "encoder_segment_ids": np.ones((8, 12), np.int32),
-        })
+        batches.append(
+            {
+                "encoder_input_tokens": rng.integers(3, 128, (8, 12)).astype(np.int32),
+                "decoder_input_tokens": rng.integers(3, 128, (8, 10)).astype(np.int32),
+                "decoder_target_tokens": rng.integers(3, 128, (8, 10)).astype(np.int32),
+                "decoder_loss_weights": weights,
+                "decoder_segment_ids": weights.astype(np.int32),
+                "encoder_segment_ids": np.ones((8, 12), np.int32),
+            }
+        )
 
     def train(partitioner, optimizer_config, num_steps=STEPS):
         tx = make_optimizer(optimizer_config, 50)
         state = create_train_state(cfg, tx, partitioner, jax.random.key(0))
         expected = train_state_shardings(cfg, tx, partitioner)
-        step = make_train_step(TrainConfig(model_config=cfg, train_steps=50, batch_size=8,
-                                           optimizer_config=optimizer_config), partitioner)
+        step = make_train_step(
+            TrainConfig(
+                model_config=cfg, train_steps=50, batch_size=8, optimizer_config=optimizer_config
+            ),
+            partitioner,
+        )
         mismatches_at_init = _mismatches(state, expected)
         losses = []
         for batch in batches[:num_steps]:
@@ -85,8 +114,10 @@ def _main() -> dict:
 
     params_specs = {}
     flat_params = jax.tree_util.tree_flatten_with_path(state.params)[0]
-    for (path, array), logical in zip(flat_params, jax.tree.leaves(
-            param_logical_axes(cfg), is_leaf=lambda x: isinstance(x, PartitionSpec))):
+    for (path, array), logical in zip(
+        flat_params,
+        jax.tree.leaves(param_logical_axes(cfg), is_leaf=lambda x: isinstance(x, PartitionSpec)),
+    ):
         want = NamedSharding(mesh.mesh, mesh.logical_to_mesh_spec(logical, array.shape))
         params_specs[path_string(path)] = {
             "actual": str(tuple(array.sharding.spec)),
@@ -95,15 +126,21 @@ def _main() -> dict:
     adam = state.opt_state[1][0]  # chain(clip, chain(scale_by_adam, ...)) -> ScaleByAdamState
     moments_like_params = all(
         m.sharding.is_equivalent_to(p.sharding, p.ndim) and v.sharding == m.sharding
-        for m, v, p in zip(jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu),
-                           jax.tree.leaves(state.params)))
+        for m, v, p in zip(
+            jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu), jax.tree.leaves(state.params)
+        )
+    )
 
     # Activation constraints are live: the logits' sharding follows the activation_* logit axes.
     batch = mesh.shard_batch(batches[0])
     with mesh.activate():
         from alexatm_jax.model import AlexaTM
-        forward = jax.jit(lambda p, b: AlexaTM(cfg).apply(
-            {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"]))
+
+        forward = jax.jit(
+            lambda p, b: AlexaTM(cfg).apply(
+                {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"]
+            )
+        )
         logits_spec = forward.lower(state.params, batch).compile().output_shardings.spec
 
     # Adafactor: factored statistics get their own (reduced) shardings.
@@ -117,20 +154,26 @@ def _main() -> dict:
 
     table = mesh.sharding_table(abstract_params(cfg), mesh.params_shardings(cfg))
     return {
-        "single_losses": single_losses, "mesh_losses": mesh_losses,
-        "init_mismatches": init_mismatch, "step_mismatches": _mismatches(state, expected),
-        "params": params_specs, "moments_like_params": moments_like_params,
-        "logits_spec": [str(x) for x in logits_spec], "adafactor_mesh_losses": ada_losses,
+        "single_losses": single_losses,
+        "mesh_losses": mesh_losses,
+        "init_mismatches": init_mismatch,
+        "step_mismatches": _mismatches(state, expected),
+        "params": params_specs,
+        "moments_like_params": moments_like_params,
+        "logits_spec": [str(x) for x in logits_spec],
+        "adafactor_mesh_losses": ada_losses,
         "adafactor_init_mismatches": ada_init_mismatch,
         "adafactor_step_mismatches": _mismatches(ada_state, ada_expected),
         "adafactor_factored_specs": factored,
-        "data_shard_info": list(mesh.data_shard_info()), "sharding_table": table,
+        "data_shard_info": list(mesh.data_shard_info()),
+        "sharding_table": table,
     }
 
 
 def _mismatches(state, expected) -> list[str]:
     """Paths of state leaves whose actual sharding differs from the expected one."""
     import jax
+
     bad = []
     flat = jax.tree_util.tree_flatten_with_path(state)[0]
     for (path, array), want in zip(flat, jax.tree.leaves(expected)):

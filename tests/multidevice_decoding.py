@@ -19,10 +19,18 @@ NUM_DEVICES = 8
 @functools.lru_cache(maxsize=None)
 def run_multidevice_decoding() -> dict:
     """This file's JSON result, computed in a subprocess with 8 CPU devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}")
-    out = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve())], env=env,
-                         capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+    )
+    out = subprocess.run(
+        [sys.executable, str(pathlib.Path(__file__).resolve())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if out.returncode:
         raise RuntimeError(f"multidevice_decoding failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -40,8 +48,9 @@ def _main() -> dict:
     from tiny_config import tiny_model_config
 
     assert len(jax.devices()) == NUM_DEVICES, jax.devices()
-    config = tiny_model_config(num_decoder_layers=2, num_encoder_heads=4, num_decoder_heads=4,
-                               init_std=0.5)
+    config = tiny_model_config(
+        num_decoder_layers=2, num_encoder_heads=4, num_decoder_heads=4, init_std=0.5
+    )
     params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
     rng = np.random.default_rng(0)
     prompts = [list(map(int, rng.integers(3, 64, n))) + [1] for n in (3, 9, 5, 12, 2, 7, 4, 10)]
@@ -52,19 +61,25 @@ def _main() -> dict:
 
     def run(cfg, p, part):
         engine = InferenceEngine(cfg, p, partitioner=part, batch_size=8)
-        return ([g.token_ids for g in engine.generate_ids(prompts, greedy)],
-                [g.token_ids for g in engine.generate_ids(prompts, beams)],
-                [s.score_sum for s in engine.score_ids(prompts, targets)], engine)
+        return (
+            [g.token_ids for g in engine.generate_ids(prompts, greedy)],
+            [g.token_ids for g in engine.generate_ids(prompts, beams)],
+            [s.score_sum for s in engine.score_ids(prompts, targets)],
+            engine,
+        )
 
     plain = run(config, params, None)
     # Sharded with scanned layers: the KV cache has a leading layers axis (batch is axis 1).
     sharded = run(config.replace(scan_layers=True), scan_params(params), partitioner)
-    specs = {jax.tree_util.keystr(path): str(leaf.sharding.spec)
-             for path, leaf in jax.tree_util.tree_leaves_with_path(sharded[3].params)}
+    specs = {
+        jax.tree_util.keystr(path): str(leaf.sharding.spec)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(sharded[3].params)
+    }
     # Tied embeddings: the engine's LM head is the transposed table, built once and sharded.
     tied = config.replace(tie_word_embeddings=True, share_embeddings=True)
-    tied_params = {k: v for k, v in params.items()
-                   if k not in ("lm_head", "decoder_token_embedder")}
+    tied_params = {
+        k: v for k, v in params.items() if k not in ("lm_head", "decoder_token_embedder")
+    }
     tied_plain = run(tied, tied_params, None)
     tied_sharded = run(tied, tied_params, partitioner)
     return {

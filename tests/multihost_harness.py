@@ -70,8 +70,9 @@ def wrap_sources(read_shards: int) -> None:
         if kwargs["split"] != "train":
             return build(kind, **kwargs)
         if read_shards == 1:
-            return RecordingSource(build(kind, **kwargs), kwargs["shard_index"],
-                                   kwargs["num_shards"])
+            return RecordingSource(
+                build(kind, **kwargs), kwargs["shard_index"], kwargs["num_shards"]
+            )
         if kwargs["num_shards"] != 1 or kwargs.get("resume_state"):
             raise SystemExit("READ_SHARDS > 1 needs a one-process run that does not resume")
         rows = kwargs["per_host_batch_size"] // read_shards

@@ -21,6 +21,9 @@ def random_params(config: ModelConfig, seed: int, dtype=np.float32, scale: float
     """Numpy params with N(0, scale) entries, in config's layout (scanned when scan_layers)."""
     rng = np.random.default_rng(seed)
     params = traverse_util.unflatten_dict(
-        {k: (scale * rng.normal(size=v.shape)).astype(dtype)
-         for k, v in unscanned_shapes(config).items()})
+        {
+            k: (scale * rng.normal(size=v.shape)).astype(dtype)
+            for k, v in unscanned_shapes(config).items()
+        }
+    )
     return scan_params(params) if config.scan_layers else params

@@ -24,8 +24,11 @@ from alexatm_jax.checkpoints import digests, save_model_checkpoint
 from alexatm_jax.checkpoints.digests import DigestMismatchError
 from alexatm_jax.cli import info
 from alexatm_jax.model.params import init_params
-from alexatm_jax.training.checkpointing import (CheckpointSaveError, TrainingCheckpointer,
-                                                restore_params_from_model_dir)
+from alexatm_jax.training.checkpointing import (
+    CheckpointSaveError,
+    TrainingCheckpointer,
+    restore_params_from_model_dir,
+)
 from alexatm_jax.training.model_dir import write_model_config
 from alexatm_jax.training.state import TrainState
 from fault_injection import flip, largest_data_file, simulate_full_disk_in_json_writes
@@ -66,8 +69,9 @@ def test_digests_follow_the_formula_on_device_and_host_and_see_every_bit(dtype):
     assert digests.tree_digests({"x": jnp.asarray(values)})["x"]["digest"] == expected
     assert digests.tree_digests({"x": values})["x"]["digest"] == expected
     bits = np.dtype(dtype).itemsize * 8 if dtype != np.bool_ else 1
-    raw = values.reshape(-1).view({1: np.uint8, 2: np.uint16, 4: np.uint32}[
-        np.dtype(dtype).itemsize])
+    raw = values.reshape(-1).view(
+        {1: np.uint8, 2: np.uint16, 4: np.uint32}[np.dtype(dtype).itemsize]
+    )
     seen = {expected}
     for element in (0, 17, raw.size - 1):
         for bit in range(bits):
@@ -89,30 +93,40 @@ found = {digests.tree_digests({"x": jax.device_put(x, NamedSharding(mesh, spec))
 found.add(digests.tree_digests({"x": x})["x"]["digest"])
 assert len(found) == 1, found
 """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def state_at(step: int, scale: float) -> TrainState:
     """A small TrainState of random (incompressible) values, different for each step/scale."""
     kernel, bias = np.random.default_rng(step).normal(scale, 1.0, size=(2, 16, 64))
-    params = {"dense": {"kernel": jnp.asarray(kernel, jnp.float32),
-                        "bias": jnp.asarray(bias[0], jnp.float32)}}
-    return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
-                      opt_state=optax.adam(1e-3).init(params))
+    params = {
+        "dense": {
+            "kernel": jnp.asarray(kernel, jnp.float32),
+            "bias": jnp.asarray(bias[0], jnp.float32),
+        }
+    }
+    return TrainState(
+        step=jnp.asarray(step, jnp.int32), params=params, opt_state=optax.adam(1e-3).init(params)
+    )
 
 
 def abstract(state: TrainState) -> TrainState:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        state)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
 
 
 def same(a, b) -> bool:
-    return all(np.array_equal(np.asarray(x), np.asarray(y))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +147,15 @@ def restore(model_dir: str):
     return restored
 
 
-def test_every_bit_flip_in_the_newest_checkpoint_is_caught_or_harmless(three_checkpoints,
-                                                                       tmp_path, caplog):
+def test_every_bit_flip_in_the_newest_checkpoint_is_caught_or_harmless(
+    three_checkpoints, tmp_path, caplog
+):
     newest = os.path.join(three_checkpoints, "checkpoints", "3")
-    files = sorted(os.path.relpath(p, newest) for p in glob.glob(f"{newest}/**", recursive=True)
-                   if os.path.isfile(p) and os.path.getsize(p) > 0)
+    files = sorted(
+        os.path.relpath(p, newest)
+        for p in glob.glob(f"{newest}/**", recursive=True)
+        if os.path.isfile(p) and os.path.getsize(p) > 0
+    )
     assert len(files) >= 8, files
     outcomes = {}
     for number, name in enumerate(files):
@@ -162,13 +180,15 @@ def test_every_bit_flip_in_the_newest_checkpoint_is_caught_or_harmless(three_che
         assert outcomes[os.path.join(item, "metadata")] == "detected", outcomes
 
 
-def test_flipped_bytes_in_the_newest_and_an_older_checkpoint(three_checkpoints, tmp_path,
-                                                            caplog):
+def test_flipped_bytes_in_the_newest_and_an_older_checkpoint(three_checkpoints, tmp_path, caplog):
     model_dir = str(tmp_path / "run")
     shutil.copytree(three_checkpoints, model_dir)
     for step in (3, 2):
-        flip(largest_data_file(os.path.join(model_dir, "checkpoints", str(step))), mask=0xFF,
-             count=16)
+        flip(
+            largest_data_file(os.path.join(model_dir, "checkpoints", str(step))),
+            mask=0xFF,
+            count=16,
+        )
     with caplog.at_level(logging.WARNING, logger="alexatm_jax.training.checkpointing"):
         restored = restore(model_dir)
     assert restored.step == 1 and same(restored.state, state_at(1, 1.0))
@@ -190,14 +210,13 @@ def test_a_digest_mismatch_names_the_array(three_checkpoints, tmp_path):
     checkpointer.close()
 
 
-def test_checkpoints_written_before_digests_restore_unverified(three_checkpoints, tmp_path,
-                                                              caplog):
+def test_checkpoints_written_before_digests_restore_unverified(three_checkpoints, tmp_path, caplog):
     model_dir = str(tmp_path / "run")
     shutil.copytree(three_checkpoints, model_dir)
     shutil.rmtree(os.path.join(model_dir, "checkpoints", "3", "digests"))
     with caplog.at_level(logging.WARNING, logger="alexatm_jax.training.checkpointing"):
         restored = restore(model_dir)
-    assert restored.step == 3 and not restored.verified and same(restored.state, state_at(3, 3.))
+    assert restored.step == 3 and not restored.verified and same(restored.state, state_at(3, 3.0))
     assert "restored unverified" in caplog.text
 
 
@@ -236,11 +255,11 @@ def params_only_dirs(tmp_path_factory):
     model_dir = str(root / "run")
     write_model_config(model_dir, TINY)
     checkpointer = TrainingCheckpointer(model_dir, keep=1)
-    checkpointer.save(3, TrainState(step=jnp.asarray(3, jnp.int32), params=params, opt_state=()),
-                      {})
+    checkpointer.save(
+        3, TrainState(step=jnp.asarray(3, jnp.int32), params=params, opt_state=()), {}
+    )
     checkpointer.close()
-    model_checkpoint = save_model_checkpoint(root / "model", TINY,
-                                             jax.tree.map(np.asarray, params))
+    model_checkpoint = save_model_checkpoint(root / "model", TINY, jax.tree.map(np.asarray, params))
     return model_dir, str(model_checkpoint), params
 
 
@@ -255,8 +274,9 @@ def test_load_and_warm_start_sources_detect_a_single_flipped_bit(params_only_dir
     with pytest.raises(DigestMismatchError):
         restore_params_from_model_dir(str(run))
     converted = shutil.copytree(model_checkpoint, tmp_path / "model")
-    data = max(glob.glob(str(converted / "params" / "**" / "d" / "*"), recursive=True),
-               key=os.path.getsize)
+    data = max(
+        glob.glob(str(converted / "params" / "**" / "d" / "*"), recursive=True), key=os.path.getsize
+    )
     flip(data, mask=mask)
     with pytest.raises(DigestMismatchError, match=r"[a-z_.0-9]+: digest differs"):
         alexatm_jax.load(converted)
@@ -274,8 +294,7 @@ def test_model_checkpoints_without_digests_load_unverified(params_only_dirs, tmp
     assert loaded.params["lm_head"].dtype == jnp.bfloat16
 
 
-def test_info_verify_reports_each_checkpoint(three_checkpoints, params_only_dirs, tmp_path,
-                                             capsys):
+def test_info_verify_reports_each_checkpoint(three_checkpoints, params_only_dirs, tmp_path, capsys):
     assert info.main(["--verify", three_checkpoints]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(": verified: " in line for line in lines)

@@ -27,10 +27,20 @@ from tiny_config import tiny_model_config
 
 # transformers 4.30.2 warns about its own use of a deprecated argument in every forward.
 pytestmark = pytest.mark.filterwarnings("ignore:The `device` argument is deprecated")
-UNTIED = tiny_model_config(vocab_size=61, d_model=16, num_encoder_layers=2,
-                           num_decoder_layers=3, num_decoder_heads=4, encoder_ffn_dim=24,
-                           decoder_ffn_dim=40, max_positions=12, type_vocab_size=2,
-                           share_embeddings=False, tie_word_embeddings=False, dropout_rate=0.1)
+UNTIED = tiny_model_config(
+    vocab_size=61,
+    d_model=16,
+    num_encoder_layers=2,
+    num_decoder_layers=3,
+    num_decoder_heads=4,
+    encoder_ffn_dim=24,
+    decoder_ffn_dim=40,
+    max_positions=12,
+    type_vocab_size=2,
+    share_embeddings=False,
+    tie_word_embeddings=False,
+    dropout_rate=0.1,
+)
 SHARED_TIED = UNTIED.replace(share_embeddings=True, tie_word_embeddings=True, type_vocab_size=1)
 
 
@@ -43,23 +53,31 @@ def assert_bit_equal(a, b):
         assert x.tobytes() == y.tobytes(), f"{'/'.join(key)} differs"
 
 
-@pytest.mark.parametrize("config,scan,dtype,shard", [
-    (UNTIED, False, np.float32, "5GB"),
-    (UNTIED, True, ml_dtypes.bfloat16, "3KB"),
-    (SHARED_TIED, True, np.float32, "3KB"),
-    (SHARED_TIED, False, ml_dtypes.bfloat16, "5GB"),
-], ids=["untied-unscanned-f32", "untied-scanned-bf16-sharded", "shared-scanned-f32-sharded",
-        "shared-unscanned-bf16"])
+@pytest.mark.parametrize(
+    "config,scan,dtype,shard",
+    [
+        (UNTIED, False, np.float32, "5GB"),
+        (UNTIED, True, ml_dtypes.bfloat16, "3KB"),
+        (SHARED_TIED, True, np.float32, "3KB"),
+        (SHARED_TIED, False, ml_dtypes.bfloat16, "5GB"),
+    ],
+    ids=[
+        "untied-unscanned-f32",
+        "untied-scanned-bf16-sharded",
+        "shared-scanned-f32-sharded",
+        "shared-unscanned-bf16",
+    ],
+)
 def test_jax_hf_jax_round_trip_is_bit_exact(tmp_path, config, scan, dtype, shard):
     config = config.replace(scan_layers=scan)
     params = random_params(config, seed=1, dtype=dtype)
     save_model_checkpoint(tmp_path / "a", config, params)
-    export_checkpoint_to_hf(tmp_path / "a", tmp_path / "hf", max_shard_size=shard,
-                            show_progress=False)
+    export_checkpoint_to_hf(
+        tmp_path / "a", tmp_path / "hf", max_shard_size=shard, show_progress=False
+    )
     sharded = (tmp_path / "hf" / hf_files.SAFETENSORS_INDEX).is_file()
     assert sharded == (shard == "3KB")
-    convert_hf_to_checkpoint(tmp_path / "hf", tmp_path / "b", scan_layers=scan,
-                             show_progress=False)
+    convert_hf_to_checkpoint(tmp_path / "hf", tmp_path / "b", scan_layers=scan, show_progress=False)
     restored_config, restored = restore_model_checkpoint(tmp_path / "b", to_numpy=True)
     assert restored_config == config.replace(param_dtype=np.dtype(dtype).name)
     assert_bit_equal(params, restored)
@@ -75,18 +93,23 @@ def exported_untied(tmp_path_factory):
     return root / "ckpt", root / "hf", UNTIED, params
 
 
-ALIAS_KEYS = {"model.encoder.token_embeddings.weight", "model.decoder.embed_tokens.weight",
-              "lm_head.weight"}
+ALIAS_KEYS = {
+    "model.encoder.token_embeddings.weight",
+    "model.decoder.embed_tokens.weight",
+    "lm_head.weight",
+}
 
 
-@pytest.mark.parametrize("config", [UNTIED, SHARED_TIED.replace(scan_layers=True)],
-                         ids=["untied", "shared-tied-scanned"])
+@pytest.mark.parametrize(
+    "config", [UNTIED, SHARED_TIED.replace(scan_layers=True)], ids=["untied", "shared-tied-scanned"]
+)
 def test_export_loads_in_reference_with_every_tensor(tmp_path, config):
     params = random_params(config, seed=3)
     save_model_checkpoint(tmp_path / "ckpt", config, params)
     export_checkpoint_to_hf(tmp_path / "ckpt", tmp_path / "hf", show_progress=False)
     model, info = AlexaTMSeq2SeqForConditionalGeneration.from_pretrained(
-        tmp_path / "hf", output_loading_info=True)
+        tmp_path / "hf", output_loading_info=True
+    )
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     assert set(info["missing_keys"]) <= ALIAS_KEYS  # same modules as model.shared (HF warns)
     state = model.state_dict()
@@ -100,19 +123,23 @@ def test_exported_model_logits_match_ours(exported_untied):
     ckpt, hf_dir, config, _ = exported_untied
     assert (hf_dir / hf_files.SAFETENSORS_INDEX).is_file()  # sharded export
     reference = AlexaTMSeq2SeqForConditionalGeneration.from_pretrained(hf_dir).eval()
-    batch = padded_batch(np.random.default_rng(5), config.vocab_size, config.type_vocab_size,
-                         [8, 5, 2], [6, 3, 1])
-    diff = max_abs_diff_on_real_positions(alexatm_jax.load(ckpt).logits(batch),
-                                          reference_logits(reference, batch), batch)
+    batch = padded_batch(
+        np.random.default_rng(5), config.vocab_size, config.type_vocab_size, [8, 5, 2], [6, 3, 1]
+    )
+    diff = max_abs_diff_on_real_positions(
+        alexatm_jax.load(ckpt).logits(batch), reference_logits(reference, batch), batch
+    )
     assert diff < 1e-4
 
 
 def write_hf_dir(directory, config, tensors):
     """A single-file safetensors HF directory holding exactly `tensors`."""
     directory.mkdir(exist_ok=True)
-    write_safetensors(directory / "model.safetensors",
-                      [TensorSpec(k, v.dtype, v.shape) for k, v in tensors.items()],
-                      lambda spec: np.asarray(tensors[spec.name]))
+    write_safetensors(
+        directory / "model.safetensors",
+        [TensorSpec(k, v.dtype, v.shape) for k, v in tensors.items()],
+        lambda spec: np.asarray(tensors[spec.name]),
+    )
     (directory / "config.json").write_text(json.dumps(model_config_to_hf_config(config)))
 
 
@@ -158,16 +185,22 @@ def test_aliases_and_optional_keys_are_accepted(tmp_path):
 def test_our_safetensors_match_the_library_bit_for_bit(tmp_path):
     from safetensors import safe_open
 
-    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4).T,  # non-contiguous source
-              "b": (np.arange(5) / 3).astype(ml_dtypes.bfloat16), "c": np.arange(3, dtype=np.int64)}
-    write_safetensors(tmp_path / "x.safetensors",
-                      [TensorSpec(k, v.dtype, v.shape) for k, v in arrays.items()],
-                      lambda spec: arrays[spec.name])
+    arrays = {
+        "a": np.arange(12, dtype=np.float32).reshape(3, 4).T,  # non-contiguous source
+        "b": (np.arange(5) / 3).astype(ml_dtypes.bfloat16),
+        "c": np.arange(3, dtype=np.int64),
+    }
+    write_safetensors(
+        tmp_path / "x.safetensors",
+        [TensorSpec(k, v.dtype, v.shape) for k, v in arrays.items()],
+        lambda spec: arrays[spec.name],
+    )
     with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
         assert torch.equal(f.get_tensor("a"), torch.tensor(arrays["a"]))
-        assert torch.equal(f.get_tensor("b").view(torch.int16),
-                           torch.tensor(arrays["b"].view(np.int16)))
+        assert torch.equal(
+            f.get_tensor("b").view(torch.int16), torch.tensor(arrays["b"].view(np.int16))
+        )
     reread = SafetensorsFile(tmp_path / "x.safetensors")
     for key, value in arrays.items():
         assert reread.tensor(key).tobytes() == np.ascontiguousarray(value).tobytes()
@@ -180,8 +213,9 @@ def test_bin_files_need_torch_with_a_clear_error(tmp_path, monkeypatch):
         hf_files.open_weight_file(tmp_path / "pytorch_model.bin")
 
 
-def test_output_directory_is_never_clobbered_or_half_written(tmp_path, exported_untied,
-                                                             monkeypatch):
+def test_output_directory_is_never_clobbered_or_half_written(
+    tmp_path, exported_untied, monkeypatch
+):
     _, hf_dir, _, _ = exported_untied
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
@@ -209,20 +243,50 @@ def test_cli_round_trip_with_tokenizer_files(tmp_path, exported_untied, capsys):
     shutil.copytree(hf_dir, work)
     (work / "spm.model").write_bytes(b"sentencepiece bytes")
     (work / "special_tokens_map.json").write_text("{}")
-    assert convert_cli.main(["hf-to-jax", "--hf_dir", str(work), "--out", str(tmp_path / "c"),
-                             "--scan_layers", "--dtype", "bfloat16"]) == 0
+    assert (
+        convert_cli.main(
+            [
+                "hf-to-jax",
+                "--hf_dir",
+                str(work),
+                "--out",
+                str(tmp_path / "c"),
+                "--scan_layers",
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     loaded = alexatm_jax.load(tmp_path / "c")
     assert loaded.config.scan_layers and loaded.config.param_dtype == "bfloat16"
     assert loaded.tokenizer_path.read_bytes() == b"sentencepiece bytes"
-    assert convert_cli.main(["jax-to-hf", "--checkpoint", str(tmp_path / "c"), "--out",
-                             str(tmp_path / "back"), "--dtype", "float32",
-                             "--max_shard_size", "2KB"]) == 0
+    assert (
+        convert_cli.main(
+            [
+                "jax-to-hf",
+                "--checkpoint",
+                str(tmp_path / "c"),
+                "--out",
+                str(tmp_path / "back"),
+                "--dtype",
+                "float32",
+                "--max_shard_size",
+                "2KB",
+            ]
+        )
+        == 0
+    )
     assert "wrote HuggingFace directory" in capsys.readouterr().out
     assert {"spm.model", "special_tokens_map.json", "config.json"} <= {
-        p.name for p in (tmp_path / "back").iterdir()}
-    back = traverse_util.flatten_dict(restore_model_checkpoint(
-        convert_hf_to_checkpoint(tmp_path / "back", tmp_path / "d", show_progress=False),
-        to_numpy=True)[1])
+        p.name for p in (tmp_path / "back").iterdir()
+    }
+    back = traverse_util.flatten_dict(
+        restore_model_checkpoint(
+            convert_hf_to_checkpoint(tmp_path / "back", tmp_path / "d", show_progress=False),
+            to_numpy=True,
+        )[1]
+    )
     for key, value in traverse_util.flatten_dict(params).items():  # f32 -> bf16 -> f32
         expected = value.astype(ml_dtypes.bfloat16).astype(np.float32)
         assert np.array_equal(back[key], expected), key

@@ -66,8 +66,9 @@ def test_damaged_gzip_files_are_skipped_by_name_and_counted_once(tmp_path, caplo
 def test_problem_counters_count_each_bad_record_once_per_pass(tmp_path):
     jsonl = tmp_path / "mixed.jsonl"
     bad_lines = ["not json", "{}", '{"text": 5}', "[1, 2]"]
-    jsonl.write_text("\n".join([json.dumps({"text": "good one"})] + bad_lines
-                               + ['{"text": "fine"}']) + "\n")
+    jsonl.write_text(
+        "\n".join([json.dumps({"text": "good one"})] + bad_lines + ['{"text": "fine"}']) + "\n"
+    )
     text = tmp_path / "text.txt"
     text.write_bytes(b"clean\n\nbroken \xff bytes\n\n")
     registry = PipelineCounters()
@@ -92,20 +93,41 @@ def test_the_trainer_reports_pipeline_counters(tmp_path, caplog, demo_vocabulary
     data_dir = tmp_path / "data"
     (data_dir / "en").mkdir(parents=True)
     (data_dir / "en" / "sample.txt").write_text(
-        (REPO / "data" / "sample" / "en" / "part1.txt").read_text(encoding="utf-8"))
+        (REPO / "data" / "sample" / "en" / "part1.txt").read_text(encoding="utf-8")
+    )
     write_gzip_files(data_dir / "en")
     (data_dir / "en" / "records.jsonl").write_text(
-        '{"text": "A short extra record."}\nnot json\n{"id": 3}\n')
+        '{"text": "A short extra record."}\nnot json\n{"id": 3}\n'
+    )
     model_dir = tmp_path / "run"
-    tiny = ModelConfig(vocab_size=4000, d_model=16, num_encoder_layers=1, num_decoder_layers=1,
-                       num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=32,
-                       decoder_ffn_dim=32, max_positions=32, dropout_rate=0.0)
+    tiny = ModelConfig(
+        vocab_size=4000,
+        d_model=16,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        num_encoder_heads=2,
+        num_decoder_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_positions=32,
+        dropout_rate=0.0,
+    )
     with caplog.at_level(logging.WARNING):
-        train(TrainConfig(model_config=tiny, model_dir=str(model_dir), train_steps=2,
-                          batch_size=2, sequence_length={"inputs": 16, "targets": 16},
-                          mesh_config=MeshConfig(), rules="data_parallel",
-                          checkpoint_period=2, log_every=1, data_dir=str(data_dir),
-                          progress_bar=False))
+        train(
+            TrainConfig(
+                model_config=tiny,
+                model_dir=str(model_dir),
+                train_steps=2,
+                batch_size=2,
+                sequence_length={"inputs": 16, "targets": 16},
+                mesh_config=MeshConfig(),
+                rules="data_parallel",
+                checkpoint_period=2,
+                log_every=1,
+                data_dir=str(data_dir),
+                progress_bar=False,
+            )
+        )
     assert "data pipeline at start: bad_files=2" in caplog.text
     assert f"skipped {data_dir / 'en' / 'truncated.txt.gz'}: truncated gzip data" in caplog.text
     records = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]

@@ -34,8 +34,7 @@ LENGTHS = [9, 4, 7, 12, 3, 6]
 def setup():
     ref = reference_model()
     config, params = convert_reference(ref)
-    prompts = padded_prompts(LENGTHS, config.vocab_size, config.eos_token_id,
-                             config.pad_token_id)
+    prompts = padded_prompts(LENGTHS, config.vocab_size, config.eos_token_id, config.pad_token_id)
     # The engine pads to 16 (a power of two) with batch_size 6: raw calls below share its compile.
     tokens, segments = pad_rows(prompts, 16, config.pad_token_id)
     return ref, config, params, prompts, tokens, segments
@@ -47,8 +46,11 @@ def reference_greedy(ref, prompt: list[int], steps: int, start: int, eos: int):
     decoder, total = [start], 0.0
     with torch.no_grad():
         for _ in range(steps):
-            logits = ref(input_ids=x, attention_mask=torch.ones_like(x),
-                         decoder_input_ids=torch.tensor([decoder])).logits[0, -1]
+            logits = ref(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                decoder_input_ids=torch.tensor([decoder]),
+            ).logits[0, -1]
             token = int(logits.argmax())
             total += float(torch.log_softmax(logits.double(), -1)[token])
             decoder.append(token)
@@ -60,13 +62,14 @@ def reference_greedy(ref, prompt: list[int], steps: int, start: int, eos: int):
 def _until_eos(row, config) -> list[int]:
     ids = [int(t) for t in row]
     eos = config.eos_token_id
-    return ids[:ids.index(eos) + 1] if eos in ids else ids
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
 def greedy(config, params, tokens, segments, **changes):
     options = DecodeOptions(max_new_tokens=STEPS, **changes)
-    return greedy_or_sample(params, tokens, segments, jax.random.key(0), config=config,
-                            options=options)
+    return greedy_or_sample(
+        params, tokens, segments, jax.random.key(0), config=config, options=options
+    )
 
 
 def test_greedy_equals_reference_loop_on_a_padded_batch(setup):
@@ -75,9 +78,9 @@ def test_greedy_equals_reference_loop_on_a_padded_batch(setup):
     outputs = engine.generate_ids(prompts, DecodeOptions(max_new_tokens=STEPS))
     ended = 0
     for prompt, out in zip(prompts, outputs):
-        expected, expected_score = reference_greedy(ref, prompt, STEPS,
-                                                    config.decoder_start_token_id,
-                                                    config.eos_token_id)
+        expected, expected_score = reference_greedy(
+            ref, prompt, STEPS, config.decoder_start_token_id, config.eos_token_id
+        )
         assert out.token_ids == expected
         assert out.score == pytest.approx(expected_score, abs=1e-4)
         ended += expected[-1] == config.eos_token_id
@@ -89,23 +92,28 @@ def test_rows_after_eos_hold_pad_and_batches_equal_single_rows(setup):
     out = np.asarray(greedy(config, params, tokens, segments).tokens)
     for row in out:
         if config.eos_token_id in row:
-            after = row[list(row).index(config.eos_token_id) + 1:]
+            after = row[list(row).index(config.eos_token_id) + 1 :]
             assert np.all(after == config.pad_token_id)
     one_by_one = InferenceEngine(config, params, batch_size=1).generate_ids(
-        prompts, DecodeOptions(max_new_tokens=STEPS))
+        prompts, DecodeOptions(max_new_tokens=STEPS)
+    )
     assert [o.token_ids for o in one_by_one] == [_until_eos(row, config) for row in out]
 
 
 def test_scores_equal_reference_cross_entropy(setup):
     ref, config, params, prompts, _, _ = setup
-    targets = padded_prompts([5, 2, 8, 3, 1, 6], config.vocab_size, config.eos_token_id,
-                             config.pad_token_id, seed=1)
+    targets = padded_prompts(
+        [5, 2, 8, 3, 1, 6], config.vocab_size, config.eos_token_id, config.pad_token_id, seed=1
+    )
     scores = InferenceEngine(config, params, batch_size=4).score_ids(prompts, targets)
     for prompt, target, score in zip(prompts, targets, scores):
         x = torch.tensor([prompt])
         with torch.no_grad():
-            loss = float(ref(input_ids=x, attention_mask=torch.ones_like(x),
-                             labels=torch.tensor([target])).loss)
+            loss = float(
+                ref(
+                    input_ids=x, attention_mask=torch.ones_like(x), labels=torch.tensor([target])
+                ).loss
+            )
         assert score.num_tokens == len(target)
         assert score.score_mean == pytest.approx(-loss, abs=1e-4)
         assert score.score_sum == pytest.approx(-loss * len(target), abs=1e-4 * len(target))
@@ -114,9 +122,13 @@ def test_scores_equal_reference_cross_entropy(setup):
 def test_one_beam_without_length_penalty_is_greedy(setup):
     _, config, params, _, tokens, segments = setup
     expected = greedy(config, params, tokens, segments)
-    out = beam_search(params, tokens, segments, config=config,
-                      options=DecodeOptions(max_new_tokens=STEPS, num_beams=1,
-                                            length_penalty=0.0))
+    out = beam_search(
+        params,
+        tokens,
+        segments,
+        config=config,
+        options=DecodeOptions(max_new_tokens=STEPS, num_beams=1, length_penalty=0.0),
+    )
     np.testing.assert_array_equal(out.tokens[:, 0], expected.tokens)
     np.testing.assert_allclose(out.scores[:, 0], expected.scores, atol=1e-5)
 
@@ -125,11 +137,21 @@ def _hypothesis_scores(config, params, tokens, segments, hypotheses, alpha, kind
     """Teacher-forced sum log p / norm(length) of every hypothesis [batch, beams, steps]."""
     batch, beams, steps = hypotheses.shape
     flat = hypotheses.reshape(batch * beams, steps)
-    lengths = np.array([list(r).index(config.eos_token_id) + 1 if config.eos_token_id in r
-                        else steps for r in flat])
+    lengths = np.array(
+        [
+            list(r).index(config.eos_token_id) + 1 if config.eos_token_id in r else steps
+            for r in flat
+        ]
+    )
     mask = (np.arange(steps)[None] < lengths[:, None]).astype(np.int32)
-    log_probs = target_log_probs(params, np.repeat(tokens, beams, 0),
-                                 np.repeat(segments, beams, 0), flat, mask, config=config)
+    log_probs = target_log_probs(
+        params,
+        np.repeat(tokens, beams, 0),
+        np.repeat(segments, beams, 0),
+        flat,
+        mask,
+        config=config,
+    )
     totals = np.asarray(log_probs).sum(-1)
     norm = np.asarray(length_normalizer(lengths, alpha, kind == "gnmt"))
     return (totals / norm).reshape(batch, beams)
@@ -138,8 +160,9 @@ def _hypothesis_scores(config, params, tokens, segments, hypotheses, alpha, kind
 @pytest.mark.parametrize("kind,alpha", [("power", 1.0), ("gnmt", 0.6)])
 def test_beam_hypotheses_are_sorted_distinct_and_scored_correctly(setup, kind, alpha):
     _, config, params, _, tokens, segments = setup
-    options = DecodeOptions(max_new_tokens=STEPS, num_beams=4, length_penalty=alpha,
-                            length_penalty_kind=kind)
+    options = DecodeOptions(
+        max_new_tokens=STEPS, num_beams=4, length_penalty=alpha, length_penalty_kind=kind
+    )
     out = beam_search(params, tokens, segments, config=config, options=options)
     hyps, scores = np.asarray(out.tokens), np.asarray(out.scores)
     assert np.all(np.isfinite(scores))
@@ -149,8 +172,9 @@ def test_beam_hypotheses_are_sorted_distinct_and_scored_correctly(setup, kind, a
     recomputed = _hypothesis_scores(config, params, tokens, segments, hyps, alpha, kind)
     np.testing.assert_allclose(scores, recomputed, atol=1e-4)
     greedy_out = greedy(config, params, tokens, segments)
-    greedy_scores = _hypothesis_scores(config, params, tokens, segments,
-                                       np.asarray(greedy_out.tokens)[:, None], alpha, kind)
+    greedy_scores = _hypothesis_scores(
+        config, params, tokens, segments, np.asarray(greedy_out.tokens)[:, None], alpha, kind
+    )
     assert np.all(scores[:, 0] >= greedy_scores[:, 0] - 1e-4), "beam 0 should beat greedy here"
 
 
@@ -159,13 +183,15 @@ def test_beam_search_scanned_layers_and_batching_agree(setup):
     options = DecodeOptions(max_new_tokens=STEPS, num_beams=4)
     plain = beam_search(params, tokens, segments, config=config, options=options)
     scanned_config = config.replace(scan_layers=True)
-    scanned = beam_search(scan_params(params), tokens, segments,
-                          config=scanned_config, options=options)
+    scanned = beam_search(
+        scan_params(params), tokens, segments, config=scanned_config, options=options
+    )
     np.testing.assert_array_equal(plain.tokens, scanned.tokens)
     np.testing.assert_allclose(plain.scores, scanned.scores, atol=1e-5)
     single = InferenceEngine(config, params, batch_size=1).generate_ids(prompts[:3], options)
-    assert [s.token_ids for s in single] == [_until_eos(row, config)
-                                             for row in np.asarray(plain.tokens)[:3, 0]]
+    assert [s.token_ids for s in single] == [
+        _until_eos(row, config) for row in np.asarray(plain.tokens)[:3, 0]
+    ]
 
 
 def test_sampling_with_top_k_1_is_greedy_and_seeds_matter(setup):
@@ -174,8 +200,11 @@ def test_sampling_with_top_k_1_is_greedy_and_seeds_matter(setup):
     top1 = greedy(config, params, tokens, segments, sample=True, top_k=1, temperature=0.7)
     np.testing.assert_array_equal(top1.tokens, expected.tokens)
     options = DecodeOptions(max_new_tokens=STEPS, sample=True, temperature=1.5, top_p=0.95)
-    draw = lambda seed: np.asarray(greedy_or_sample(
-        params, tokens, segments, jax.random.key(seed), config=config, options=options).tokens)
+    draw = lambda seed: np.asarray(
+        greedy_or_sample(
+            params, tokens, segments, jax.random.key(seed), config=config, options=options
+        ).tokens
+    )
     np.testing.assert_array_equal(draw(1), draw(1))
     assert not np.array_equal(draw(1), draw(2))
 
@@ -198,11 +227,12 @@ def test_first_argmax_and_token_log_probs_equal_the_plain_formulas():
 
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((5, 37)).astype(np.float32)
-    logits[1, [3, 20]] = 9.0           # a tie: the first maximum wins, as in jnp.argmax
-    logits[2, :] = -np.inf             # everything banned: index 0, as in jnp.argmax
-    logits[3, [7, 30]] = np.nan        # NaN: the first NaN, as in jnp.argmax
-    np.testing.assert_array_equal(first_argmax(jnp.asarray(logits)),
-                                  jnp.argmax(jnp.asarray(logits), axis=-1))
+    logits[1, [3, 20]] = 9.0  # a tie: the first maximum wins, as in jnp.argmax
+    logits[2, :] = -np.inf  # everything banned: index 0, as in jnp.argmax
+    logits[3, [7, 30]] = np.nan  # NaN: the first NaN, as in jnp.argmax
+    np.testing.assert_array_equal(
+        first_argmax(jnp.asarray(logits)), jnp.argmax(jnp.asarray(logits), axis=-1)
+    )
     finite = jnp.asarray(rng.standard_normal((4, 37)).astype(np.float32))
     tokens = jnp.array([0, 36, 5, 17])
     expected = jnp.take_along_axis(jax.nn.log_softmax(finite, axis=-1), tokens[:, None], -1)[:, 0]
@@ -219,8 +249,11 @@ def test_ban_bad_words_masks_exactly_the_active_words():
     history = np.array([[0, 0, 2], [0, 9, 4], [0, 1, 1]], np.int32)
     window = knobs.bad_prefixes.shape[1]
     history = np.pad(history, ((0, 0), (max(window - 3, 0), 0)), constant_values=-1)[:, -window:]
-    out = np.asarray(ban_bad_words(jnp.zeros((3, 12)), jnp.asarray(history), knobs.bad_prefixes,
-                                   knobs.bad_last_ids))
+    out = np.asarray(
+        ban_bad_words(
+            jnp.zeros((3, 12)), jnp.asarray(history), knobs.bad_prefixes, knobs.bad_last_ids
+        )
+    )
     banned = [set(np.flatnonzero(np.isinf(row)).tolist()) for row in out]
     assert banned == [{3, 5, 6}, {3, 5, 6, 8}, {3, 5, 6}]
 
@@ -243,9 +276,13 @@ def test_bad_words_single_and_multi_token(setup):
     start_pair = (config.decoder_start_token_id, banned)
     out = np.asarray(greedy(config, params, tokens, segments, bad_words=(start_pair,)).tokens)
     assert out[0, 0] != banned
-    beam = beam_search(params, tokens, segments, config=config,
-                       options=DecodeOptions(max_new_tokens=STEPS, num_beams=2,
-                                             bad_words=((banned,),)))
+    beam = beam_search(
+        params,
+        tokens,
+        segments,
+        config=config,
+        options=DecodeOptions(max_new_tokens=STEPS, num_beams=2, bad_words=((banned,),)),
+    )
     assert not np.any(np.asarray(beam.tokens) == banned)
 
 

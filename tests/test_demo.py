@@ -29,8 +29,9 @@ def test_restored_tokens_counts_the_original_in_the_output():
 
 
 def test_shown_examples_prefer_one_example_per_listed_language():
-    examples = [demo.HeldOutExample(lang, [2, EOS], [2, 3, EOS])
-                for lang in ("ar", "en", "en", "ta", "fr")]
+    examples = [
+        demo.HeldOutExample(lang, [2, EOS], [2, 3, EOS]) for lang in ("ar", "en", "en", "ta", "fr")
+    ]
     shown = demo.shown_examples(examples, 3)
     assert [examples[i].language for i in shown] == ["en", "fr", "ar"]
     assert demo.shown_examples(examples, 0) == []
@@ -57,9 +58,21 @@ def test_make_demo_learns_to_reconstruct(tmp_path, repo_root):
     held-out reconstruction goal it prints."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "alexatm_jax.cli.demo", "--fresh", "--model_dir",
-         str(tmp_path / "demo_run"), "--gin.train.progress_bar=False"],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=3600)
+        [
+            sys.executable,
+            "-m",
+            "alexatm_jax.cli.demo",
+            "--fresh",
+            "--model_dir",
+            str(tmp_path / "demo_run"),
+            "--gin.train.progress_bar=False",
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     match = re.search(r"Held-out reconstruction token accuracy: ([\d.]+)%", proc.stdout)
     assert match, proc.stdout[-3000:]

@@ -11,11 +11,17 @@ from doc_commands import Invocation, extract, link_problems, problems
 DOCS = doc_commands.doc_files()
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=[d.name if d.parent.name != "tpu_scripts"
-                                           else "tpu_scripts/README.md" for d in DOCS])
+@pytest.mark.parametrize(
+    "doc",
+    DOCS,
+    ids=[d.name if d.parent.name != "tpu_scripts" else "tpu_scripts/README.md" for d in DOCS],
+)
 def test_commands_in_doc_run_as_written(doc: Path):
-    found = [f"{inv.where}: {' '.join(inv.words)}\n    {problem}"
-             for inv in extract(doc) for problem in problems(inv)]
+    found = [
+        f"{inv.where}: {' '.join(inv.words)}\n    {problem}"
+        for inv in extract(doc)
+        for problem in problems(inv)
+    ]
     assert not found, "\n".join(found)
 
 
@@ -81,8 +87,12 @@ EXPECTED = [
 def test_checker_finds_every_bad_command(tmp_path: Path):
     checked = _check(tmp_path, BAD)
     assert [inv.where for inv, _ in checked][:2] == ["doc.md:1", "doc.md:4"]
-    assert ("alexatm-train", "--gin_file=gin/experiments/smoke_cpu.gin", "--no_such_flag",
-            "3") == checked[1][0].words  # the comment is not a word
+    assert (
+        "alexatm-train",
+        "--gin_file=gin/experiments/smoke_cpu.gin",
+        "--no_such_flag",
+        "3",
+    ) == checked[1][0].words  # the comment is not a word
     reported = [problem for _, found in checked for problem in found]
     for expected in EXPECTED:
         assert any(expected in problem for problem in reported), (expected, reported)
@@ -108,17 +118,24 @@ And `alexatm-vocab train ...`, `make test`, `python benchmarks/decode.py --batch
 def test_link_checker_finds_missing_files_and_anchors(tmp_path: Path):
     (tmp_path / "a.md").write_text("# Title\n\n## Some `code` heading\n")
     doc = tmp_path / "b.md"
-    doc.write_text("[ok](a.md#some-code-heading) [ok](#here) [x](a.md#nowhere) [y](c.md)\n"
-                   "[web](https://example.com/x)\n\n# Here\n")
-    assert link_problems(doc) == ["b.md: link a.md#nowhere: no heading #nowhere in a.md",
-                                  "b.md: link c.md: c.md does not exist"]
+    doc.write_text(
+        "[ok](a.md#some-code-heading) [ok](#here) [x](a.md#nowhere) [y](c.md)\n"
+        "[web](https://example.com/x)\n\n# Here\n"
+    )
+    assert link_problems(doc) == [
+        "b.md: link a.md#nowhere: no heading #nowhere in a.md",
+        "b.md: link c.md: c.md does not exist",
+    ]
 
 
 def test_docs_cited_by_the_code_exist():
     cited = doc_commands.source_references()
     assert any(page == "paper_facts.md" for _, page, _ in cited)
     docs = doc_commands.REPO_ROOT / "docs"
-    missing = [f"{where}: docs/{page}#{anchor}" for where, page, anchor in cited
-               if not (docs / page).is_file()
-               or (anchor and anchor not in doc_commands.heading_anchors(docs / page))]
+    missing = [
+        f"{where}: docs/{page}#{anchor}"
+        for where, page, anchor in cited
+        if not (docs / page).is_file()
+        or (anchor and anchor not in doc_commands.heading_anchors(docs / page))
+    ]
     assert not missing, "\n".join(missing)

@@ -27,9 +27,14 @@ from inference_helpers import sample_lines, train_tiny_sentencepiece
 def checkpoint(tmp_path_factory, tiny_model_config) -> pathlib.Path:
     root = tmp_path_factory.mktemp("suite_ckpt")
     spm_path = train_tiny_sentencepiece(str(root))
-    config = tiny_model_config.replace(vocab_size=Tokenizer(spm_path).vocab_size, d_model=16,
-                                       encoder_ffn_dim=32, decoder_ffn_dim=32,
-                                       max_positions=128, init_std=0.5)
+    config = tiny_model_config.replace(
+        vocab_size=Tokenizer(spm_path).vocab_size,
+        d_model=16,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_positions=128,
+        init_std=0.5,
+    )
     params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
     return save_model_checkpoint(root / "ckpt", config, params, [spm_path])
 
@@ -42,8 +47,18 @@ def flores_dir(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("flores_hf")
     lines = sample_lines(per_language=6)
     for index, (lang, (_, code101, code200)) in enumerate(FLORES_LANGUAGES.items()):
-        rows = [{"id": i, "URL": "u", "domain": "d", "topic": "t", "has_image": 0,
-                 "has_hyperlink": 0, "sentence": line[:60]} for i, line in enumerate(lines[lang])]
+        rows = [
+            {
+                "id": i,
+                "URL": "u",
+                "domain": "d",
+                "topic": "t",
+                "has_image": 0,
+                "has_hyperlink": 0,
+                "sentence": line[:60],
+            }
+            for i, line in enumerate(lines[lang])
+        ]
         splits = {"dev": rows[:3], "devtest": rows[3:6]}
         if index % 2:
             save_to_disk(root / "flores101" / code101, splits)
@@ -52,11 +67,24 @@ def flores_dir(tmp_path_factory) -> pathlib.Path:
     return root
 
 
-def test_flores_suite_matrix_equals_sacrebleu_resumes_and_plots(checkpoint, flores_dir,
-                                                                tmp_path):
+def test_flores_suite_matrix_equals_sacrebleu_resumes_and_plots(checkpoint, flores_dir, tmp_path):
     out = tmp_path / "suite"
-    argv = ["--checkpoint", checkpoint, "--suite", "flores101", "--data_dir", flores_dir,
-            "--limit", 2, "--out", out, "--max_new_tokens", 6, "--batch_size", 4]
+    argv = [
+        "--checkpoint",
+        checkpoint,
+        "--suite",
+        "flores101",
+        "--data_dir",
+        flores_dir,
+        "--limit",
+        2,
+        "--out",
+        out,
+        "--max_new_tokens",
+        6,
+        "--batch_size",
+        4,
+    ]
     assert eval_cli.main([str(a) for a in argv]) == 0
     report = json.loads((out / "summary.json").read_text())
     flores = report["flores"]
@@ -65,12 +93,15 @@ def test_flores_suite_matrix_equals_sacrebleu_resumes_and_plots(checkpoint, flor
     assert sum(len(row) for row in flores["matrix"].values()) == 132
     for pair in ("en-de", "ja-ta", "te-ar"):
         source, target = pair.split("-")
-        rows = [json.loads(line) for line in
-                (out / f"flores101_{pair}" / "predictions.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line)
+            for line in (out / f"flores101_{pair}" / "predictions.jsonl").read_text().splitlines()
+        ]
         assert len(rows) == 2
         assert rows[0]["prompt"].startswith("[CLM] Sentence:  ")
-        direct = sacrebleu.corpus_bleu([r["prediction"] for r in rows],
-                                       [[r["reference"][0] for r in rows]], tokenize="13a")
+        direct = sacrebleu.corpus_bleu(
+            [r["prediction"] for r in rows], [[r["reference"][0] for r in rows]], tokenize="13a"
+        )
         assert flores["matrix"][source][target] == pytest.approx(direct.score)
     row = flores["matrix"]["en"]
     assert flores["source_average"]["en"] == pytest.approx(sum(row.values()) / 11)
@@ -88,19 +119,33 @@ def test_flores_suite_matrix_equals_sacrebleu_resumes_and_plots(checkpoint, flor
     argv[argv.index("--limit") + 1] = 1
     assert eval_cli.main([str(a) for a in argv]) == 0
     assert (out / "flores101_en-de" / "results.json").stat().st_mtime_ns != stamp
-    assert json.loads((out / "flores101_en-de" / "results.json").read_text())[
-        "metrics"]["num_examples"] == 1
+    assert (
+        json.loads((out / "flores101_en-de" / "results.json").read_text())["metrics"][
+            "num_examples"
+        ]
+        == 1
+    )
 
 
 def test_summary_puts_the_paper_figures_beside_ours():
     metrics = {"accuracy": 50.0}
     results = {t: {"metrics": {"f1a": 40.0, "f1": 80.0, **metrics}} for t in SUITES["superglue"]}
-    results["xnli"] = {"metrics": {"accuracy": 40.0, "accuracy_en": 50.0, "accuracy_fr": 30.0,
-                                   "accuracy_language_mean": 40.0}}
+    results["xnli"] = {
+        "metrics": {
+            "accuracy": 40.0,
+            "accuracy_en": 50.0,
+            "accuracy_fr": 30.0,
+            "accuracy_language_mean": 40.0,
+        }
+    }
     results["wmt14:fr-en"] = {"metrics": {"bleu": 30.0}}
     report = eval_summary.summarize("paper", results, {"xsum": "no data"})
-    assert report["tasks"]["boolq"] == {"metric": "accuracy", "value": 50.0, "paper": 69.4,
-                                        "metrics": results["boolq"]["metrics"]}
+    assert report["tasks"]["boolq"] == {
+        "metric": "accuracy",
+        "value": 50.0,
+        "paper": 69.4,
+        "metrics": results["boolq"]["metrics"],
+    }
     assert report["tasks"]["multirc"]["paper"] == 59.6
     assert report["tasks"]["wmt14:fr-en"]["paper"] == 38.38
     assert report["superglue_average"]["paper"] == 69.16

@@ -47,8 +47,10 @@ def eval_plan(repo_root):
 
 
 def _shard_bytes(tree) -> int:
-    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-               for leaf in jax.tree.leaves(tree))
+    return sum(
+        math.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+        for leaf in jax.tree.leaves(tree)
+    )
 
 
 def test_eval_layout_and_memory_on_v5p_8(eval_plan, tmp_path, repo_root, monkeypatch):
@@ -76,5 +78,8 @@ def test_eval_layout_and_memory_on_v5p_8(eval_plan, tmp_path, repo_root, monkeyp
     report = module.memory_report(generation, hbm_gib=95.0)
     assert report["temporaries_gib"] > 0 and report["fits"]
     assert report["total_gib"] == pytest.approx(
-        report["arguments_gib"] + report["outputs_gib"] + report["temporaries_gib"]
-        + report["code_gib"])
+        report["arguments_gib"]
+        + report["outputs_gib"]
+        + report["temporaries_gib"]
+        + report["code_gib"]
+    )

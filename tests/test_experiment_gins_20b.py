@@ -40,7 +40,11 @@ def test_pretraining_experiment_binds_the_paper_recipe(gin_file):
     assert job.batch_size == 2048 and job.sequence_length == {"inputs": 1024, "targets": 1024}
     assert job.train_steps == 500_000 and job.grad_accum_steps == accum
     assert (opt.name, opt.learning_rate, opt.end_learning_rate, opt.weight_decay) == (
-        "adamw", 1e-4, 5e-6, 0.1)
+        "adamw",
+        1e-4,
+        5e-6,
+        0.1,
+    )
     assert job.rules == "fsdp"
     assert job.mesh_config.axis_sizes(devices) == (1, 1, devices, 1)
     assert job.batch_size % (devices * accum) == 0
@@ -50,35 +54,55 @@ def test_pretraining_experiment_binds_the_paper_recipe(gin_file):
 
 
 def test_experiment_macros_override_the_job():
-    job = _job(["gin/experiments/alexatm_20b_h100_16x8.gin"],
-               ["MODEL_DIR = 'gs://b/run'", "TRAIN_STEPS = 10", "BATCH_SIZE = 16",
-                "CHECKPOINT_PERIOD = 5", "EVAL_PERIOD = 0", "MESH_DATA = 2", "MESH_FSDP = 4",
-                "MESH_TENSOR = 1"])
+    job = _job(
+        ["gin/experiments/alexatm_20b_h100_16x8.gin"],
+        [
+            "MODEL_DIR = 'gs://b/run'",
+            "TRAIN_STEPS = 10",
+            "BATCH_SIZE = 16",
+            "CHECKPOINT_PERIOD = 5",
+            "EVAL_PERIOD = 0",
+            "MESH_DATA = 2",
+            "MESH_FSDP = 4",
+            "MESH_TENSOR = 1",
+        ],
+    )
     assert (job.train_steps, job.batch_size) == (10, 16)
     assert job.mesh_config.axis_sizes(8) == (1, 2, 4, 1)
     bindings = gin.get_bindings("train")
     assert (bindings["model_dir"], bindings["checkpoint_period"], bindings["eval_period"]) == (
-        "gs://b/run", 5, 0)
+        "gs://b/run",
+        5,
+        0,
+    )
 
 
 def test_encoder_warm_start_lines_select_the_10b_encoder():
-    job = _job(["gin/experiments/alexatm_20b_v5p256.gin"], [
-        "train.init_from = '/ckpt/encoder'",
-        "train.init_from_prefixes = ('encoder', 'token_embedder')",
-        "OptimizerConfig.freeze_prefixes = ('encoder', 'token_embedder')",
-        "OptimizerConfig.freeze_steps = 100000"])
+    job = _job(
+        ["gin/experiments/alexatm_20b_v5p256.gin"],
+        [
+            "train.init_from = '/ckpt/encoder'",
+            "train.init_from_prefixes = ('encoder', 'token_embedder')",
+            "OptimizerConfig.freeze_prefixes = ('encoder', 'token_embedder')",
+            "OptimizerConfig.freeze_steps = 100000",
+        ],
+    )
     opt = job.optimizer_config
     assert opt.freeze_prefixes == ("encoder", "token_embedder") and opt.freeze_steps == 100_000
     shapes = param_shapes(job.model_config)
     labels = freeze_labels(opt.freeze_prefixes)(shapes)
-    frozen = sum(x.size for x, label in zip(jax.tree.leaves(shapes), jax.tree.leaves(labels))
-                 if label == FROZEN)
+    frozen = sum(
+        x.size
+        for x, label in zip(jax.tree.leaves(shapes), jax.tree.leaves(labels))
+        if label == FROZEN
+    )
     assert 9.5e9 < frozen < 10.5e9  # docs/paper_facts.md#encoder-warm-start: ~10B
 
 
 def test_finetune_experiment_starts_from_the_converted_checkpoint():
-    job = _job(["gin/experiments/alexatm_20b_finetune.gin"],
-               ["INIT_FROM = '/ckpt/alexatm-20b-jax'"])
+    job = _job(
+        ["gin/experiments/alexatm_20b_finetune.gin"], ["INIT_FROM = '/ckpt/alexatm-20b-jax'"]
+    )
     bindings = gin.get_bindings("train")
     assert bindings["init_from"] == "/ckpt/alexatm-20b-jax"
     assert bindings["vocab_path"].endswith(".model")

@@ -18,8 +18,11 @@ def test_h100_names_parse():
 
 
 def test_h100_topology_without_the_plugin_says_how_to_install_it(monkeypatch, capsys):
-    monkeypatch.setattr(gpu_topology, "cuda_plugin_problem",
-                        lambda: f"the CUDA plugin is not installed: {gpu_topology.INSTALL_HINT}")
+    monkeypatch.setattr(
+        gpu_topology,
+        "cuda_plugin_problem",
+        lambda: f"the CUDA plugin is not installed: {gpu_topology.INSTALL_HINT}",
+    )
     assert plan_cli.main(["--gin_file", "x.gin", "--topology", "h100-1x8"]) == 2
     assert "pip install -e '.[gpu-aot]'" in capsys.readouterr().err
 
@@ -34,12 +37,27 @@ def test_train_step_compiles_for_eight_h100s():
     from alexatm_jax.training.config import TrainConfig
     from alexatm_jax.training.optimizer import OptimizerConfig
 
-    config = ModelConfig(vocab_size=512, d_model=64, num_encoder_layers=1, num_decoder_layers=1,
-                         num_encoder_heads=4, num_decoder_heads=4, encoder_ffn_dim=128,
-                         decoder_ffn_dim=128, dtype="bfloat16", scan_layers=True)
-    job = TrainConfig(model_config=config, mesh_config=MeshConfig(data=1, fsdp=-1), rules="fsdp",
-                      batch_size=8, sequence_length={"inputs": 64, "targets": 64},
-                      optimizer_config=OptimizerConfig(), train_steps=10)
+    config = ModelConfig(
+        vocab_size=512,
+        d_model=64,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        num_encoder_heads=4,
+        num_decoder_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        dtype="bfloat16",
+        scan_layers=True,
+    )
+    job = TrainConfig(
+        model_config=config,
+        mesh_config=MeshConfig(data=1, fsdp=-1),
+        rules="fsdp",
+        batch_size=8,
+        sequence_length={"inputs": 64, "targets": 64},
+        optimizer_config=OptimizerConfig(),
+        train_steps=10,
+    )
     devices = gpu_topology.gpu_devices(gpu_topology.parse_gpu_target("h100-1x8"))
     partitioner = Partitioner(job.mesh_config, job.rules, devices=devices)
     step, _ = compile_train_step(job, partitioner)

@@ -26,15 +26,26 @@ def test_alexatm_20b_has_the_papers_parameter_count(capsys):
     lines = run_info(capsys, "--gin_file=models/alexatm_20b.gin")
     total = total_of(lines)
     assert abs(total - PAPER_TOTAL) / PAPER_TOTAL < 0.01
-    modules = {m.group(1): int(m.group(2).replace(",", "")) for m in
-               (re.match(r"\s+(\w+)\s+([\d,]+)\s+[\d.]+%$", line) for line in lines) if m}
+    modules = {
+        m.group(1): int(m.group(2).replace(",", ""))
+        for m in (re.match(r"\s+(\w+)\s+([\d,]+)\s+[\d.]+%$", line) for line in lines)
+        if m
+    }
     assert sum(modules.values()) == total
     assert modules["lm_head"] == modules["token_embedder"] == modules["decoder_token_embedder"]
     assert any(line.startswith("Adam moments (2 x float32): ") for line in lines)
 
 
-def closed_form_count(vocab: int, d: int, enc_layers: int, dec_layers: int, ffn: int,
-                      max_positions: int, type_vocab: int, vocab_matrices: int) -> int:
+def closed_form_count(
+    vocab: int,
+    d: int,
+    enc_layers: int,
+    dec_layers: int,
+    ffn: int,
+    max_positions: int,
+    type_vocab: int,
+    vocab_matrices: int,
+) -> int:
     """Parameters of an AlexaTM encoder-decoder, counted by hand (independent of the model code)."""
     attention = 4 * (d * d + d)
     mlp = d * ffn + ffn + ffn * d + d
@@ -42,8 +53,14 @@ def closed_form_count(vocab: int, d: int, enc_layers: int, dec_layers: int, ffn:
     encoder_layer = attention + mlp + 2 * norm
     decoder_layer = 2 * attention + mlp + 3 * norm
     embeddings = vocab_matrices * vocab * d + max_positions * d + (max_positions + 2) * d
-    return (embeddings + type_vocab * d + vocab + enc_layers * encoder_layer
-            + dec_layers * decoder_layer + 2 * norm)
+    return (
+        embeddings
+        + type_vocab * d
+        + vocab
+        + enc_layers * encoder_layer
+        + dec_layers * decoder_layer
+        + 2 * norm
+    )
 
 
 def test_20b_count_matches_the_hand_count_in_the_gin_file(capsys):
@@ -53,8 +70,12 @@ def test_20b_count_matches_the_hand_count_in_the_gin_file(capsys):
 
 
 def test_bindings_and_dtype_reach_the_count(capsys):
-    lines = run_info(capsys, "--gin_file=models/tiny.gin", "--gin.VOCAB_SIZE=123",
-                     "--gin.ModelConfig.param_dtype='bfloat16'")
+    lines = run_info(
+        capsys,
+        "--gin_file=models/tiny.gin",
+        "--gin.VOCAB_SIZE=123",
+        "--gin.ModelConfig.param_dtype='bfloat16'",
+    )
     assert total_of(lines) == closed_form_count(123, 64, 2, 2, 128, 512, 2, 3)
     assert any(line.startswith("float32 master copy (params are bfloat16): ") for line in lines)
     small = run_info(capsys, "--gin_file=models/small.gin")

@@ -24,9 +24,17 @@ from alexatm_jax.model.layout import is_scanned, unscan_params
 from random_params import random_params
 from tiny_config import tiny_model_config
 
-CONFIG = tiny_model_config(vocab_size=40, d_model=16, num_encoder_layers=2, num_decoder_layers=2,
-                           encoder_ffn_dim=24, decoder_ffn_dim=24, max_positions=8,
-                           dropout_rate=0.1, scan_layers=True)
+CONFIG = tiny_model_config(
+    vocab_size=40,
+    d_model=16,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    encoder_ffn_dim=24,
+    decoder_ffn_dim=24,
+    max_positions=8,
+    dropout_rate=0.1,
+    scan_layers=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +49,26 @@ def scanned_checkpoint(tmp_path_factory):
 
 def test_directory_contents_and_marker(scanned_checkpoint):
     path, _ = scanned_checkpoint
-    assert {p.name for p in path.iterdir()} == {MARKER_FILE, "model_config.json", "params",
-                                               "digests.json", "tokenizer"}
+    assert {p.name for p in path.iterdir()} == {
+        MARKER_FILE,
+        "model_config.json",
+        "params",
+        "digests.json",
+        "tokenizer",
+    }
     info = read_checkpoint_info(path)
     assert (info.param_layout, info.param_dtype, info.source) == ("scanned", "float32", "test")
-    assert info.num_params == sum(int(np.prod(x.shape))
-                                  for x in jax.tree.leaves(param_shapes(CONFIG)))
+    assert info.num_params == sum(
+        int(np.prod(x.shape)) for x in jax.tree.leaves(param_shapes(CONFIG))
+    )
     assert ModelConfig.from_dict(json.loads((path / "model_config.json").read_text())) == CONFIG
 
 
 def test_restore_switches_layout_and_dtype(scanned_checkpoint):
     path, params = scanned_checkpoint
     config, restored = restore_model_checkpoint(
-        path, {"scan_layers": False, "param_dtype": "bfloat16"})
+        path, {"scan_layers": False, "param_dtype": "bfloat16"}
+    )
     assert not config.scan_layers and not is_scanned(restored)
     assert config.param_dtype == "bfloat16"
     expected = traverse_util.flatten_dict(unscan_params(params))
@@ -70,7 +85,8 @@ def test_restore_into_given_shardings_across_layouts(scanned_checkpoint):
     target = CONFIG.replace(scan_layers=False)
     shardings = jax.tree.map(
         lambda s: NamedSharding(mesh, PartitionSpec("data", *[None] * (len(s.shape) - 1))),
-        param_shapes(target))
+        param_shapes(target),
+    )
     _, restored = restore_model_checkpoint(path, {"scan_layers": False}, shardings)
     for leaf, sharding in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings)):
         assert leaf.sharding == sharding
@@ -112,10 +128,13 @@ def test_registered_directory_loaders_are_dispatched(tmp_path, monkeypatch, scan
     monkeypatch.setattr(api, "_LOADERS", list(api._LOADERS))
     (tmp_path / "train_state.marker").write_text("")
     path, _ = scanned_checkpoint
-    api.register_directory_loader(api.DirectoryLoader(
-        "a test directory (contains train_state.marker)",
-        lambda p: (p / "train_state.marker").is_file(),
-        lambda p, sharding, overrides: api._load_model_checkpoint(path, sharding, overrides)))
+    api.register_directory_loader(
+        api.DirectoryLoader(
+            "a test directory (contains train_state.marker)",
+            lambda p: (p / "train_state.marker").is_file(),
+            lambda p, sharding, overrides: api._load_model_checkpoint(path, sharding, overrides),
+        )
+    )
     assert alexatm_jax.load(tmp_path).config == CONFIG
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="or a test directory"):

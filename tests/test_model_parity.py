@@ -26,19 +26,39 @@ pytestmark = pytest.mark.filterwarnings("ignore:The `device` argument is depreca
 TOLERANCE = 1e-4
 CASES = {
     # name: (reference config overrides, save_pretrained kwargs, convert with scan_layers)
-    "untied_bin": (dict(share_embeddings=False, tie_word_embeddings=False, type_vocab_size=2),
-                   dict(safe_serialization=False), False),
+    "untied_bin": (
+        dict(share_embeddings=False, tie_word_embeddings=False, type_vocab_size=2),
+        dict(safe_serialization=False),
+        False,
+    ),
     "shared_tied_safetensors": (
-        dict(share_embeddings=True, tie_word_embeddings=True, type_vocab_size=1,
-             decoder_attention_heads=2, pad_token_id=1, eos_token_id=2, bos_token_id=0),
-        dict(safe_serialization=True), True),
+        dict(
+            share_embeddings=True,
+            tie_word_embeddings=True,
+            type_vocab_size=1,
+            decoder_attention_heads=2,
+            pad_token_id=1,
+            eos_token_id=2,
+            bos_token_id=0,
+        ),
+        dict(safe_serialization=True),
+        True,
+    ),
     "untied_tied_head_sharded_safetensors": (
         dict(share_embeddings=False, tie_word_embeddings=True, type_vocab_size=2),
-        dict(safe_serialization=True, max_shard_size="40KB"), False),
+        dict(safe_serialization=True, max_shard_size="40KB"),
+        False,
+    ),
     "shared_untied_head_sharded_bin": (
-        dict(share_embeddings=True, tie_word_embeddings=False, type_vocab_size=1,
-             hidden_act="gelu_new"),
-        dict(safe_serialization=False, max_shard_size="40KB"), True),
+        dict(
+            share_embeddings=True,
+            tie_word_embeddings=False,
+            type_vocab_size=1,
+            hidden_act="gelu_new",
+        ),
+        dict(safe_serialization=False, max_shard_size="40KB"),
+        True,
+    ),
 }
 
 
@@ -49,8 +69,9 @@ def converted_case(request, tmp_path_factory):
     reference = random_reference_model(reference_config(**overrides), seed=len(request.param))
     root = tmp_path_factory.mktemp(request.param)
     reference.save_pretrained(root / "hf", **save_kwargs)
-    convert_hf_to_checkpoint(root / "hf", root / "ckpt", scan_layers=scan_layers,
-                             show_progress=False)
+    convert_hf_to_checkpoint(
+        root / "hf", root / "ckpt", scan_layers=scan_layers, show_progress=False
+    )
     return request.param, reference, alexatm_jax.load(root / "ckpt"), root / "hf"
 
 
@@ -59,8 +80,11 @@ def test_saved_files_are_the_intended_format(converted_case):
     files = {p.name for p in hf_dir.iterdir()}
     suffix = "safetensors" if "safetensors" in name else "bin"
     if "sharded" in name:
-        index = "model.safetensors.index.json" if suffix == "safetensors" else \
-            "pytorch_model.bin.index.json"
+        index = (
+            "model.safetensors.index.json"
+            if suffix == "safetensors"
+            else "pytorch_model.bin.index.json"
+        )
         assert index in files
         assert len([f for f in files if f.endswith(suffix)]) > 1
     else:
@@ -86,8 +110,9 @@ def test_encoder_states_match_reference(converted_case):
     import torch
 
     cfg = loaded.config
-    batch = padded_batch(np.random.default_rng(3), cfg.vocab_size, cfg.type_vocab_size,
-                         [9, 5], [2, 2])
+    batch = padded_batch(
+        np.random.default_rng(3), cfg.vocab_size, cfg.type_vocab_size, [9, 5], [2, 2]
+    )
     with torch.no_grad():
         theirs = reference.model.encoder(
             input_ids=torch.tensor(batch["encoder_input_tokens"], dtype=torch.long),

@@ -67,16 +67,25 @@ def _free_port() -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("ALEXATM_") and k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-               PYTHONUNBUFFERED="1", **COMPILATION_CACHE, **extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALEXATM_") and k != "XLA_FLAGS"}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONUNBUFFERED="1",
+        **COMPILATION_CACHE,
+        **extra,
+    )
     return env
 
 
 def _command(record_dir: str, read_shards: int, model_dir: str, *extra: str) -> list[str]:
-    return ([sys.executable, HARNESS, record_dir, str(read_shards)] + COMMON_ARGS
-            + ["--model_dir", model_dir] + list(extra))
+    return (
+        [sys.executable, HARNESS, record_dir, str(read_shards)]
+        + COMMON_ARGS
+        + ["--model_dir", model_dir]
+        + list(extra)
+    )
 
 
 def _run_all(commands: list[list[str]], envs: list[dict], log_dir: str, name: str) -> list[str]:
@@ -87,8 +96,9 @@ def _run_all(commands: list[list[str]], envs: list[dict], log_dir: str, name: st
     processes = []
     for command, env, path in zip(commands, envs, paths):
         with open(path, "w") as log:
-            processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     problem = None
     while problem is None and any(p.poll() is None for p in processes):
@@ -112,8 +122,9 @@ def _run_all(commands: list[list[str]], envs: list[dict], log_dir: str, name: st
     return logs
 
 
-def _launch_two_processes(model_dir: str, record_dir: str, log_dir: str, name: str,
-                          *extra: str, through_env: bool = False) -> list[str]:
+def _launch_two_processes(
+    model_dir: str, record_dir: str, log_dir: str, name: str, *extra: str, through_env: bool = False
+) -> list[str]:
     """One two-process run (jax.distributed over 127.0.0.1); returns the two logs.
 
     The processes get their coordinates as flags, or with `through_env` as ALEXATM_* variables.
@@ -122,8 +133,12 @@ def _launch_two_processes(model_dir: str, record_dir: str, log_dir: str, name: s
     address = f"127.0.0.1:{port}"
     commands, envs = [], []
     for process_id in range(NUM_PROCESSES):
-        coordinates = {"num_cpu_devices": DEVICES_PER_PROCESS, "coordinator_address": address,
-                       "num_processes": NUM_PROCESSES, "process_id": process_id}
+        coordinates = {
+            "num_cpu_devices": DEVICES_PER_PROCESS,
+            "coordinator_address": address,
+            "num_processes": NUM_PROCESSES,
+            "process_id": process_id,
+        }
         env = _env(JAX_COORDINATOR_BIND_ADDRESS=address)  # the coordinator listens on loopback only
         command = _command(record_dir, 1, model_dir, *extra)
         if through_env:
@@ -150,7 +165,7 @@ def _records(record_dir: str, process: int) -> dict[str, np.ndarray]:
 
 def _word_ngrams(text: str) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())  # the pipeline may drop case and punctuation
-    return {tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)}
+    return {tuple(words[i : i + NGRAM]) for i in range(len(words) - NGRAM + 1)}
 
 
 def _corpus_documents() -> list[str]:
@@ -162,8 +177,9 @@ def _corpus_documents() -> list[str]:
     return documents
 
 
-def _documents_read(records: dict[str, np.ndarray], vocab_path: str,
-                    documents: list[str]) -> set[int]:
+def _documents_read(
+    records: dict[str, np.ndarray], vocab_path: str, documents: list[str]
+) -> set[int]:
     """Indices of the `documents` whose text the recorded token rows contain: a document is
     read when at least MIN_NGRAMS word n-grams that occur in no other document were decoded."""
     import sentencepiece
@@ -184,8 +200,7 @@ def _documents_read(records: dict[str, np.ndarray], vocab_path: str,
 
 
 def _checkpoint_steps(model_dir: str) -> list[int]:
-    return sorted(int(n) for n in os.listdir(os.path.join(model_dir, "checkpoints"))
-                  if n.isdigit())
+    return sorted(int(n) for n in os.listdir(os.path.join(model_dir, "checkpoints")) if n.isdigit())
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +209,8 @@ def work_dir(tmp_path_factory, demo_vocabulary) -> str:
     COMPILATION_CACHE.update(
         JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     return str(tmp_path_factory.mktemp("multihost"))
 
 
@@ -202,10 +218,21 @@ def work_dir(tmp_path_factory, demo_vocabulary) -> str:
 def reference(work_dir: str) -> dict[str, str]:
     """One process, eight devices, the same mesh; reads shards 0 and 1 of 2 itself."""
     model_dir, record_dir = os.path.join(work_dir, "one_process"), os.path.join(work_dir, "rec1")
-    logs = _run_all([_command(record_dir, NUM_PROCESSES, model_dir,
-                              f"--gin.TRAIN_STEPS={TOTAL_STEPS}", "--num_cpu_devices",
-                              str(NUM_PROCESSES * DEVICES_PER_PROCESS))],
-                    [_env()], work_dir, "one_process")
+    logs = _run_all(
+        [
+            _command(
+                record_dir,
+                NUM_PROCESSES,
+                model_dir,
+                f"--gin.TRAIN_STEPS={TOTAL_STEPS}",
+                "--num_cpu_devices",
+                str(NUM_PROCESSES * DEVICES_PER_PROCESS),
+            )
+        ],
+        [_env()],
+        work_dir,
+        "one_process",
+    )
     assert "data=2, fsdp=4" in logs[0] and "8 x cpu, 1 process(es)" in logs[0], logs[0][-2000:]
     return {"model_dir": model_dir, "record_dir": record_dir}
 
@@ -214,10 +241,16 @@ def reference(work_dir: str) -> dict[str, str]:
 def two_processes(work_dir: str) -> dict:
     """Two processes train to step FIRST_STEPS; the losses are read before anything resumes."""
     model_dir, record_dir = os.path.join(work_dir, "two_process"), os.path.join(work_dir, "rec2")
-    logs = _launch_two_processes(model_dir, record_dir, work_dir, "first",
-                                 f"--gin.TRAIN_STEPS={FIRST_STEPS}")
-    return {"model_dir": model_dir, "record_dir": record_dir, "logs": logs,
-            "losses": _losses(model_dir), "checkpoints": _checkpoint_steps(model_dir)}
+    logs = _launch_two_processes(
+        model_dir, record_dir, work_dir, "first", f"--gin.TRAIN_STEPS={FIRST_STEPS}"
+    )
+    return {
+        "model_dir": model_dir,
+        "record_dir": record_dir,
+        "logs": logs,
+        "losses": _losses(model_dir),
+        "checkpoints": _checkpoint_steps(model_dir),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +258,20 @@ def resumed(two_processes: dict, work_dir: str) -> dict:
     """A fresh two-process launch (coordinates from ALEXATM_* variables) continues to step
     TOTAL_STEPS in the same MODEL_DIR."""
     record_dir = os.path.join(work_dir, "rec3")
-    logs = _launch_two_processes(two_processes["model_dir"], record_dir, work_dir, "resumed",
-                                 f"--gin.TRAIN_STEPS={TOTAL_STEPS}", through_env=True)
-    return {"record_dir": record_dir, "logs": logs,
-            "losses": _losses(two_processes["model_dir"]),
-            "checkpoints": _checkpoint_steps(two_processes["model_dir"])}
+    logs = _launch_two_processes(
+        two_processes["model_dir"],
+        record_dir,
+        work_dir,
+        "resumed",
+        f"--gin.TRAIN_STEPS={TOTAL_STEPS}",
+        through_env=True,
+    )
+    return {
+        "record_dir": record_dir,
+        "logs": logs,
+        "losses": _losses(two_processes["model_dir"]),
+        "checkpoints": _checkpoint_steps(two_processes["model_dir"]),
+    }
 
 
 def test_each_process_reads_its_own_shard_of_the_global_batch(two_processes, reference):
@@ -247,15 +289,23 @@ def test_each_process_reads_its_own_shard_of_the_global_batch(two_processes, ref
             assert rows.shape[:2] == (FIRST_STEPS, ROWS_PER_PROCESS)
             # The one-process reference read the same shard and got the same rows.
             np.testing.assert_array_equal(rows, stacked[prefix + feature][:FIRST_STEPS])
-        rows_seen.append({row.tobytes() for row in read[prefix + "decoder_target_tokens"]
-                          .reshape(-1, read[prefix + "decoder_target_tokens"].shape[-1])})
+        rows_seen.append(
+            {
+                row.tobytes()
+                for row in read[prefix + "decoder_target_tokens"].reshape(
+                    -1, read[prefix + "decoder_target_tokens"].shape[-1]
+                )
+            }
+        )
     assert len(rows_seen[0]) == FIRST_STEPS * ROWS_PER_PROCESS
     assert not rows_seen[0] & rows_seen[1], "both processes read identical target rows"
     # The text behind the rows: the two processes read disjoint sets of corpus documents.
     documents = _corpus_documents()
-    vocab_path, = glob.glob(os.path.join(two_processes["model_dir"], "tokenizer", "*.model"))
-    by_process = [_documents_read(_records(two_processes["record_dir"], process), vocab_path,
-                                  documents) for process in range(NUM_PROCESSES)]
+    (vocab_path,) = glob.glob(os.path.join(two_processes["model_dir"], "tokenizer", "*.model"))
+    by_process = [
+        _documents_read(_records(two_processes["record_dir"], process), vocab_path, documents)
+        for process in range(NUM_PROCESSES)
+    ]
     assert min(len(d) for d in by_process) >= 3, [sorted(d) for d in by_process]
     shared = by_process[0] & by_process[1]
     assert not shared, f"documents read by both processes: {sorted(shared)}"
@@ -264,8 +314,9 @@ def test_each_process_reads_its_own_shard_of_the_global_batch(two_processes, ref
 def test_two_process_losses_match_the_one_process_run(two_processes, reference):
     two, one = two_processes["losses"], _losses(reference["model_dir"])
     assert sorted(two) == list(range(1, FIRST_STEPS + 1))
-    np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(two)],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        [two[s] for s in sorted(two)], [one[s] for s in sorted(two)], rtol=0, atol=1e-5
+    )
     assert two_processes["checkpoints"] == [FIRST_STEPS]
 
 
@@ -275,13 +326,18 @@ def test_a_fresh_two_process_launch_resumes_their_checkpoint(resumed, two_proces
     assert resumed["checkpoints"] == [FIRST_STEPS, TOTAL_STEPS]
     one = _losses(reference["model_dir"])
     assert sorted(resumed["losses"]) == sorted(one) == list(range(1, TOTAL_STEPS + 1))
-    np.testing.assert_allclose([resumed["losses"][s] for s in sorted(one)],
-                               [one[s] for s in sorted(one)], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        [resumed["losses"][s] for s in sorted(one)],
+        [one[s] for s in sorted(one)],
+        rtol=0,
+        atol=1e-5,
+    )
     # Each process's data stream continued exactly where its shard stopped.
     stacked = _records(reference["record_dir"], 0)
     for process in range(NUM_PROCESSES):
         prefix = f"shard{process}of{NUM_PROCESSES}."
         read = _records(resumed["record_dir"], process)
         for feature in FEATURES_COMPARED:
-            np.testing.assert_array_equal(read[prefix + feature],
-                                          stacked[prefix + feature][FIRST_STEPS:TOTAL_STEPS])
+            np.testing.assert_array_equal(
+                read[prefix + feature], stacked[prefix + feature][FIRST_STEPS:TOTAL_STEPS]
+            )

@@ -7,31 +7,41 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from alexatm_jax.model import ModelConfig, abstract_params
-from alexatm_jax.partitioning import (BATCH_MESH_AXES, RULE_SETS, MeshConfig, Partitioner,
-                                      resolve_rules)
+from alexatm_jax.partitioning import (
+    BATCH_MESH_AXES,
+    RULE_SETS,
+    MeshConfig,
+    Partitioner,
+    resolve_rules,
+)
 from multidevice_checks import run_multidevice_checks
 from tiny_config import tiny_model_config
 
-TINY = tiny_model_config(encoder_ffn_dim=48, decoder_ffn_dim=48, max_positions=16,
-                         dropout_rate=0.1)
+TINY = tiny_model_config(encoder_ffn_dim=48, decoder_ffn_dim=48, max_positions=16, dropout_rate=0.1)
 
 
-@pytest.mark.parametrize("config, devices, expected", [
-    (MeshConfig(), 8, (1, 8, 1, 1)),
-    (MeshConfig(data=2, fsdp=-1, tensor=2), 8, (1, 2, 2, 2)),
-    (MeshConfig(data=1, fsdp=4, tensor=2), 8, (1, 1, 4, 2)),
-    (MeshConfig(data=-1, replica=2), 8, (2, 4, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "config, devices, expected",
+    [
+        (MeshConfig(), 8, (1, 8, 1, 1)),
+        (MeshConfig(data=2, fsdp=-1, tensor=2), 8, (1, 2, 2, 2)),
+        (MeshConfig(data=1, fsdp=4, tensor=2), 8, (1, 1, 4, 2)),
+        (MeshConfig(data=-1, replica=2), 8, (2, 4, 1, 1)),
+    ],
+)
 def test_mesh_config_resolves_the_remaining_axis(config, devices, expected):
     assert config.axis_sizes(devices) == expected
 
 
-@pytest.mark.parametrize("config, message", [
-    (MeshConfig(data=3), "needs 3 devices"),
-    (MeshConfig(data=-1, fsdp=-1), "only one axis may be -1"),
-    (MeshConfig(data=-1, fsdp=3), "does not divide"),
-    (MeshConfig(data=0), ">= 1 or -1"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (MeshConfig(data=3), "needs 3 devices"),
+        (MeshConfig(data=-1, fsdp=-1), "only one axis may be -1"),
+        (MeshConfig(data=-1, fsdp=3), "does not divide"),
+        (MeshConfig(data=0), ">= 1 or -1"),
+    ],
+)
 def test_mesh_config_rejects_impossible_sizes(config, message):
     with pytest.raises(ValueError, match=message):
         config.axis_sizes(8)
@@ -50,18 +60,33 @@ def test_activation_and_parameter_rules_do_not_interact(rules):
     """Activations and parameters have distinct axis names, so the activation rules can go
     before or after the parameter rules without changing any array's spec (the parameter rules
     keep their own order: it states the fallback of a bias with no embed dimension)."""
-    arrays = [("vocab", "embed"), ("embed", "vocab"), ("embed", "mlp"), ("mlp", "embed"),
-              ("embed", "heads", "kv"), ("heads", "kv", "embed"), ("heads", "kv"), ("mlp",),
-              ("embed",), ("vocab",), ("layers", "embed", "mlp"), ("position", "embed"),
-              ("type_vocab", "embed"), ACTIVATION_HIDDEN, ACTIVATION_LOGITS,
-              ("activation_batch", "activation_length", "activation_mlp"),
-              ("activation_batch", "activation_length", "activation_heads", "activation_kv")]
+    arrays = [
+        ("vocab", "embed"),
+        ("embed", "vocab"),
+        ("embed", "mlp"),
+        ("mlp", "embed"),
+        ("embed", "heads", "kv"),
+        ("heads", "kv", "embed"),
+        ("heads", "kv"),
+        ("mlp",),
+        ("embed",),
+        ("vocab",),
+        ("layers", "embed", "mlp"),
+        ("position", "embed"),
+        ("type_vocab", "embed"),
+        ACTIVATION_HIDDEN,
+        ACTIVATION_LOGITS,
+        ("activation_batch", "activation_length", "activation_mlp"),
+        ("activation_batch", "activation_length", "activation_heads", "activation_kv"),
+    ]
     activation = tuple(r for r in RULE_SETS[rules] if r[0].startswith("activation_"))
     parameter = tuple(r for r in RULE_SETS[rules] if not r[0].startswith("activation_"))
     for names in arrays:
-        assert (_spec(rules, names, activation + parameter)
-                == _spec(rules, names, parameter + activation)
-                == _spec(rules, names, parameter + tuple(reversed(activation)))), names
+        assert (
+            _spec(rules, names, activation + parameter)
+            == _spec(rules, names, parameter + activation)
+            == _spec(rules, names, parameter + tuple(reversed(activation)))
+        ), names
 
 
 def test_fsdp_rules_shard_params_on_embed_and_activations_on_batch():
@@ -71,7 +96,11 @@ def test_fsdp_rules_shard_params_on_embed_and_activations_on_batch():
     assert _spec("fsdp", ("vocab",)) == (None,)  # so an unsharded-embed table is whole
     assert _spec("fsdp", ("layers", "embed", "heads", "kv")) == (None, "fsdp", None, None)
     assert _spec("fsdp", ACTIVATION_HIDDEN) == (BATCH_MESH_AXES, None, None)
-    assert _spec("fsdp", ("activation_batch", "activation_length", "activation_mlp")) == (BATCH_MESH_AXES, None, None)
+    assert _spec("fsdp", ("activation_batch", "activation_length", "activation_mlp")) == (
+        BATCH_MESH_AXES,
+        None,
+        None,
+    )
 
 
 def test_fsdp_tensor_rules_add_megatron_splits():
@@ -79,9 +108,10 @@ def test_fsdp_tensor_rules_add_megatron_splits():
     assert _spec("fsdp_tensor", ("mlp", "embed")) == ("tensor", "fsdp")
     assert _spec("fsdp_tensor", ("embed", "heads", "kv")) == ("fsdp", "tensor", None)
     assert _spec("fsdp_tensor", ("vocab", "embed")) == ("tensor", "fsdp")
-    assert _spec("fsdp_tensor", ("activation_batch", "activation_length",
-                                 "activation_heads", "activation_kv")) == (
-        BATCH_MESH_AXES, None, "tensor", None)
+    assert _spec(
+        "fsdp_tensor",
+        ("activation_batch", "activation_length", "activation_heads", "activation_kv"),
+    ) == (BATCH_MESH_AXES, None, "tensor", None)
     assert _spec("fsdp_tensor", ACTIVATION_LOGITS) == (BATCH_MESH_AXES, None, "tensor")
 
 
@@ -105,8 +135,10 @@ def test_single_device_partitioner_shards_batches_and_tables_every_parameter():
     array = batch["encoder_input_tokens"]
     assert array.shape == (4, 6) and array.sharding.spec == PartitionSpec(BATCH_MESH_AXES, None)
     table = partitioner.sharding_table(abstract_params(TINY), partitioner.params_shardings(TINY))
-    paths = [jax.tree_util.keystr(p, simple=True, separator="/")
-             for p, _ in jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(TINY)))[0]]
+    paths = [
+        jax.tree_util.keystr(p, simple=True, separator="/")
+        for p, _ in jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(TINY)))[0]
+    ]
     for path in paths:
         assert path in table
     assert f"{len(paths)} arrays" in table

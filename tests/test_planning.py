@@ -18,8 +18,12 @@ import jax.numpy as jnp
 import pytest
 
 from alexatm_jax.cli import plan as plan_cli
-from alexatm_jax.planning import (CompiledStep, extrapolate_linearly, extrapolation_depths,
-                                  matmul_flops)
+from alexatm_jax.planning import (
+    CompiledStep,
+    extrapolate_linearly,
+    extrapolation_depths,
+    matmul_flops,
+)
 
 GIN_FILES = ["gin/experiments/smoke_cpu.gin", "gin/meshes/cpu_8_dp_fsdp_tp.gin"]
 PEAK_TFLOPS, MFU = 0.1, 0.5
@@ -41,10 +45,28 @@ def plan_run(repo_root, tmp_path_factory):
     (completed process, the JSON report it wrote)."""
     json_path = tmp_path_factory.mktemp("plan") / "plan.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "alexatm_jax.cli.plan", *_gin_args(), "--devices", "8",
-         "--peak_tflops", str(PEAK_TFLOPS), "--mfu", str(MFU), "--device_memory_gib", "1",
-         "--json_out", str(json_path)],
-        cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "alexatm_jax.cli.plan",
+            *_gin_args(),
+            "--devices",
+            "8",
+            "--peak_tflops",
+            str(PEAK_TFLOPS),
+            "--mfu",
+            str(MFU),
+            "--device_memory_gib",
+            "1",
+            "--json_out",
+            str(json_path),
+        ],
+        cwd=repo_root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, json.loads(json_path.read_text())
 
@@ -53,9 +75,15 @@ def test_plan_prints_per_device_memory_and_step_time(plan_run):
     proc, _ = plan_run
     out = proc.stdout
     assert "mesh replica=1 data=2 fsdp=2 tensor=2, rules 'fsdp_tensor'" in out
-    for row in ("parameters (float32)", "optimizer state", "compiled temporaries",
-                "compiled total", "model FLOPs (analytic)", "traced matmul FLOPs",
-                "XLA cost analysis, per device"):
+    for row in (
+        "parameters (float32)",
+        "optimizer state",
+        "compiled temporaries",
+        "compiled total",
+        "model FLOPs (analytic)",
+        "traced matmul FLOPs",
+        "XLA cost analysis, per device",
+    ):
         assert re.search(rf"{re.escape(row)}\s+\S+", out), f"missing row {row!r}:\n{out}"
     assert re.search(r"compiled total\s+\d+\.\d+ [KMG]iB", out)
     assert re.search(r"fits \(\d+% of the device\)", out)
@@ -73,7 +101,9 @@ def test_plan_numbers_are_consistent(plan_run):
     expected_seconds = flops["model_flops_per_step"] / (8 * PEAK_TFLOPS * 1e12 * MFU)
     assert result["step_time"]["seconds_per_step"] == pytest.approx(expected_seconds)
     assert memory["compiled_temp_bytes"] > 0
-    assert memory["compiled_total_bytes"] >= memory["params_bytes"] + memory["optimizer_state_bytes"]
+    assert (
+        memory["compiled_total_bytes"] >= memory["params_bytes"] + memory["optimizer_state_bytes"]
+    )
     # No remat in the smoke model: traced matmuls are the model FLOPs plus the few matmuls the
     # analytic count leaves out.
     assert 1.0 <= flops["traced_matmul_flops_per_step"] / flops["model_flops_per_step"] < 1.2
@@ -107,8 +137,14 @@ REAL_STATE_SCRIPT = textwrap.dedent("""
 
 def test_planned_state_memory_matches_a_real_sharded_state(plan_run, repo_root):
     _, result = plan_run
-    proc = subprocess.run([sys.executable, "-c", REAL_STATE_SCRIPT, *GIN_FILES], cwd=repo_root,
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", REAL_STATE_SCRIPT, *GIN_FILES],
+        cwd=repo_root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     real = json.loads(proc.stdout.strip().splitlines()[-1])
     memory = result["memory_per_device"]
@@ -123,19 +159,29 @@ def test_planned_state_memory_matches_a_real_sharded_state(plan_run, repo_root):
 def test_plan_refuses_a_mesh_that_does_not_fit_the_devices(repo_root):
     proc = subprocess.run(
         [sys.executable, "-m", "alexatm_jax.cli.plan", *_gin_args(), "--devices", "6"],
-        cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=300)
+        cwd=repo_root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "needs 8 devices but 6 are available" in proc.stderr
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--devices", "8"], "give at least one --gin_file"),
-    (["--gin_file", "x.gin", "--devices", "0"], "--devices must be >= 1"),
-    (["--gin_file", "x.gin", "--devices", "8", "--mfu", "1.5"], "--mfu must be in (0, 1]"),
-    (["--gin_file", "x.gin", "--devices", "8", "--extrapolate_from_layers", "0"],
-     "--extrapolate_from_layers must be >= 1"),
-    (["--gin_file", "x.gin", "--devices", "8", "--bogus"], "unrecognised argument '--bogus'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--devices", "8"], "give at least one --gin_file"),
+        (["--gin_file", "x.gin", "--devices", "0"], "--devices must be >= 1"),
+        (["--gin_file", "x.gin", "--devices", "8", "--mfu", "1.5"], "--mfu must be in (0, 1]"),
+        (
+            ["--gin_file", "x.gin", "--devices", "8", "--extrapolate_from_layers", "0"],
+            "--extrapolate_from_layers must be >= 1",
+        ),
+        (["--gin_file", "x.gin", "--devices", "8", "--bogus"], "unrecognised argument '--bogus'"),
+    ],
+)
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plan_cli.parse_args(argv)
@@ -149,6 +195,7 @@ def test_matmul_flops_counts_scan_bodies_times_their_length_and_remat_recompute(
     def loss(weights, x, remat):
         def layer(carry, w):
             return jnp.tanh(carry @ w), None
+
         body = jax.checkpoint(layer) if remat else layer
         carry, _ = jax.lax.scan(body, x, weights)
         return carry.sum()
@@ -175,8 +222,10 @@ def test_matmul_flops_takes_the_larger_cond_branch():
 
 def test_extrapolation_recovers_a_linear_cost_model():
     def cost(enc: int, dec: int) -> CompiledStep:
-        values = {field: 1000.0 * i + 7.0 * enc + 11.0 * dec
-                  for i, field in enumerate(CompiledStep.__dataclass_fields__)}
+        values = {
+            field: 1000.0 * i + 7.0 * enc + 11.0 * dec
+            for i, field in enumerate(CompiledStep.__dataclass_fields__)
+        }
         return CompiledStep(**values)
 
     k = 2
@@ -191,14 +240,30 @@ def test_extrapolation_recovers_a_linear_cost_model():
 def test_extrapolated_plan_is_close_to_the_measured_one(plan_run, repo_root):
     _, measured = plan_run
     proc = subprocess.run(
-        [sys.executable, "-m", "alexatm_jax.cli.plan", *_gin_args(), "--devices", "8",
-         "--extrapolate_from_layers", "1", "--format", "json"],
-        cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=1200)
+        [
+            sys.executable,
+            "-m",
+            "alexatm_jax.cli.plan",
+            *_gin_args(),
+            "--devices",
+            "8",
+            "--extrapolate_from_layers",
+            "1",
+            "--format",
+            "json",
+        ],
+        cwd=repo_root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert "extrapolated" in result["memory_per_device"]["compiled_source"]
     for key in ("compiled_argument_bytes",):
         assert result["memory_per_device"][key] == pytest.approx(
-            measured["memory_per_device"][key], rel=0.05)
+            measured["memory_per_device"][key], rel=0.05
+        )
     for key in ("xla_flops_per_device", "traced_matmul_flops_per_step"):
         assert result["flops"][key] == pytest.approx(measured["flops"][key], rel=0.1)

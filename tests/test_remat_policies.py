@@ -12,8 +12,9 @@ from alexatm_jax.model.transformer import AlexaTM
 from alexatm_jax.planning import matmul_flops
 from tiny_config import tiny_model_config
 
-CONFIG = tiny_model_config(vocab_size=128, num_encoder_layers=2, num_decoder_layers=2,
-                           max_positions=64, scan_layers=True)
+CONFIG = tiny_model_config(
+    vocab_size=128, num_encoder_layers=2, num_decoder_layers=2, max_positions=64, scan_layers=True
+)
 
 
 def grad_fn(policy: str):
@@ -21,6 +22,7 @@ def grad_fn(policy: str):
 
     def loss(params, tokens):
         return jnp.mean(model.apply({"params": params}, tokens, tokens) ** 2)
+
     return jax.grad(loss)
 
 
@@ -32,8 +34,10 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def recomputed_flops(inputs):
-    return {policy: matmul_flops(jax.make_jaxpr(grad_fn(policy))(*inputs).jaxpr)
-            for policy in REMAT_POLICIES}
+    return {
+        policy: matmul_flops(jax.make_jaxpr(grad_fn(policy))(*inputs).jaxpr)
+        for policy in REMAT_POLICIES
+    }
 
 
 def test_named_policies_recompute_less_than_full(recomputed_flops):

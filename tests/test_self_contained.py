@@ -13,8 +13,9 @@ MAX_FUNCTION_LINES = 80
 
 def _tracked_files(root: pathlib.Path) -> list[pathlib.Path]:
     try:
-        listed = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.split()
+        listed = subprocess.run(
+            ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     return [root / name for name in listed if (root / name).is_file()]
@@ -27,8 +28,9 @@ def test_no_tracked_file_cites_a_document_outside_the_repository(repo_root):
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue  # binary data
-        found += [f"{path.relative_to(repo_root)}: {name}" for name in OUTSIDE_DOCUMENTS
-                  if name in text]
+        found += [
+            f"{path.relative_to(repo_root)}: {name}" for name in OUTSIDE_DOCUMENTS if name in text
+        ]
     assert not found, "cite docs/paper_facts.md instead: " + "; ".join(found)
 
 
@@ -39,6 +41,7 @@ def test_every_library_function_fits_in_about_80_lines(repo_root):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
                 if length > MAX_FUNCTION_LINES:
-                    too_long.append(f"{path.relative_to(repo_root)}:{node.lineno} {node.name} "
-                                    f"({length} lines)")
+                    too_long.append(
+                        f"{path.relative_to(repo_root)}:{node.lineno} {node.name} ({length} lines)"
+                    )
     assert not too_long, "split these: " + "; ".join(too_long)

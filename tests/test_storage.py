@@ -35,8 +35,9 @@ def test_absolute_keeps_urls_and_absolutises_local_paths(monkeypatch, tmp_path):
 
 
 def test_cli_passes_a_gs_model_dir_through_unchanged():
-    _, bindings = parse_args(["--gin_file=gin/experiments/smoke_cpu.gin",
-                              "--model_dir=gs://bucket/alexatm/run1"])
+    _, bindings = parse_args(
+        ["--gin_file=gin/experiments/smoke_cpu.gin", "--model_dir=gs://bucket/alexatm/run1"]
+    )
     assert bindings[-1] == "MODEL_DIR = 'gs://bucket/alexatm/run1'"
 
 
@@ -83,11 +84,23 @@ def test_remote_metrics_are_staged_uploaded_and_resumed(monkeypatch, tmp_path):
 def test_trainer_uploads_staged_metrics_at_every_checkpoint(monkeypatch, tmp_path):
     targets = _uploads(monkeypatch)
     model_dir = tmp_path / "run"
-    result = train(TrainConfig(
-        model_config=TINY, model_dir=str(model_dir), train_steps=3, batch_size=2,
-        sequence_length={"inputs": 8, "targets": 8}, mesh_config=MeshConfig(),
-        rules="data_parallel", checkpoint_period=1, keep_checkpoints=1, log_every=1,
-        data_source="synthetic", progress_bar=False, async_checkpointing=False))
+    result = train(
+        TrainConfig(
+            model_config=TINY,
+            model_dir=str(model_dir),
+            train_steps=3,
+            batch_size=2,
+            sequence_length={"inputs": 8, "targets": 8},
+            mesh_config=MeshConfig(),
+            rules="data_parallel",
+            checkpoint_period=1,
+            keep_checkpoints=1,
+            log_every=1,
+            data_source="synthetic",
+            progress_bar=False,
+            async_checkpointing=False,
+        )
+    )
     assert result.model_dir == str(model_dir) and result.last_checkpoint_step == 3
     jsonl = str(model_dir / "metrics.jsonl")
     assert targets.count(jsonl) == 3  # one upload per checkpoint (steps 1, 2, 3)

@@ -125,6 +125,12 @@ print([p for p in listed if "data" in p.split(os.sep)])
 print(sorted(m for m in sys.modules if m.startswith("alexatm_jax")))
 """
     env = {**os.environ, "PYTHONPATH": str(repo_root), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=repo_root, text=True,
-                          capture_output=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=repo_root,
+        text=True,
+        capture_output=True,
+        check=True,
+    )
     assert done.stdout.splitlines() == ["['alexatm_pretrain']", "[]", "[]"]

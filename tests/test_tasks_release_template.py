@@ -18,8 +18,14 @@ def test_release_vocabulary_examples_follow_the_release_template(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"), languages=("en", "fr"), documents=30)
     ids = tasks.read_special_ids(vocab)
     assert ids.release_template and (ids.bos, ids.eos) == (1, 2)
-    ds = tasks.get_dataset(tasks.LOCAL_MIXTURE, sequence_length=LENGTHS, data_dir=corpus,
-                           vocab_path=vocab, feature_converter=False, seed=3)
+    ds = tasks.get_dataset(
+        tasks.LOCAL_MIXTURE,
+        sequence_length=LENGTHS,
+        data_dir=corpus,
+        vocab_path=vocab,
+        feature_converter=False,
+        seed=3,
+    )
     records = collect_examples(ds, 300)
     clm = [r for r in records if r.objective == "clm"]
     denoise = [r for r in records if r.objective == "denoise"]

@@ -16,8 +16,9 @@ def ours(tmp_path_factory) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def release_like(tmp_path_factory) -> Tokenizer:
-    return Tokenizer(train_tiny_sentencepiece(str(tmp_path_factory.mktemp("spm_release")),
-                                              release_style=True))
+    return Tokenizer(
+        train_tiny_sentencepiece(str(tmp_path_factory.mktemp("spm_release")), release_style=True)
+    )
 
 
 def test_special_ids_come_from_the_model(ours, release_like):
@@ -42,7 +43,8 @@ def test_templates_and_clm_marker(ours, release_like):
     # The release vocabulary encodes the marker as the release does: `<s> ▁ [CLM] ▁The ...`.
     space = release_like.processor.piece_to_id("\u2581")
     assert release_like.encode("[CLM] " + text) == (
-        [1, space, release_like.special.clm] + release_like.pieces(text) + [2])
+        [1, space, release_like.special.clm] + release_like.pieces(text) + [2]
+    )
     # Plain SentencePiece would surround the marker with stray whitespace pieces instead.
     assert ours.pieces("[CLM] " + text)[:2] != [ours.special.clm] + ours.pieces(text)[:1]
     assert clm_prompt("[CLM] x") == "[CLM] x"

@@ -12,10 +12,31 @@ import pytest
 from alexatm_jax.tokenization import Tokenizer
 from inference_helpers import release_tokenizer, sample_lines, train_release_sentencepiece_12
 
-EDGE_CASES = ["", " ", "  ", "[CLM] ", "[CLM]", "[CLM]  Unable to x", "[CLM]x", "abc ", " abc",
-              "a  b   c", "a\nb\n", "\tx\t", "<br>", "a <br><br><br> b", "x </s> y", "<s>x",
-              "a [MASK] b", "a[CLM]b", "[PAD]", "<unk> <0x41>", "\u2581x \u2581 y",
-              "Hello . World , it 's ok !", "ﬁ ｆｕｌｌ ① ＡＢＣ"]
+EDGE_CASES = [
+    "",
+    " ",
+    "  ",
+    "[CLM] ",
+    "[CLM]",
+    "[CLM]  Unable to x",
+    "[CLM]x",
+    "abc ",
+    " abc",
+    "a  b   c",
+    "a\nb\n",
+    "\tx\t",
+    "<br>",
+    "a <br><br><br> b",
+    "x </s> y",
+    "<s>x",
+    "a [MASK] b",
+    "a[CLM]b",
+    "[PAD]",
+    "<unk> <0x41>",
+    "\u2581x \u2581 y",
+    "Hello . World , it 's ok !",
+    "ﬁ ｆｕｌｌ ① ＡＢＣ",
+]
 
 
 def texts_in_12_languages() -> list[str]:
@@ -26,12 +47,16 @@ def texts_in_12_languages() -> list[str]:
     for lang, lines in sample_lines(per_language=200).items():
         for line in rng.sample(lines, 8):
             cut = rng.randint(0, len(line))
-            texts += [line, "[CLM] " + line, "[CLM] " + line[:cut] + " ",
-                      line[:cut] + "  " + line[cut:] + "\n",
-                      f"[CLM] Article: {line} ==> Short summary: {line[:cut]} <br><br><br> "
-                      f"Article: {line[cut:]} ==> Short summary:",
-                      f"[CLM] Sentence:  {line[:cut]}; Translation in German: {line}; "
-                      f"Sentence:  {line[cut:]}; Translation in German:"]
+            texts += [
+                line,
+                "[CLM] " + line,
+                "[CLM] " + line[:cut] + " ",
+                line[:cut] + "  " + line[cut:] + "\n",
+                f"[CLM] Article: {line} ==> Short summary: {line[:cut]} <br><br><br> "
+                f"Article: {line[cut:]} ==> Short summary:",
+                f"[CLM] Sentence:  {line[:cut]}; Translation in German: {line}; "
+                f"Sentence:  {line[cut:]}; Translation in German:",
+            ]
     return texts
 
 
@@ -45,10 +70,21 @@ def reference(release_model):
     """(texts, random id lists, the release tokenizer's encodings and decodings)."""
     tokenizer = Tokenizer(release_model)
     rng = random.Random(1)
-    skipped = {tokenizer.special.bos, tokenizer.special.eos, tokenizer.special.unk,
-               tokenizer.special.pad, tokenizer.special.mask}
-    ids = [[i for i in (rng.randrange(tokenizer.vocab_size) for _ in range(rng.randint(0, 24)))
-            if i not in skipped] for _ in range(300)]
+    skipped = {
+        tokenizer.special.bos,
+        tokenizer.special.eos,
+        tokenizer.special.unk,
+        tokenizer.special.pad,
+        tokenizer.special.mask,
+    }
+    ids = [
+        [
+            i
+            for i in (rng.randrange(tokenizer.vocab_size) for _ in range(rng.randint(0, 24)))
+            if i not in skipped
+        ]
+        for _ in range(300)
+    ]
     texts = EDGE_CASES + texts_in_12_languages()
     return texts, ids, release_tokenizer(release_model, texts, ids)
 
@@ -58,8 +94,11 @@ def test_encode_equals_the_release_tokenizer_for_every_text(release_model, refer
     assert tokenizer.convention == "release"
     texts, _, expected = reference
     assert len(texts) > 12 * 8 * 6
-    mismatches = [(t, e, tokenizer.encode(t)) for t, e in zip(texts, expected["encoded"])
-                  if tokenizer.encode(t) != e]
+    mismatches = [
+        (t, e, tokenizer.encode(t))
+        for t, e in zip(texts, expected["encoded"])
+        if tokenizer.encode(t) != e
+    ]
     assert not mismatches, mismatches[:3]
     piece = tokenizer.processor.id_to_piece
     # The release keeps a lone `▁` before [CLM] and at the end of a text ending in a space.
@@ -74,8 +113,9 @@ def test_decode_equals_the_release_decode(release_model, reference):
     tokenizer = Tokenizer(release_model)
     texts, ids, expected = reference
     for id_list, text in zip(ids, expected["decoded"]):
-        assert tokenizer.decode(id_list) == text, [tokenizer.processor.id_to_piece(i)
-                                                   for i in id_list]
+        assert tokenizer.decode(id_list) == text, [
+            tokenizer.processor.id_to_piece(i) for i in id_list
+        ]
     # Generated ids: decoding stops at the first EOS and leaves <s>, <unk>, [PAD], [MASK] out,
     # as the release's decode(..., skip_special_tokens=True) of a from_pretrained tokenizer.
     s = tokenizer.special

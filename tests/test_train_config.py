@@ -28,9 +28,17 @@ def clean_gin():
 
 
 def test_gin_binds_the_whole_run_as_train():
-    gin_registry.parse_gin(RUN_FILES, ["MODEL_DIR='/tmp/run'", "TRAIN_STEPS=7", "BATCH_SIZE=4",
-                                       "CHECKPOINT_PERIOD=5", "EVAL_PERIOD=0",
-                                       "train.grad_accum_steps=2"])
+    gin_registry.parse_gin(
+        RUN_FILES,
+        [
+            "MODEL_DIR='/tmp/run'",
+            "TRAIN_STEPS=7",
+            "BATCH_SIZE=4",
+            "CHECKPOINT_PERIOD=5",
+            "EVAL_PERIOD=0",
+            "train.grad_accum_steps=2",
+        ],
+    )
     config = gin_registry.train_config_from_gin()
     assert isinstance(config, TrainConfig)
     assert (config.model_dir, config.train_steps, config.batch_size) == ("/tmp/run", 7, 4)
@@ -41,8 +49,9 @@ def test_gin_binds_the_whole_run_as_train():
 
 def test_a_required_macro_left_unset_names_itself():
     with pytest.raises(gin_registry.GinConfigError, match="the macro MODEL_DIR is required"):
-        gin_registry.parse_gin(RUN_FILES, ["TRAIN_STEPS=7", "BATCH_SIZE=4",
-                                           "CHECKPOINT_PERIOD=5", "EVAL_PERIOD=0"])
+        gin_registry.parse_gin(
+            RUN_FILES, ["TRAIN_STEPS=7", "BATCH_SIZE=4", "CHECKPOINT_PERIOD=5", "EVAL_PERIOD=0"]
+        )
     gin_registry.parse_gin(["gin/models/tiny.gin"], [])
     with pytest.raises(gin_registry.GinConfigError, match="binds no train.model_config"):
         gin_registry.train_config_from_gin()
@@ -51,20 +60,31 @@ def test_a_required_macro_left_unset_names_itself():
 def test_a_plan_needs_no_model_dir():
     from alexatm_jax.cli.plan import parse_gin_config, train_config_from_gin
 
-    parse_gin_config(RUN_FILES, ["TRAIN_STEPS=7", "BATCH_SIZE=4", "CHECKPOINT_PERIOD=5",
-                                 "EVAL_PERIOD=0"], [])
+    parse_gin_config(
+        RUN_FILES, ["TRAIN_STEPS=7", "BATCH_SIZE=4", "CHECKPOINT_PERIOD=5", "EVAL_PERIOD=0"], []
+    )
     assert train_config_from_gin().model_dir == ""
 
 
 def test_validate_names_every_bad_value():
-    config = TrainConfig(model_config=TINY, train_steps=0, batch_size=4, nan_policy="ignore",
-                         sequence_length={"inputs": 8}, inject_nonfinite_steps=(0,))
+    config = TrainConfig(
+        model_config=TINY,
+        train_steps=0,
+        batch_size=4,
+        nan_policy="ignore",
+        sequence_length={"inputs": 8},
+        inject_nonfinite_steps=(0,),
+    )
     with pytest.raises(InvalidTrainArguments) as error:
         config.validate()
     message = str(error.value)
-    for expected in ("train_steps must be >= 1", "nan_policy must be one of",
-                     "sequence_length needs keys", "inject_nonfinite_steps are 1-based",
-                     "model_dir is empty"):
+    for expected in (
+        "train_steps must be >= 1",
+        "nan_policy must be one of",
+        "sequence_length needs keys",
+        "inject_nonfinite_steps are 1-based",
+        "model_dir is empty",
+    ):
         assert expected in message
     assert TrainConfig(model_config=TINY, train_steps=1, batch_size=4).problems() == []
 
@@ -110,8 +130,9 @@ def test_partitioned_functions_enter_the_mesh_and_rules_themselves():
     def constrained(x):
         return nn.with_logical_constraint(x * 2, ("activation_batch", "activation_embed"))
 
-    fn = partitioner.partition(constrained, in_shardings=partitioner.batch_sharding(2),
-                               out_shardings=None)
+    fn = partitioner.partition(
+        constrained, in_shardings=partitioner.batch_sharding(2), out_shardings=None
+    )
     x = jnp.ones((4, 8))
     assert float(fn(x).sum()) == 64.0
     assert fn.eval_shape(x).shape == (4, 8)

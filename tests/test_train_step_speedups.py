@@ -19,15 +19,27 @@ from alexatm_jax.training import OptimizerConfig, applied_learning_rate, make_op
 from alexatm_jax.training.guarded_update import guarded_update
 from alexatm_jax.training.loss import fused_head_statistics, token_statistics
 
-SMALL = ModelConfig(vocab_size=97, d_model=32, num_encoder_layers=1, num_decoder_layers=2,
-                    num_encoder_heads=2, num_decoder_heads=2, encoder_ffn_dim=48,
-                    decoder_ffn_dim=48, max_positions=16, dropout_rate=0.0, init_std=0.3)
+SMALL = ModelConfig(
+    vocab_size=97,
+    d_model=32,
+    num_encoder_layers=1,
+    num_decoder_layers=2,
+    num_encoder_heads=2,
+    num_decoder_heads=2,
+    encoder_ffn_dim=48,
+    decoder_ffn_dim=48,
+    max_positions=16,
+    dropout_rate=0.0,
+    init_std=0.3,
+)
 
 
 def _inputs(seed: int = 0):
     rng = np.random.default_rng(seed)
-    batch = {"encoder_input_tokens": rng.integers(2, 97, (3, 7)).astype(np.int32),
-             "decoder_input_tokens": rng.integers(2, 97, (3, 5)).astype(np.int32)}
+    batch = {
+        "encoder_input_tokens": rng.integers(2, 97, (3, 7)).astype(np.int32),
+        "decoder_input_tokens": rng.integers(2, 97, (3, 5)).astype(np.int32),
+    }
     targets = rng.integers(0, 97, (3, 5)).astype(np.int32)
     weights = (rng.random((3, 5)) > 0.3).astype(np.float32)
     return batch, targets, weights
@@ -53,22 +65,26 @@ def test_fused_head_matches_logits_then_loss(tied, z_loss):
 
     def fused(p):
         hidden, kernel, bias = model.apply({"params": p}, **batch, method=AlexaTM.hidden_and_head)
-        stats = fused_head_statistics(hidden, kernel, bias, targets, weights, z_loss,
-                                      vocab_major=head_is_vocab_major(config))
+        stats = fused_head_statistics(
+            hidden, kernel, bias, targets, weights, z_loss, vocab_major=head_is_vocab_major(config)
+        )
         return stats["loss_sum"] + stats["z_loss_sum"], stats
 
     (value, stats), grads = jax.value_and_grad(unfused, has_aux=True)(params)
-    (fused_value, fused_stats), fused_grads = jax.jit(
-        jax.value_and_grad(fused, has_aux=True))(params)
+    (fused_value, fused_stats), fused_grads = jax.jit(jax.value_and_grad(fused, has_aux=True))(
+        params
+    )
     np.testing.assert_allclose(float(fused_value), float(value), rtol=1e-6)
     for name in stats:
-        np.testing.assert_allclose(float(fused_stats[name]), float(stats[name]), rtol=1e-6,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            float(fused_stats[name]), float(stats[name]), rtol=1e-6, atol=1e-6
+        )
     _assert_trees_close(grads, fused_grads)
     # Without differentiation the fused path is just the statistics (no gradient work).
     hidden, kernel, bias = model.apply({"params": params}, **batch, method=AlexaTM.hidden_and_head)
-    plain = fused_head_statistics(hidden, kernel, bias, targets, weights, z_loss,
-                                  vocab_major=head_is_vocab_major(config))
+    plain = fused_head_statistics(
+        hidden, kernel, bias, targets, weights, z_loss, vocab_major=head_is_vocab_major(config)
+    )
     np.testing.assert_allclose(float(plain["loss_sum"]), float(stats["loss_sum"]), rtol=1e-6)
 
 
@@ -85,7 +101,8 @@ def test_cotangent_barriers_change_no_gradient():
 
     def loss(p, mode):
         logits = AlexaTM(config.replace(cotangent_barriers=mode)).apply(
-            {"params": p}, **batch, deterministic=False, rngs={"dropout": jax.random.key(3)})
+            {"params": p}, **batch, deterministic=False, rngs={"dropout": jax.random.key(3)}
+        )
         return token_statistics(logits, targets, weights)["loss_sum"]
 
     with_barriers = jax.jit(jax.grad(lambda p: loss(p, "on")))(params)
@@ -126,8 +143,12 @@ def test_unknown_dropout_rng_impl_is_rejected():
 
 def test_parallel_branches_give_the_same_step():
     from alexatm_jax.partitioning import MeshConfig, Partitioner
-    from alexatm_jax.training import (OptimizerConfig, create_train_state, make_optimizer,
-                                      make_train_step)
+    from alexatm_jax.training import (
+        OptimizerConfig,
+        create_train_state,
+        make_optimizer,
+        make_train_step,
+    )
     from alexatm_jax.training.config import TrainConfig
     from alexatm_jax.training.step import auto_parallel_branches
 
@@ -142,9 +163,16 @@ def test_parallel_branches_give_the_same_step():
     config = SMALL.replace(dropout_rate=0.2)  # each branch draws the whole batch's masks
     for branches in (1, 2, 3):
         state = create_train_state(config, optimizer, partitioner, jax.random.key(0))
-        step = make_train_step(TrainConfig(model_config=config, train_steps=10, batch_size=6,
-                                           optimizer_config=optimizer_config,
-                                           parallel_branches=branches), partitioner)
+        step = make_train_step(
+            TrainConfig(
+                model_config=config,
+                train_steps=10,
+                batch_size=6,
+                optimizer_config=optimizer_config,
+                parallel_branches=branches,
+            ),
+            partitioner,
+        )
         state, metrics = step(state, partitioner.shard_batch(batch), jax.random.key(1))
         results[branches] = (jax.device_get(state.params), jax.device_get(metrics))
     for branches in (2, 3):
@@ -156,10 +184,16 @@ def test_parallel_branches_give_the_same_step():
     assert auto_parallel_branches(12 * cores, partitioner) == cores
     assert auto_parallel_branches(1, partitioner) == 1
     with pytest.raises(ValueError, match="must be >= 1 and divide"):
-        make_train_step(TrainConfig(model_config=config, train_steps=10, batch_size=6,
-                                    optimizer_config=optimizer_config, parallel_branches=4),
-                        partitioner)(
-            state, partitioner.shard_batch(batch), jax.random.key(1))
+        make_train_step(
+            TrainConfig(
+                model_config=config,
+                train_steps=10,
+                batch_size=6,
+                optimizer_config=optimizer_config,
+                parallel_branches=4,
+            ),
+            partitioner,
+        )(state, partitioner.shard_batch(batch), jax.random.key(1))
 
 
 @pytest.mark.parametrize("impl", ["threefry_packed", "threefry2x32"])
@@ -173,7 +207,7 @@ def test_batch_blocks_draw_the_whole_batch_masks(impl):
         for block in range(blocks):
             with batch_block(block, blocks):
                 part = np.asarray(keep_mask(key, (rows, 4, 8), 0.3, impl))
-            np.testing.assert_array_equal(part, whole[block * rows:(block + 1) * rows])
+            np.testing.assert_array_equal(part, whole[block * rows : (block + 1) * rows])
 
 
 def test_benchmark_load_record_marks_a_busy_machine(monkeypatch, repo_root):
@@ -197,7 +231,7 @@ def test_benchmark_load_record_marks_a_busy_machine(monkeypatch, repo_root):
 def test_matrix_product_equals_dot_general_with_its_gradients(num_in_axes):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 3, 4, 5)), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((4, 5, 6)[2 - num_in_axes:] + (7,)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((4, 5, 6)[2 - num_in_axes :] + (7,)), jnp.float32)
     contract = tuple(range(4 - num_in_axes, 4)), tuple(range(num_in_axes))
 
     def plain(x, kernel):
@@ -206,10 +240,11 @@ def test_matrix_product_equals_dot_general_with_its_gradients(num_in_axes):
     def flat(x, kernel):
         return jnp.sum(jnp.sin(matrix_product(x, kernel, num_in_axes, jnp.float32)))
 
-    expected_shape = x.shape[:4 - num_in_axes] + kernel.shape[num_in_axes:]
+    expected_shape = x.shape[: 4 - num_in_axes] + kernel.shape[num_in_axes:]
     assert matrix_product(x, kernel, num_in_axes, jnp.float32).shape == expected_shape
-    _assert_trees_close(jax.grad(plain, argnums=(0, 1))(x, kernel),
-                        jax.grad(flat, argnums=(0, 1))(x, kernel))
+    _assert_trees_close(
+        jax.grad(plain, argnums=(0, 1))(x, kernel), jax.grad(flat, argnums=(0, 1))(x, kernel)
+    )
     np.testing.assert_allclose(plain(x, kernel), flat(x, kernel), rtol=1e-5)
 
 
@@ -221,13 +256,17 @@ def test_guarded_update_applies_or_skips_keeping_the_schedule():
     updates, expected_state = optimizer.update(grads, state, params)
     expected = jax.tree.map(lambda p, u: p + u, params, updates)
     applied = jax.jit(guarded_update, static_argnums=0)(
-        optimizer, grads, params, state, jnp.bool_(True))
-    _assert_trees_close((expected, expected_state, applied_learning_rate(expected_state)),
-                        applied, rtol=1e-6)
+        optimizer, grads, params, state, jnp.bool_(True)
+    )
+    _assert_trees_close(
+        (expected, expected_state, applied_learning_rate(expected_state)), applied, rtol=1e-6
+    )
     kept, kept_state, rate = jax.jit(guarded_update, static_argnums=0)(
-        optimizer, grads, params, state, jnp.bool_(False))
-    for new, old, advanced in zip(jax.tree.leaves(kept_state), jax.tree.leaves(state),
-                                  jax.tree.leaves(expected_state)):
+        optimizer, grads, params, state, jnp.bool_(False)
+    )
+    for new, old, advanced in zip(
+        jax.tree.leaves(kept_state), jax.tree.leaves(state), jax.tree.leaves(expected_state)
+    ):
         integer = jnp.issubdtype(new.dtype, jnp.integer)
         np.testing.assert_array_equal(new, advanced if integer else old)
     _assert_trees_close(params, kept, rtol=0)
@@ -235,7 +274,7 @@ def test_guarded_update_applies_or_skips_keeping_the_schedule():
 
 
 def test_cpu_only_program_shapes_are_off_in_plans_for_accelerators():
-    """"auto" cotangent barriers and flat Dense products are for XLA:CPU: a TPU or GPU plan,
+    """ "auto" cotangent barriers and flat Dense products are for XLA:CPU: a TPU or GPU plan,
     made on a CPU host, compiles the program that chip would run."""
     from alexatm_jax.planning import planned_model_config
 
@@ -253,6 +292,9 @@ def test_flat_dense_and_dot_general_give_the_same_model():
     for mode in ("on", "off"):
         config = SMALL.replace(flat_dense=mode)
         params = init_params(config, jax.random.key(0))
-        outputs.append(AlexaTM(config).apply({"params": params}, batch["encoder_input_tokens"],
-                                             batch["decoder_input_tokens"]))
+        outputs.append(
+            AlexaTM(config).apply(
+                {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+            )
+        )
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

@@ -15,10 +15,16 @@ import pytest
 
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import init_params, param_shapes
-from alexatm_jax.training.checkpointing import (IncompatibleCheckpointError, TrainingCheckpointer,
-                                                restore_params_from_model_dir)
-from alexatm_jax.training.model_dir import (ArchitectureMismatchError, check_architecture,
-                                            write_model_config)
+from alexatm_jax.training.checkpointing import (
+    IncompatibleCheckpointError,
+    TrainingCheckpointer,
+    restore_params_from_model_dir,
+)
+from alexatm_jax.training.model_dir import (
+    ArchitectureMismatchError,
+    check_architecture,
+    write_model_config,
+)
 from alexatm_jax.training.state import TrainState
 from alexatm_jax.training.warm_start import warm_start_params
 from tiny_config import tiny_model_config
@@ -28,13 +34,15 @@ TINY = tiny_model_config(dropout_rate=0.1)
 
 def small_state(step: int, scale: float = 1.0, width: int = 8) -> TrainState:
     params = {"dense": {"kernel": jnp.full((4, width), scale), "bias": jnp.arange(width) * scale}}
-    return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
-                      opt_state=optax.adam(1e-3).init(params))
+    return TrainState(
+        step=jnp.asarray(step, jnp.int32), params=params, opt_state=optax.adam(1e-3).init(params)
+    )
 
 
 def abstract(state: TrainState) -> TrainState:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        state)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
 
 
 def test_restores_the_newest_checkpoint_with_its_progress(tmp_path):
@@ -49,8 +57,12 @@ def test_restores_the_newest_checkpoint_with_its_progress(tmp_path):
 
 
 def test_an_async_save_is_not_affected_by_donating_the_state_afterwards(tmp_path):
-    update = jax.jit(lambda s: s.replace(step=s.step + 1, params=jax.tree.map(
-        lambda p: p * 3.0 + 1.0, s.params)), donate_argnums=0)
+    update = jax.jit(
+        lambda s: s.replace(
+            step=s.step + 1, params=jax.tree.map(lambda p: p * 3.0 + 1.0, s.params)
+        ),
+        donate_argnums=0,
+    )
     state = update(small_state(0, width=4096))
     expected = np.asarray(state.params["dense"]["kernel"]).copy()
     checkpointer = TrainingCheckpointer(str(tmp_path), keep=2)
@@ -87,8 +99,9 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_with_a_warning(t
     for step in (1, 2):
         checkpointer.save(step, small_state(step, scale=step), {"step": step})
     checkpointer.close()
-    for path in glob.glob(os.path.join(tmp_path, "checkpoints", "2", "state", "**", "d", "*"),
-                          recursive=True):
+    for path in glob.glob(
+        os.path.join(tmp_path, "checkpoints", "2", "state", "**", "d", "*"), recursive=True
+    ):
         with open(path, "r+b") as f:
             f.write(b"\xff" * 16)
     reopened = TrainingCheckpointer(str(tmp_path), keep=3)
@@ -108,7 +121,8 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_kept(tmp_path):
     checkpointer.close()
     with pytest.raises(IncompatibleCheckpointError, match="dense.kernel: checkpoint shape"):
         TrainingCheckpointer(str(tmp_path), keep=2).restore_latest(
-            abstract(small_state(0, width=16)))
+            abstract(small_state(0, width=16))
+        )
     assert TrainingCheckpointer(str(tmp_path), keep=2).steps() == [1]
 
 
@@ -128,8 +142,9 @@ def trained_dir(tmp_path_factory) -> tuple[str, dict]:
     model_dir = str(tmp_path_factory.mktemp("trained"))
     params = init_params(TINY, jax.random.key(0))
     write_model_config(model_dir, TINY)
-    state = TrainState(step=jnp.asarray(3, jnp.int32), params=params,
-                       opt_state=optax.adam(1e-3).init(params))
+    state = TrainState(
+        step=jnp.asarray(3, jnp.int32), params=params, opt_state=optax.adam(1e-3).init(params)
+    )
     checkpointer = TrainingCheckpointer(model_dir, keep=1)
     checkpointer.save(3, state, {})
     checkpointer.close()

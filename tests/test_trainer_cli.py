@@ -40,31 +40,52 @@ COMPILATION_CACHE = {}
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-               PYTHONUNBUFFERED="1", **COMPILATION_CACHE)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONUNBUFFERED="1",
+        **COMPILATION_CACHE,
+    )
     env.pop("XLA_FLAGS", None)
     env.pop("ALEXATM_NUM_CPU_DEVICES", None)
     return env
 
 
 def _command(model_dir: str, extra: list[str], step_delay_s: float | None) -> list[str]:
-    prefix = ([sys.executable, HARNESS, str(step_delay_s)] if step_delay_s is not None
-              else [sys.executable, "-m", "alexatm_jax.cli.train"])
+    prefix = (
+        [sys.executable, HARNESS, str(step_delay_s)]
+        if step_delay_s is not None
+        else [sys.executable, "-m", "alexatm_jax.cli.train"]
+    )
     return prefix + COMMON_ARGS + ["--model_dir", model_dir] + extra
 
 
 def run_train(model_dir: str, *extra: str) -> subprocess.CompletedProcess:
     """Run the CLI to completion; returns the finished process (stdout/stderr captured)."""
-    return subprocess.run(_command(model_dir, list(extra), None), cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    return subprocess.run(
+        _command(model_dir, list(extra), None),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
 
 
-def start_train(model_dir: str, log_path: str, *extra: str,
-                step_delay_s: float = 0.5) -> subprocess.Popen:
+def start_train(
+    model_dir: str, log_path: str, *extra: str, step_delay_s: float = 0.5
+) -> subprocess.Popen:
     """Start the CLI with slowed-down steps in the background (output into `log_path`)."""
     log = open(log_path, "w")
-    return subprocess.Popen(_command(model_dir, list(extra), step_delay_s), cwd=REPO,
-                            env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        _command(model_dir, list(extra), step_delay_s),
+        cwd=REPO,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(condition, what: str, process: subprocess.Popen, timeout_s: float = TIMEOUT_S):
@@ -107,7 +128,8 @@ def reference(tmp_path_factory, demo_vocabulary) -> str:
     COMPILATION_CACHE.update(
         JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     model_dir = str(tmp_path_factory.mktemp("reference"))
     done = run_train(model_dir, "--gin.EVAL_PERIOD=5")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -136,17 +158,25 @@ def test_kill_9_then_sigterm_then_finish_reproduces_the_uninterrupted_losses(ref
     model_dir = str(tmp_path / "run")
     # 1. kill -9 once the step-5 checkpoint is complete (steps are slowed to 0.5 s each).
     killed = start_train(model_dir, str(tmp_path / "killed.log"))
-    wait_for(lambda: os.path.isdir(os.path.join(model_dir, "checkpoints", "5")),
-             "the step-5 checkpoint", killed)
+    wait_for(
+        lambda: os.path.isdir(os.path.join(model_dir, "checkpoints", "5")),
+        "the step-5 checkpoint",
+        killed,
+    )
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
     assert checkpoint_steps(model_dir) == [5]
 
     # 2. restart: resumes at 5; SIGTERM after step 7 -> finishes the step, saves, exits 0.
     stopped = start_train(model_dir, str(tmp_path / "stopped.log"))
-    wait_for(lambda: max(metrics(model_dir), default=0) >= 7 and
-             "Resuming from checkpoint step 5" in open(tmp_path / "stopped.log").read(),
-             "step 7 of the resumed run", stopped)
+    wait_for(
+        lambda: (
+            max(metrics(model_dir), default=0) >= 7
+            and "Resuming from checkpoint step 5" in open(tmp_path / "stopped.log").read()
+        ),
+        "step 7 of the resumed run",
+        stopped,
+    )
     stopped.send_signal(signal.SIGTERM)
     assert stopped.wait(timeout=120) == 0, open(tmp_path / "stopped.log").read()[-3000:]
     log = open(tmp_path / "stopped.log").read()
@@ -164,8 +194,9 @@ def test_kill_9_then_sigterm_then_finish_reproduces_the_uninterrupted_losses(ref
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
     model_dir = str(tmp_path / "run")
     shutil.copytree(reference, model_dir)
-    for path in glob.glob(os.path.join(model_dir, "checkpoints", "10", "state", "**", "d", "*"),
-                          recursive=True):
+    for path in glob.glob(
+        os.path.join(model_dir, "checkpoints", "10", "state", "**", "d", "*"), recursive=True
+    ):
         with open(path, "r+b") as f:
             size = os.path.getsize(path)
             f.write(b"\x00" * size)
@@ -190,22 +221,28 @@ def test_a_model_dir_of_another_architecture_is_refused(reference, tmp_path):
 
 def test_eight_devices_data_fsdp_tensor_match_one_device(reference, tmp_path):
     model_dir = str(tmp_path / "run")
-    done = run_train(model_dir, "--gin_file=gin/meshes/cpu_8_dp_fsdp_tp.gin",
-                     "--num_cpu_devices", "8")
+    done = run_train(
+        model_dir, "--gin_file=gin/meshes/cpu_8_dp_fsdp_tp.gin", "--num_cpu_devices", "8"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "data=2, fsdp=2, tensor=2" in done.stdout
     one, eight = losses(reference), losses(model_dir)
     assert sorted(eight) == sorted(one)
-    np.testing.assert_allclose([eight[s] for s in sorted(one)], [one[s] for s in sorted(one)],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        [eight[s] for s in sorted(one)], [one[s] for s in sorted(one)], rtol=0, atol=1e-5
+    )
 
 
 def test_init_from_copies_parameters_only(reference, tmp_path):
     from alexatm_jax.training.checkpointing import restore_params_from_model_dir
 
     model_dir = str(tmp_path / "run")
-    done = run_train(model_dir, f"--gin.train.init_from='{reference}'", "--gin.train.seed=1",
-                     "--gin.TRAIN_STEPS=1")
+    done = run_train(
+        model_dir,
+        f"--gin.train.init_from='{reference}'",
+        "--gin.train.seed=1",
+        "--gin.TRAIN_STEPS=1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Initialised 53 parameter arrays from" in done.stdout
     assert sorted(metrics(model_dir)) == [1] and checkpoint_steps(model_dir) == [1]
@@ -218,6 +255,8 @@ def test_init_from_copies_parameters_only(reference, tmp_path):
     # One Adam step of lr 1e-3 moves a parameter by at most ~1e-3 from the copied value; a
     # fresh initialisation with seed 1 would differ by ~N(0, 0.02) everywhere.
     import jax
-    gaps = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                        source, warm)
+
+    gaps = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), source, warm
+    )
     assert max(jax.tree.leaves(gaps)) < 1.2e-3

@@ -14,16 +14,23 @@ from alexatm_jax.data.seqio_batches import SeqioHostBatches, derived_seed  # noq
 
 pytestmark = pytest.mark.usefixtures("demo_vocabulary")  # the streams use the default vocabulary
 
-STREAM = dict(mixture="alexatm_pretrain_local", sequence_length={"inputs": 32, "targets": 32},
-              split="train", seed=3, shard_index=0, num_shards=1)
+STREAM = dict(
+    mixture="alexatm_pretrain_local",
+    sequence_length={"inputs": 32, "targets": 32},
+    split="train",
+    seed=3,
+    shard_index=0,
+    num_shards=1,
+)
 
 
 @pytest.fixture(scope="module")
 def small_mixture():
     """Two languages and small shuffle buffers, so each stream starts in seconds."""
     gin.clear_config()
-    gin.parse_config(["MixtureConfig.languages = ('en', 'de')",
-                      "MixtureConfig.document_shuffle_buffer = 16"])
+    gin.parse_config(
+        ["MixtureConfig.languages = ('en', 'de')", "MixtureConfig.document_shuffle_buffer = 16"]
+    )
     yield
     gin.clear_config()
 
@@ -44,12 +51,14 @@ def test_exact_resume_continues_the_stream_even_with_another_batch_size(small_mi
 def test_reseed_resume_starts_a_new_stream_and_records_it(small_mixture):
     source = SeqioHostBatches(**STREAM, per_host_batch_size=2)
     first = source.next_batch()
-    reseeded = SeqioHostBatches(**STREAM, per_host_batch_size=2, resume_state=source.state(),
-                                resume_mode="reseed")
+    reseeded = SeqioHostBatches(
+        **STREAM, per_host_batch_size=2, resume_state=source.state(), resume_mode="reseed"
+    )
     state = reseeded.state()
     assert state["stream_seed"] == derived_seed(3, 2) and state["stream_position"] == 0
     batch = reseeded.next_batch()
     assert not np.array_equal(batch["decoder_target_tokens"], first["decoder_target_tokens"])
     again = SeqioHostBatches(**STREAM, per_host_batch_size=2, resume_state=state)
-    np.testing.assert_array_equal(again.next_batch()["decoder_target_tokens"],
-                                  batch["decoder_target_tokens"])
+    np.testing.assert_array_equal(
+        again.next_batch()["decoder_target_tokens"], batch["decoder_target_tokens"]
+    )

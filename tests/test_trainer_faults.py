@@ -21,11 +21,21 @@ import pytest
 from alexatm_jax.training.checkpointing import CheckpointSaveError
 from alexatm_jax.training.model_dir import ArchitectureMismatchError
 from alexatm_jax.training.optimizer import OptimizerConfig, learning_rate_schedule
-from alexatm_jax.training.trainer import (InvalidTrainArguments, NoReadableCheckpointError,
-                                          NonFiniteLossError)
+from alexatm_jax.training.trainer import (
+    InvalidTrainArguments,
+    NoReadableCheckpointError,
+    NonFiniteLossError,
+)
 from fault_harness import TINY, TRAIN_STEPS, run
-from fault_injection import (flip, largest_data_file, read_only_directory, resize_tmpfs,
-                             simulate_full_disk_in_json_writes, tmpfs, used_bytes)
+from fault_injection import (
+    flip,
+    largest_data_file,
+    read_only_directory,
+    resize_tmpfs,
+    simulate_full_disk_in_json_writes,
+    tmpfs,
+    used_bytes,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_harness.py")
@@ -37,8 +47,7 @@ def metrics(model_dir: str) -> dict[int, dict]:
 
 
 def checkpoint_steps(model_dir: str) -> list[int]:
-    return sorted(int(n) for n in os.listdir(os.path.join(model_dir, "checkpoints"))
-                  if n.isdigit())
+    return sorted(int(n) for n in os.listdir(os.path.join(model_dir, "checkpoints")) if n.isdigit())
 
 
 def drop_checkpoints_after(model_dir: str, step: int) -> None:
@@ -71,8 +80,9 @@ def assert_losses_match(model_dir: str, reference: str, steps, rel: float = 0.0)
     bits, so runs that went through injected steps are compared within 1e-6.
     """
     got, want = metrics(model_dir), metrics(reference)
-    assert [got[s]["loss"] for s in steps] == pytest.approx([want[s]["loss"] for s in steps],
-                                                            rel=rel, abs=0.0)
+    assert [got[s]["loss"] for s in steps] == pytest.approx(
+        [want[s]["loss"] for s in steps], rel=rel, abs=0.0
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,9 +91,11 @@ def compilation_cache(tmp_path_factory):
     builds a new jitted step; the persistent cache turns its recompilation into a lookup)."""
     from jax.experimental.compilation_cache import compilation_cache as cache
 
-    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-                "jax_persistent_cache_min_compile_time_secs": 0.0,
-                "jax_persistent_cache_min_entry_size_bytes": 0}
+    settings = {
+        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
     previous = {name: getattr(jax.config, name) for name in settings}
     for name, value in settings.items():
         jax.config.update(name, value)
@@ -103,8 +115,9 @@ def reference(tmp_path_factory) -> str:
     return model_dir
 
 
-def test_an_injected_nan_is_skipped_warned_and_the_last_good_checkpoint_kept(reference, tmp_path,
-                                                                              caplog):
+def test_an_injected_nan_is_skipped_warned_and_the_last_good_checkpoint_kept(
+    reference, tmp_path, caplog
+):
     model_dir = str(tmp_path / "run")
     with caplog.at_level(logging.WARNING):
         result = run(model_dir, inject_nonfinite_steps=(5,))
@@ -114,14 +127,14 @@ def test_an_injected_nan_is_skipped_warned_and_the_last_good_checkpoint_kept(ref
     assert [s for s, r in records.items() if r["skipped"]] == [5]
     assert records[TRAIN_STEPS]["skipped_total"] == 1.0
     # The learning rate logged for the skipped step is the schedule's, not step 4's again.
-    schedule = learning_rate_schedule(OptimizerConfig(learning_rate=1e-2, end_learning_rate=1e-3),
-                                      TRAIN_STEPS)
+    schedule = learning_rate_schedule(
+        OptimizerConfig(learning_rate=1e-2, end_learning_rate=1e-3), TRAIN_STEPS
+    )
     assert records[5]["learning_rate"] == pytest.approx(float(schedule(4)), rel=1e-6)
     assert records[5]["learning_rate"] != records[4]["learning_rate"]
     # keep_checkpoints=1, yet checkpoint 4 (the newest before the NaN) survives.
     assert checkpoint_steps(model_dir) == [4, TRAIN_STEPS]
-    progress = json.load(open(os.path.join(model_dir, "checkpoints", "12", "progress",
-                                           "metadata")))
+    progress = json.load(open(os.path.join(model_dir, "checkpoints", "12", "progress", "metadata")))
     assert progress["skipped_steps"] == 1 and progress["first_skipped_step"] == 5
     drop_checkpoints_after(model_dir, 4)
     run(model_dir)
@@ -130,8 +143,11 @@ def test_an_injected_nan_is_skipped_warned_and_the_last_good_checkpoint_kept(ref
 
 def test_consecutive_and_windowed_limits_stop_the_run(reference, tmp_path):
     model_dir = str(tmp_path / "consecutive")
-    with pytest.raises(NonFiniteLossError, match=r"step 7: 3 consecutive non-finite steps .* "
-                                                 r"Last good checkpoint: step 4 "):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"step 7: 3 consecutive non-finite steps .* "
+        r"Last good checkpoint: step 4 ",
+    ):
         run(model_dir, inject_nonfinite_steps=(5, 6, 7), max_skipped_steps=2)
     assert checkpoint_steps(model_dir) == [4, 6]  # 6 was saved after 2 skipped steps
     assert max(metrics(model_dir)) == 7
@@ -141,20 +157,25 @@ def test_consecutive_and_windowed_limits_stop_the_run(reference, tmp_path):
 
     windowed = str(tmp_path / "windowed")
     with pytest.raises(NonFiniteLossError, match=r"step 7: 3 non-finite steps in the last 5 "):
-        run(windowed, inject_nonfinite_steps=(3, 5, 7), max_skipped_fraction=0.4,
-            skipped_window=5)
+        run(windowed, inject_nonfinite_steps=(3, 5, 7), max_skipped_fraction=0.4, skipped_window=5)
     assert 2 in checkpoint_steps(windowed)
 
 
 def test_an_exploding_learning_rate_stops_within_the_limit(tmp_path, caplog):
     model_dir = str(tmp_path / "run")
     exploding = OptimizerConfig(learning_rate=1e30, end_learning_rate=1e30, clip_norm=0.0)
-    with caplog.at_level(logging.WARNING), pytest.raises(
-            NonFiniteLossError, match=r"6 consecutive non-finite steps \(limit "
-                                      r"train.max_skipped_steps=5\).*Last good checkpoint: step 1"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(
+            NonFiniteLossError,
+            match=r"6 consecutive non-finite steps \(limit "
+            r"train.max_skipped_steps=5\).*Last good checkpoint: step 1",
+        ),
+    ):
         run(model_dir, optimizer_config=exploding, checkpoint_period=1)
     assert [line for line in caplog.text.splitlines() if "non-finite loss" in line][0].count(
-        "step 2:") == 1
+        "step 2:"
+    ) == 1
     assert checkpoint_steps(model_dir)[0] == 1 and max(metrics(model_dir)) == 7
 
 
@@ -188,16 +209,21 @@ def test_refused_launches_leave_model_dir_untouched(reference, tmp_path, demo_vo
             with pytest.raises(InvalidTrainArguments, match="is not writable"):
                 run(str(tmp_path / "ro" / "run"))
     with pytest.raises(InvalidTrainArguments, match="data directory .*nowhere does not exist"):
-        run(str(tmp_path / "new"), data_source="seqio", data_dir=str(tmp_path / "nowhere"),
-            model_config=TINY.replace(vocab_size=4000))
+        run(
+            str(tmp_path / "new"),
+            data_source="seqio",
+            data_dir=str(tmp_path / "nowhere"),
+            model_config=TINY.replace(vocab_size=4000),
+        )
     assert not (tmp_path / "new").exists()
     model_dir = str(tmp_path / "other")
     shutil.copytree(reference, model_dir)
     stamps = {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{model_dir}/**", recursive=True)}
     with pytest.raises(ArchitectureMismatchError, match="d_model: saved 32 vs configured 64"):
         run(model_dir, model_config=TINY.replace(d_model=64))
-    assert stamps == {p: os.stat(p).st_mtime_ns
-                      for p in glob.glob(f"{model_dir}/**", recursive=True)}
+    assert stamps == {
+        p: os.stat(p).st_mtime_ns for p in glob.glob(f"{model_dir}/**", recursive=True)
+    }
 
 
 def resumable_copy(reference: str, model_dir: str, step: int) -> None:
@@ -212,8 +238,11 @@ def test_a_failed_background_save_stops_the_run_at_once(reference, tmp_path, mon
     resumable_copy(reference, model_dir, 4)
     simulate_full_disk_in_json_writes(monkeypatch)  # the write fails in the background
     slow_down_batches(monkeypatch, 0.2)  # steps slower than the failing write
-    with pytest.raises(CheckpointSaveError, match=r"saving checkpoint step 8 .*disk full.*"
-                                                  r"intact: \[2, 4\]"):
+    with pytest.raises(
+        CheckpointSaveError,
+        match=r"saving checkpoint step 8 .*disk full.*"
+        r"intact: \[2, 4\]",
+    ):
         run(model_dir, checkpoint_period=4)
     assert max(metrics(model_dir)) < 12  # stopped at once, not at the next checkpoint
     assert checkpoint_steps(model_dir) == [2, 4]
@@ -240,14 +269,23 @@ def test_a_full_disk_keeps_the_last_checkpoint(reference, tmp_path):
 
 def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(reference, tmp_path):
     model_dir = str(tmp_path / "run")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HARNESS)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(HARNESS)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        ),
         JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,  # this module's cache
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     process = subprocess.Popen(
         [sys.executable, HARNESS, model_dir, json.dumps({"checkpoint_period": 4}), "5"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while not glob.glob(os.path.join(model_dir, "checkpoints", "8.orbax-checkpoint-tmp*")):
         assert process.poll() is None, process.stderr.read()[-3000:]

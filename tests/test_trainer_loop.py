@@ -21,10 +21,21 @@ EXPLODING = OptimizerConfig(learning_rate=1e30, end_learning_rate=1e30, clip_nor
 
 
 def run(model_dir: str, **overrides):
-    args = dict(model_config=TINY, model_dir=model_dir, train_steps=4, batch_size=2,
-                sequence_length={"inputs": 8, "targets": 8}, mesh_config=MeshConfig(),
-                rules="data_parallel", optimizer_config=EXPLODING, checkpoint_period=1,
-                keep_checkpoints=5, log_every=1, data_source="synthetic", progress_bar=False)
+    args = dict(
+        model_config=TINY,
+        model_dir=model_dir,
+        train_steps=4,
+        batch_size=2,
+        sequence_length={"inputs": 8, "targets": 8},
+        mesh_config=MeshConfig(),
+        rules="data_parallel",
+        optimizer_config=EXPLODING,
+        checkpoint_period=1,
+        keep_checkpoints=5,
+        log_every=1,
+        data_source="synthetic",
+        progress_bar=False,
+    )
     args.update(overrides)
     return train(TrainConfig(**args))
 
@@ -43,10 +54,11 @@ def test_non_finite_steps_are_skipped_and_counted_or_stop_the_run(tmp_path):
 
 
 def test_the_training_core_imports_without_tensorflow():
-    code = ("import sys; import alexatm_jax.training.trainer, alexatm_jax.data, "
-            "alexatm_jax.training.checkpointing; "
-            "bad = [m for m in ('tensorflow', 'seqio') if m in sys.modules]; "
-            "assert not bad, bad")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys; import alexatm_jax.training.trainer, alexatm_jax.data, "
+        "alexatm_jax.training.checkpointing; "
+        "bad = [m for m in ('tensorflow', 'seqio') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -16,8 +16,16 @@ from alexatm_jax.data.synthetic import SyntheticHostBatches
 from alexatm_jax.training.metrics_writer import MetricsWriter, read_metrics, truncate_metrics_after
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RUN_MACROS = ("MODEL_DIR", "TRAIN_STEPS", "BATCH_SIZE", "CHECKPOINT_PERIOD", "EVAL_PERIOD",
-              "MESH_DATA", "MESH_FSDP", "MESH_TENSOR")
+RUN_MACROS = (
+    "MODEL_DIR",
+    "TRAIN_STEPS",
+    "BATCH_SIZE",
+    "CHECKPOINT_PERIOD",
+    "EVAL_PERIOD",
+    "MESH_DATA",
+    "MESH_FSDP",
+    "MESH_TENSOR",
+)
 
 
 def test_metrics_writer_appends_records_and_truncates_on_resume(tmp_path):
@@ -43,33 +51,45 @@ def test_disabled_metrics_writer_writes_nothing(tmp_path):
 
 
 def test_synthetic_batches_are_reproducible_and_resumable():
-    kwargs = dict(vocab_size=50, sequence_length={"inputs": 6, "targets": 5},
-                  per_host_batch_size=3, seed=7)
+    kwargs = dict(
+        vocab_size=50, sequence_length={"inputs": 6, "targets": 5}, per_host_batch_size=3, seed=7
+    )
     source = SyntheticHostBatches(**kwargs)
     first, second = source.next_batch(), source.next_batch()
-    resumed = SyntheticHostBatches(**kwargs, resume_state=json.loads(json.dumps(
-        {"batches_consumed": 1})))
-    np.testing.assert_array_equal(resumed.next_batch()["encoder_input_tokens"],
-                                  second["encoder_input_tokens"])
+    resumed = SyntheticHostBatches(
+        **kwargs, resume_state=json.loads(json.dumps({"batches_consumed": 1}))
+    )
+    np.testing.assert_array_equal(
+        resumed.next_batch()["encoder_input_tokens"], second["encoder_input_tokens"]
+    )
     np.testing.assert_array_equal(
         SyntheticHostBatches(**kwargs).next_batch()["decoder_target_tokens"],
-        first["decoder_target_tokens"])
+        first["decoder_target_tokens"],
+    )
     assert first["encoder_input_tokens"].shape == (3, 6)
     assert first["decoder_input_tokens"][:, 0].tolist() == [0, 0, 0]
-    np.testing.assert_array_equal(first["decoder_input_tokens"][:, 1:],
-                                  first["decoder_target_tokens"][:, :-1])
+    np.testing.assert_array_equal(
+        first["decoder_input_tokens"][:, 1:], first["decoder_target_tokens"][:, :-1]
+    )
     assert source.state()["batches_consumed"] == 2
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "give at least one --gin_file"),
-    (["--gin_file=x.gin", "--bogus"], "unrecognised argument '--bogus'"),
-    (["--gin_file=x.gin", "--coordinator_address=h:1"], "need all of --coordinator_address"),
-    (["--gin_file=x.gin", "--num_cpu_devices=0"], "--num_cpu_devices must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "give at least one --gin_file"),
+        (["--gin_file=x.gin", "--bogus"], "unrecognised argument '--bogus'"),
+        (["--gin_file=x.gin", "--coordinator_address=h:1"], "need all of --coordinator_address"),
+        (["--gin_file=x.gin", "--num_cpu_devices=0"], "--num_cpu_devices must be >= 1"),
+    ],
+)
 def test_train_cli_rejects_bad_arguments(argv, message, capsys, monkeypatch):
-    for name in ("ALEXATM_COORDINATOR_ADDRESS", "ALEXATM_NUM_PROCESSES", "ALEXATM_PROCESS_ID",
-                 "ALEXATM_NUM_CPU_DEVICES"):
+    for name in (
+        "ALEXATM_COORDINATOR_ADDRESS",
+        "ALEXATM_NUM_PROCESSES",
+        "ALEXATM_PROCESS_ID",
+        "ALEXATM_NUM_CPU_DEVICES",
+    ):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         train_cli.parse_args(argv)
@@ -78,7 +98,8 @@ def test_train_cli_rejects_bad_arguments(argv, message, capsys, monkeypatch):
 
 def test_train_cli_turns_gin_flags_and_model_dir_into_bindings(tmp_path):
     args, bindings = train_cli.parse_args(
-        ["--gin_file=a.gin", "--gin.TRAIN_STEPS=20", "--model_dir", str(tmp_path)])
+        ["--gin_file=a.gin", "--gin.TRAIN_STEPS=20", "--model_dir", str(tmp_path)]
+    )
     assert args.gin_file == ["a.gin"]
     assert bindings == ["TRAIN_STEPS=20", f"MODEL_DIR = {str(tmp_path)!r}"]
 
@@ -86,8 +107,7 @@ def test_train_cli_turns_gin_flags_and_model_dir_into_bindings(tmp_path):
 @pytest.mark.parametrize("experiment", ["smoke_cpu.gin", "demo.gin"])
 def test_experiments_define_the_run_macros_and_honour_overrides(experiment, monkeypatch):
     monkeypatch.chdir("/")  # includes resolve from any working directory
-    gin_registry.parse_gin([f"gin/experiments/{experiment}"], ["TRAIN_STEPS = 3",
-                                                               "MESH_FSDP = 2"])
+    gin_registry.parse_gin([f"gin/experiments/{experiment}"], ["TRAIN_STEPS = 3", "MESH_FSDP = 2"])
     values = {name: gin.query_parameter(f"%{name}") for name in RUN_MACROS}
     assert values["TRAIN_STEPS"] == 3 and values["MESH_FSDP"] == 2
     assert isinstance(values["MODEL_DIR"], str) and values["BATCH_SIZE"] >= 1

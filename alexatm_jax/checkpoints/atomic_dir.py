@@ -23,7 +23,8 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
         raise FileExistsError(f"{path} exists and is not a directory; choose another output path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"{path} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
+            f"{path} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it"
+        )
     return path
 
 

@@ -64,8 +64,7 @@ def dotted_name(path: tuple) -> str:
 
 def named_leaves(tree: Any) -> dict[str, Any]:
     """{dotted name: leaf} of a pytree, in flattening order."""
-    return {dotted_name(path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {dotted_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _fmix32(h, xp):
@@ -78,8 +77,10 @@ def _fmix32(h, xp):
 
 def _lanes(words, index, xp) -> list:
     """The two lanes' per-element terms (uint32) of `words` at positions `index`."""
-    return [_fmix32(words ^ _fmix32(index * xp.uint32(_INDEX_MULTIPLIER) + xp.uint32(seed), xp),
-                    xp) for seed in _SEEDS]
+    return [
+        _fmix32(words ^ _fmix32(index * xp.uint32(_INDEX_MULTIPLIER) + xp.uint32(seed), xp), xp)
+        for seed in _SEEDS
+    ]
 
 
 def _words_jax(x: jax.Array) -> jax.Array:
@@ -100,7 +101,8 @@ def _digest_on_device(x: jax.Array) -> jax.Array:
     stride = 1
     for axis in reversed(range(words.ndim)):
         index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(
-            stride % 2**32)
+            stride % 2**32
+        )
         stride *= words.shape[axis]
     return jnp.stack([jnp.sum(lane, dtype=jnp.uint32) for lane in _lanes(words, index, jnp)])
 
@@ -122,6 +124,7 @@ def _device_digests(arrays: list[jax.Array]) -> list[jax.Array]:
 def _jitted_digests(out_shardings: tuple | None) -> Any:
     def digest_all(arrays: list[jax.Array]) -> list[jax.Array]:
         return [_digest_on_device(a) for a in arrays]
+
     if out_shardings is None:
         return jax.jit(digest_all)
     return jax.jit(digest_all, out_shardings=list(out_shardings))
@@ -144,8 +147,12 @@ def _digest_chunk(words: jax.Array, offset: jax.Array, count: jax.Array) -> jax.
     """Lane sums over the first `count` of `words` (uint32), at positions offset, offset+1, ..."""
     iota = jax.lax.iota(jnp.uint32, words.shape[0])
     valid = iota < count
-    return jnp.stack([jnp.sum(jnp.where(valid, lane, jnp.uint32(0)), dtype=jnp.uint32)
-                      for lane in _lanes(words, offset + iota, jnp)])
+    return jnp.stack(
+        [
+            jnp.sum(jnp.where(valid, lane, jnp.uint32(0)), dtype=jnp.uint32)
+            for lane in _lanes(words, offset + iota, jnp)
+        ]
+    )
 
 
 def _host_digest(x: np.ndarray) -> np.ndarray:
@@ -157,12 +164,13 @@ def _host_digest(x: np.ndarray) -> np.ndarray:
     width = min(_CHUNK_WORDS, 1 << max(words.size - 1, 0).bit_length())
     totals = np.zeros(2, np.uint64)
     for start in range(0, words.size, width):
-        chunk = words[start:start + width].astype(np.uint32)
+        chunk = words[start : start + width].astype(np.uint32)
         count = chunk.size
         if count < width:
             chunk = np.pad(chunk, (0, width - count))
-        lanes = _digest_chunk(jax.device_put(chunk, cpu), np.uint32(start % 2**32),
-                              np.uint32(count))
+        lanes = _digest_chunk(
+            jax.device_put(chunk, cpu), np.uint32(start % 2**32), np.uint32(count)
+        )
         totals = (totals + np.asarray(lanes, np.uint64)) % 2**32
     return totals.astype(np.uint32)
 
@@ -207,22 +215,37 @@ def json_digest(value: Any) -> str:
 
 def manifest(arrays: Mapping[str, Mapping[str, Any]], **json_items: Any) -> dict[str, Any]:
     """The digest file's contents: the array records plus a digest of each JSON side item."""
-    return {"format_version": FORMAT_VERSION, "algorithm": ALGORITHM, "arrays": dict(arrays),
-            "json": {name: json_digest(value) for name, value in json_items.items()}}
+    return {
+        "format_version": FORMAT_VERSION,
+        "algorithm": ALGORITHM,
+        "arrays": dict(arrays),
+        "json": {name: json_digest(value) for name, value in json_items.items()},
+    }
 
 
 def check_manifest(recorded: Any, where: str) -> None:
     """Raise DigestMismatchError when `recorded` is not a digest manifest this code can check."""
-    if (not isinstance(recorded, dict) or recorded.get("algorithm") != ALGORITHM
-            or not isinstance(recorded.get("arrays"), dict)):
-        raise DigestMismatchError(f"{where}: the digest record is damaged or of an unknown kind "
-                                  f"(algorithm {str(recorded.get('algorithm'))[:40]!r})"
-                                  if isinstance(recorded, dict) else
-                                  f"{where}: the digest record is damaged")
+    if (
+        not isinstance(recorded, dict)
+        or recorded.get("algorithm") != ALGORITHM
+        or not isinstance(recorded.get("arrays"), dict)
+    ):
+        raise DigestMismatchError(
+            f"{where}: the digest record is damaged or of an unknown kind "
+            f"(algorithm {str(recorded.get('algorithm'))[:40]!r})"
+            if isinstance(recorded, dict)
+            else f"{where}: the digest record is damaged"
+        )
 
 
-def compare(actual: Mapping[str, Mapping[str, Any]], recorded: Mapping[str, Any], where: str,
-            *, partial: bool = False, **json_items: Any) -> None:
+def compare(
+    actual: Mapping[str, Mapping[str, Any]],
+    recorded: Mapping[str, Any],
+    where: str,
+    *,
+    partial: bool = False,
+    **json_items: Any,
+) -> None:
     """Raise DigestMismatchError naming every array (and JSON item) that differs from the record.
 
     `actual` comes from `tree_digests`; `recorded` is a `manifest`. With `partial`, arrays of the
@@ -236,19 +259,26 @@ def compare(actual: Mapping[str, Mapping[str, Any]], recorded: Mapping[str, Any]
         if stored is None:
             problems.append(f"{name}: not in the digest record")
         elif stored != record:
-            changed = [key for key in ("shape", "dtype", "digest")
-                       if stored.get(key) != record.get(key)]
-            problems.append(f"{name}: {' and '.join(changed)} "
-                            f"{'differs' if len(changed) == 1 else 'differ'}"
-                            + (f" (recorded {stored.get('digest')}, read {record['digest']})"
-                               if "digest" in changed else ""))
+            changed = [
+                key for key in ("shape", "dtype", "digest") if stored.get(key) != record.get(key)
+            ]
+            problems.append(
+                f"{name}: {' and '.join(changed)} "
+                f"{'differs' if len(changed) == 1 else 'differ'}"
+                + (
+                    f" (recorded {stored.get('digest')}, read {record['digest']})"
+                    if "digest" in changed
+                    else ""
+                )
+            )
     if not partial:
         problems += [f"{name}: recorded but not restored" for name in arrays if name not in actual]
     for name, value in json_items.items():
         if recorded.get("json", {}).get(name) != json_digest(value):
             problems.append(f"{name} (JSON): digest differs")
     if problems:
-        raise DigestMismatchError(f"{where}: content does not match its recorded digests: "
-                                  + "; ".join(problems[:5])
-                                  + (f" (and {len(problems) - 5} more)" if len(problems) > 5
-                                     else ""))
+        raise DigestMismatchError(
+            f"{where}: content does not match its recorded digests: "
+            + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        )

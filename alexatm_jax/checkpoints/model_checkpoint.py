@@ -73,15 +73,23 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     if not marker.is_file():
         raise FileNotFoundError(
             f"{path} is not an alexatm-jax model checkpoint: {MARKER_FILE} is missing "
-            "(create one with save_model_checkpoint or `alexatm-convert hf-to-jax`)")
+            "(create one with save_model_checkpoint or `alexatm-convert hf-to-jax`)"
+        )
     values = json.loads(marker.read_text())
     if values.get("format") != FORMAT_NAME:
         raise ValueError(f"{marker} has format {values.get('format')!r}, expected {FORMAT_NAME!r}")
     if values["format_version"] > FORMAT_VERSION:
-        raise ValueError(f"{marker} has format version {values['format_version']}; this "
-                         f"alexatm-jax reads versions up to {FORMAT_VERSION}: upgrade alexatm-jax")
-    return CheckpointInfo(values["format_version"], values["param_layout"], values["param_dtype"],
-                          values["num_params"], values.get("source", ""))
+        raise ValueError(
+            f"{marker} has format version {values['format_version']}; this "
+            f"alexatm-jax reads versions up to {FORMAT_VERSION}: upgrade alexatm-jax"
+        )
+    return CheckpointInfo(
+        values["format_version"],
+        values["param_layout"],
+        values["param_dtype"],
+        values["num_params"],
+        values.get("source", ""),
+    )
 
 
 def read_model_config(path: str | os.PathLike) -> ModelConfig:
@@ -104,8 +112,11 @@ def tree_mismatch(expected: FlatShapes, actual: FlatShapes) -> list[str]:
     name = "/".join
     problems = [f"missing {name(k)} {expected[k]}" for k in sorted(set(expected) - set(actual))]
     problems += [f"unexpected {name(k)} {actual[k]}" for k in sorted(set(actual) - set(expected))]
-    problems += [f"{name(k)} has shape {actual[k]}, expected {expected[k]}"
-                 for k in sorted(set(expected) & set(actual)) if expected[k] != actual[k]]
+    problems += [
+        f"{name(k)} has shape {actual[k]}, expected {expected[k]}"
+        for k in sorted(set(expected) & set(actual))
+        if expected[k] != actual[k]
+    ]
     return problems
 
 
@@ -125,14 +136,22 @@ def _streaming_checkpointer() -> ocp.Checkpointer:
     """
     registry = ocp.type_handlers.create_type_handler_registry(
         (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
-        (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)))
-    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry,
-                                                         use_compression=False))
+        (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)),
+    )
+    return ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False)
+    )
 
 
-def save_model_checkpoint(path: str | os.PathLike, config: ModelConfig, params: Params,
-                          tokenizer_files: Sequence[str | os.PathLike] = (), *,
-                          source: str = "", overwrite: bool = False) -> pathlib.Path:
+def save_model_checkpoint(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    params: Params,
+    tokenizer_files: Sequence[str | os.PathLike] = (),
+    *,
+    source: str = "",
+    overwrite: bool = False,
+) -> pathlib.Path:
     """Write `params` (numpy or jax arrays, either layout) as a model checkpoint at `path`.
 
     The stored layout is the layout of `params`; the saved config's scan_layers and param_dtype
@@ -154,22 +173,29 @@ def save_model_checkpoint(path: str | os.PathLike, config: ModelConfig, params: 
         raise ValueError(f"tokenizer files have clashing names: {[f.name for f in files]}")
 
     if jax.process_count() > 1:
-        raise RuntimeError("save_model_checkpoint writes from a single process; in a multi-host "
-                           "job save the trainer's checkpoint instead")
+        raise RuntimeError(
+            "save_model_checkpoint writes from a single process; in a multi-host "
+            "job save the trainer's checkpoint instead"
+        )
     host_params = jax.tree.map(np.asarray, params)
     with atomic_directory(path, overwrite) as tmp:
         _streaming_checkpointer().save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(host_params))
         (tmp / DIGESTS_FILE).write_text(
-            json.dumps(digests.manifest(digests.tree_digests(host_params)), indent=1) + "\n")
+            json.dumps(digests.manifest(digests.tree_digests(host_params)), indent=1) + "\n"
+        )
         (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
         if files:
             (tmp / TOKENIZER_DIR).mkdir()
             for f in files:
                 shutil.copy2(f, tmp / TOKENIZER_DIR / f.name)
-        marker = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                  "param_layout": "scanned" if scanned else "unscanned", "param_dtype": dtype,
-                  "num_params": sum(int(np.prod(s)) for s in _flat_shapes(params).values()),
-                  "source": source}
+        marker = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "param_layout": "scanned" if scanned else "unscanned",
+            "param_dtype": dtype,
+            "num_params": sum(int(np.prod(s)) for s in _flat_shapes(params).values()),
+            "source": source,
+        }
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
     return pathlib.Path(path).expanduser().absolute()
 
@@ -180,14 +206,18 @@ def _overridden_config(stored: ModelConfig, overrides: Mapping[str, Any]) -> Mod
     if unknown:
         raise ValueError(f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
     architecture = stored.architecture()
-    changed = sorted(k for k, v in overrides.items()
-                     if k in architecture and k != "param_dtype" and v != architecture[k])
+    changed = sorted(
+        k
+        for k, v in overrides.items()
+        if k in architecture and k != "param_dtype" and v != architecture[k]
+    )
     if changed:
         raise ValueError(
             "config overrides change the architecture of the stored parameters: "
             + ", ".join(f"{k}={overrides[k]!r} (stored {architecture[k]!r})" for k in changed)
             + "; only run-time fields (dtype, param_dtype, scan_layers, remat_policy, "
-              "attention_impl, dropout rates) can be overridden at restore")
+            "attention_impl, dropout rates) can be overridden at restore"
+        )
     return stored.replace(**overrides)
 
 
@@ -200,12 +230,15 @@ def _sharding_in_stored_layout(sharding: Sharding, stored_scanned: bool) -> Shar
         return NamedSharding(sharding.mesh, PartitionSpec(*spec[1:]))
     if sharding.is_fully_replicated:
         return sharding
-    raise ValueError(f"cannot move sharding {sharding} between the scanned and unscanned layouts; "
-                     "pass NamedShardings or restore with the stored scan_layers")
+    raise ValueError(
+        f"cannot move sharding {sharding} between the scanned and unscanned layouts; "
+        "pass NamedShardings or restore with the stored scan_layers"
+    )
 
 
-def _target_path(stored_path: tuple[str, ...], stored_scanned: bool,
-                 target_scanned: bool) -> tuple[str, ...]:
+def _target_path(
+    stored_path: tuple[str, ...], stored_scanned: bool, target_scanned: bool
+) -> tuple[str, ...]:
     """The target-layout path whose sharding decides the sharding of a stored leaf."""
     if stored_scanned == target_scanned:
         return stored_path
@@ -216,8 +249,9 @@ def _target_path(stored_path: tuple[str, ...], stored_scanned: bool,
     return split_layer_path(stored_path)[0]
 
 
-def _stored_shardings(sharding: Any, stored: FlatShapes, stored_scanned: bool,
-                      target_scanned: bool) -> dict[tuple[str, ...], Sharding]:
+def _stored_shardings(
+    sharding: Any, stored: FlatShapes, stored_scanned: bool, target_scanned: bool
+) -> dict[tuple[str, ...], Sharding]:
     """One sharding per stored leaf, from a single Sharding or a tree in the target layout."""
     if isinstance(sharding, Sharding):
         return {path: sharding for path in stored}
@@ -226,15 +260,21 @@ def _stored_shardings(sharding: Any, stored: FlatShapes, stored_scanned: bool,
     missing = sorted({"/".join(p) for p in sources.values() if p not in target})
     if missing:
         raise ValueError(f"the sharding tree lacks entries for {missing}")
-    return {path: target[source] if source == path
-            else _sharding_in_stored_layout(target[source], stored_scanned)
-            for path, source in sources.items()}
+    return {
+        path: target[source]
+        if source == path
+        else _sharding_in_stored_layout(target[source], stored_scanned)
+        for path, source in sources.items()
+    }
 
 
-def restore_model_checkpoint(path: str | os.PathLike,
-                             config_overrides: Mapping[str, Any] | None = None,
-                             sharding: Sharding | Params | None = None, *,
-                             to_numpy: bool = False) -> tuple[ModelConfig, Params]:
+def restore_model_checkpoint(
+    path: str | os.PathLike,
+    config_overrides: Mapping[str, Any] | None = None,
+    sharding: Sharding | Params | None = None,
+    *,
+    to_numpy: bool = False,
+) -> tuple[ModelConfig, Params]:
     """Load `(config, params)` from a model checkpoint.
 
     The params come in the layout of the (overridden) config's scan_layers and in its
@@ -253,19 +293,24 @@ def restore_model_checkpoint(path: str | os.PathLike,
     on_disk = _flat_shapes(checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree)
     problems = tree_mismatch(expected, on_disk)
     if problems:
-        raise ValueError(f"{path / PARAMS_DIR} does not match {CONFIG_FILE}: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"{path / PARAMS_DIR} does not match {CONFIG_FILE}: " + "; ".join(problems)
+        )
 
     stored_dtype = np.dtype(info.param_dtype)
     if to_numpy:
         shardings = {p: None for p in expected}
     else:
         default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        shardings = _stored_shardings(default if sharding is None else sharding, expected,
-                                      stored_scanned, config.scan_layers)
+        shardings = _stored_shardings(
+            default if sharding is None else sharding, expected, stored_scanned, config.scan_layers
+        )
     target = traverse_util.unflatten_dict(
-        {p: jax.ShapeDtypeStruct(shape, stored_dtype, sharding=shardings[p])
-         for p, shape in expected.items()})
+        {
+            p: jax.ShapeDtypeStruct(shape, stored_dtype, sharding=shardings[p])
+            for p, shape in expected.items()
+        }
+    )
     restored = checkpointer.restore(path / PARAMS_DIR, target)
     verify_params(path, restored)
     if np.dtype(config.param_dtype) != stored_dtype:
@@ -283,8 +328,12 @@ def verify_params(path: str | os.PathLike, params: Params) -> bool:
     differ, or whose record is missing or damaged."""
     record_path = pathlib.Path(path) / DIGESTS_FILE
     if not record_path.is_file():
-        logger.warning("model checkpoint %s has no %s (written before checkpoints recorded "
-                       "digests): its parameters are loaded unverified", path, DIGESTS_FILE)
+        logger.warning(
+            "model checkpoint %s has no %s (written before checkpoints recorded "
+            "digests): its parameters are loaded unverified",
+            path,
+            DIGESTS_FILE,
+        )
         return False
     try:
         recorded = json.loads(record_path.read_text())

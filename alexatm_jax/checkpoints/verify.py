@@ -39,8 +39,9 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:400]}"
 
 
-def read_arrays(item_dir: str | os.PathLike, batch_bytes: int = BATCH_BYTES
-                ) -> Iterator[dict[str, np.ndarray]]:
+def read_arrays(
+    item_dir: str | os.PathLike, batch_bytes: int = BATCH_BYTES
+) -> Iterator[dict[str, np.ndarray]]:
     """The arrays of an Orbax PyTree item as {dotted name: numpy array}, a batch at a time."""
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(item_dir)
@@ -62,14 +63,17 @@ def read_arrays(item_dir: str | os.PathLike, batch_bytes: int = BATCH_BYTES
             return value(leaf) if digests.dotted_name(path) in chosen else ocp.PLACEHOLDER
 
         item = jax.tree_util.tree_map_with_path(
-            lambda p, leaf: pick(p, leaf, lambda m: np.zeros((), m.dtype)), tree)
+            lambda p, leaf: pick(p, leaf, lambda m: np.zeros((), m.dtype)), tree
+        )
         restore_args = jax.tree_util.tree_map_with_path(
-            lambda p, leaf: pick(p, leaf, lambda _: ocp.RestoreArgs(restore_type=np.ndarray)),
-            tree)
+            lambda p, leaf: pick(p, leaf, lambda _: ocp.RestoreArgs(restore_type=np.ndarray)), tree
+        )
         restored = checkpointer.restore(
-            item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
-        yield {name: value for name, value in digests.named_leaves(restored).items()
-               if name in chosen}
+            item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)
+        )
+        yield {
+            name: value for name, value in digests.named_leaves(restored).items() if name in chosen
+        }
         batch, size = [], 0
 
 
@@ -106,20 +110,29 @@ def verify_training_checkpoint(step_dir: str | os.PathLike) -> Verdict:
     step_dir = str(step_dir)
     try:
         recorded = read_digests(step_dir)
-        progress = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-            as_path(step_dir) / PROGRESS_ITEM, args=ocp.args.JsonRestore()))
+        progress = dict(
+            ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+                as_path(step_dir) / PROGRESS_ITEM, args=ocp.args.JsonRestore()
+            )
+        )
         if recorded is None:
-            return Verdict(step_dir, UNVERIFIED, "no digests: written before checkpoints "
-                                                 "recorded them")
+            return Verdict(
+                step_dir, UNVERIFIED, "no digests: written before checkpoints recorded them"
+            )
         actual = _array_digests(as_path(step_dir) / STATE_ITEM)
         digests.compare(actual, recorded, step_dir, **{PROGRESS_ITEM: progress})
     except Exception as error:  # noqa: BLE001 - any failure to read or match is the verdict
         return Verdict(step_dir, CORRUPT, _first_line(error))
     skipped = int(progress.get("skipped_steps", 0))
-    note = (f"; saved after {skipped} non-finite (skipped) step(s), the first at step "
-            f"{progress.get('first_skipped_step')}" if skipped else "")
-    return Verdict(step_dir, VERIFIED, f"{len(actual)} arrays and the progress JSON match their "
-                                       f"digests{note}")
+    note = (
+        f"; saved after {skipped} non-finite (skipped) step(s), the first at step "
+        f"{progress.get('first_skipped_step')}"
+        if skipped
+        else ""
+    )
+    return Verdict(
+        step_dir, VERIFIED, f"{len(actual)} arrays and the progress JSON match their digests{note}"
+    )
 
 
 def verify(path: str | os.PathLike) -> list[Verdict]:
@@ -142,11 +155,15 @@ def verify(path: str | os.PathLike) -> list[Verdict]:
     if located is None:
         raise FileNotFoundError(
             f"{path} is not a model checkpoint (no alexatm_checkpoint.json), a training MODEL_DIR "
-            f"(model_config.json + {CHECKPOINTS_DIR}/) or a training checkpoint (with {STATE_ITEM}/)")
+            f"(model_config.json + {CHECKPOINTS_DIR}/) or a training checkpoint (with {STATE_ITEM}/)"
+        )
     model_dir, step = located
     root = os.path.join(model_dir, CHECKPOINTS_DIR)
-    steps = [step] if step is not None else sorted(
-        int(p.name) for p in as_path(root).iterdir() if p.name.isdigit())
+    steps = (
+        [step]
+        if step is not None
+        else sorted(int(p.name) for p in as_path(root).iterdir() if p.name.isdigit())
+    )
     if not steps:
         raise FileNotFoundError(f"{root} holds no finalized checkpoint")
     return [verify_training_checkpoint(os.path.join(root, str(s))) for s in steps]

@@ -27,28 +27,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Convert between HuggingFace-format AlexaTM directories and alexatm-jax "
-                    "model checkpoints, streaming tensor by tensor.")
+        "model checkpoints, streaming tensor by tensor.",
+    )
     add_log_level_argument(parser)
     sub = parser.add_subparsers(dest="direction", required=True)
 
     to_jax = sub.add_parser("hf-to-jax", help="HuggingFace directory -> model checkpoint")
-    to_jax.add_argument("--hf_dir", required=True,
-                        help="directory with config.json and model.safetensors / "
-                             "pytorch_model.bin (sharded index files accepted)")
+    to_jax.add_argument(
+        "--hf_dir",
+        required=True,
+        help="directory with config.json and model.safetensors / "
+        "pytorch_model.bin (sharded index files accepted)",
+    )
     to_jax.add_argument("--out", required=True, help="model checkpoint directory to create")
-    to_jax.add_argument("--scan_layers", action="store_true",
-                        help="store layers stacked (scanned layout) instead of layers_0, ...")
-    to_jax.add_argument("--dtype", choices=DTYPES, default=None,
-                        help="parameter dtype of the checkpoint (default: the source's)")
+    to_jax.add_argument(
+        "--scan_layers",
+        action="store_true",
+        help="store layers stacked (scanned layout) instead of layers_0, ...",
+    )
+    to_jax.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="parameter dtype of the checkpoint (default: the source's)",
+    )
     to_jax.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
     to_hf = sub.add_parser("jax-to-hf", help="model checkpoint -> HuggingFace directory")
     to_hf.add_argument("--checkpoint", required=True, help="model checkpoint directory")
     to_hf.add_argument("--out", required=True, help="HuggingFace directory to create")
-    to_hf.add_argument("--dtype", choices=DTYPES, default=None,
-                       help="dtype of the written tensors (default: the checkpoint's)")
-    to_hf.add_argument("--max_shard_size", default="5GB",
-                       help="largest safetensors shard, e.g. 5GB (10**9 bytes), 500MB, 2GiB")
+    to_hf.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="dtype of the written tensors (default: the checkpoint's)",
+    )
+    to_hf.add_argument(
+        "--max_shard_size",
+        default="5GB",
+        help="largest safetensors shard, e.g. 5GB (10**9 bytes), 500MB, 2GiB",
+    )
     to_hf.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return parser
 
@@ -60,12 +78,16 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
     if args.direction == "hf-to-jax":
         if not (pathlib.Path(args.hf_dir) / "config.json").is_file():
-            parser.error(f"--hf_dir {args.hf_dir} has no config.json: point it at a HuggingFace "
-                         "AlexaTM directory")
+            parser.error(
+                f"--hf_dir {args.hf_dir} has no config.json: point it at a HuggingFace "
+                "AlexaTM directory"
+            )
     else:
         if not is_model_checkpoint(args.checkpoint):
-            parser.error(f"--checkpoint {args.checkpoint} is not a model checkpoint (no "
-                         "alexatm_checkpoint.json): create one with `alexatm-convert hf-to-jax`")
+            parser.error(
+                f"--checkpoint {args.checkpoint} is not a model checkpoint (no "
+                "alexatm_checkpoint.json): create one with `alexatm-convert hf-to-jax`"
+            )
         try:
             if parse_size(args.max_shard_size) <= 0:
                 parser.error("--max_shard_size must be positive")
@@ -89,16 +111,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     if args.direction == "hf-to-jax":
         from alexatm_jax.conversion.hf_to_jax import convert_hf_to_checkpoint
-        out = convert_hf_to_checkpoint(args.hf_dir, args.out, scan_layers=args.scan_layers,
-                                       dtype=args.dtype, overwrite=args.overwrite)
+
+        out = convert_hf_to_checkpoint(
+            args.hf_dir,
+            args.out,
+            scan_layers=args.scan_layers,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+        )
         print(f"wrote model checkpoint {out} (load it with alexatm_jax.load({str(out)!r}))")
     else:
         from alexatm_jax.conversion.jax_to_hf import export_checkpoint_to_hf
-        out = export_checkpoint_to_hf(args.checkpoint, args.out, dtype=args.dtype,
-                                      max_shard_size=args.max_shard_size,
-                                      overwrite=args.overwrite)
-        print(f"wrote HuggingFace directory {out} (load it with "
-              f"AlexaTMSeq2SeqForConditionalGeneration.from_pretrained({str(out)!r}))")
+
+        out = export_checkpoint_to_hf(
+            args.checkpoint,
+            args.out,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+        )
+        print(
+            f"wrote HuggingFace directory {out} (load it with "
+            f"AlexaTMSeq2SeqForConditionalGeneration.from_pretrained({str(out)!r}))"
+        )
     return 0
 
 

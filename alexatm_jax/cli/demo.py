@@ -29,8 +29,10 @@ DEFAULT_MODEL_DIR = "artifacts/demo_run"
 SHOWN_LANGUAGES = ("en", "fr", "hi", "ja", "de", "ar", "es", "ta")
 ACCURACY_GOAL = 0.60
 GOOGLE_PCI_VENDOR = "0x1ae0"
-PROBE_NOTE = ("(Lines from TensorFlow such as 'Could not find cuda drivers' are its start-up "
-              "probes for a GPU this machine lacks: harmless.)")
+PROBE_NOTE = (
+    "(Lines from TensorFlow such as 'Could not find cuda drivers' are its start-up "
+    "probes for a GPU this machine lacks: harmless.)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,20 +40,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alexatm-demo",
         description="Train the demo tokenizer and a small AlexaTM model on the embedded sample "
-                    "corpus, then reconstruct held-out documents with it. Extra "
-                    f"--gin.KEY=VALUE arguments are gin bindings on top of {DEMO_GIN}.")
-    parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR,
-                        help=f"training MODEL_DIR (default {DEFAULT_MODEL_DIR}); an existing run "
-                             "there is resumed (or reused when complete)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="delete --model_dir first and train from scratch")
-    parser.add_argument("--examples", type=int, default=4,
-                        help="held-out reconstructions to print, one per language (default 4)")
-    parser.add_argument("--eval_examples", type=int, default=48,
-                        help="held-out denoising examples the accuracy is measured on "
-                             "(default 48, spread over the languages)")
-    parser.add_argument("--max_new_tokens", type=int, default=48,
-                        help="tokens generated for the [CLM] continuation (default 48)")
+        "corpus, then reconstruct held-out documents with it. Extra "
+        f"--gin.KEY=VALUE arguments are gin bindings on top of {DEMO_GIN}.",
+    )
+    parser.add_argument(
+        "--model_dir",
+        default=DEFAULT_MODEL_DIR,
+        help=f"training MODEL_DIR (default {DEFAULT_MODEL_DIR}); an existing run "
+        "there is resumed (or reused when complete)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete --model_dir first and train from scratch"
+    )
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=4,
+        help="held-out reconstructions to print, one per language (default 4)",
+    )
+    parser.add_argument(
+        "--eval_examples",
+        type=int,
+        default=48,
+        help="held-out denoising examples the accuracy is measured on "
+        "(default 48, spread over the languages)",
+    )
+    parser.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=48,
+        help="tokens generated for the [CLM] continuation (default 48)",
+    )
     return parser
 
 
@@ -114,9 +133,11 @@ def restored_tokens(predicted: Sequence[int], target: Sequence[int], eos_id: int
     """How many target tokens the prediction restores: the longest common subsequence of the
     two, EOS and anything after it dropped. A prediction that copies the noisy input restores
     the undeleted tokens; extra or repeated tokens restore nothing."""
+
     def body(ids: Sequence[int]) -> list[int]:
         ids = list(ids)
-        return ids[:ids.index(eos_id)] if eos_id in ids else ids
+        return ids[: ids.index(eos_id)] if eos_id in ids else ids
+
     return lcs_length(body(predicted), body(target))
 
 
@@ -139,14 +160,20 @@ def held_out_examples(sequence_length: dict[str, int], total: int) -> list[HeldO
     per_language: dict[str, list[HeldOutExample]] = {}
     for language in tasks.MixtureConfig().languages:
         try:
-            ds = tasks.get_dataset(task_name("local", language, "denoise"),
-                                   sequence_length=sequence_length, split="validation",
-                                   feature_converter=False)
+            ds = tasks.get_dataset(
+                task_name("local", language, "denoise"),
+                sequence_length=sequence_length,
+                split="validation",
+                feature_converter=False,
+            )
         except (ValueError, KeyError):
             continue
-        rows = [HeldOutExample(language, [int(t) for t in ex["inputs"]],
-                               [int(t) for t in ex["targets"]])
-                for ex in ds.take(total).as_numpy_iterator()]
+        rows = [
+            HeldOutExample(
+                language, [int(t) for t in ex["inputs"]], [int(t) for t in ex["targets"]]
+            )
+            for ex in ds.take(total).as_numpy_iterator()
+        ]
         if rows:
             per_language[language] = rows
     examples: list[HeldOutExample] = []
@@ -179,13 +206,22 @@ def loss_summary(metrics_path: str) -> tuple[float, float, int, int]:
 
 def _wrapped(label: str, text: str) -> str:
     indent = " " * 18
-    return textwrap.fill(text, width=100, initial_indent=f"  {label:<15} ",
-                         subsequent_indent=indent, replace_whitespace=True,
-                         drop_whitespace=True) or f"  {label}"
+    return (
+        textwrap.fill(
+            text,
+            width=100,
+            initial_indent=f"  {label:<15} ",
+            subsequent_indent=indent,
+            replace_whitespace=True,
+            drop_whitespace=True,
+        )
+        or f"  {label}"
+    )
 
 
-def evaluate_denoising(model, sequence_length: dict[str, int], num_examples: int,
-                       num_shown: int) -> tuple[float, list[HeldOutExample]]:
+def evaluate_denoising(
+    model, sequence_length: dict[str, int], num_examples: int, num_shown: int
+) -> tuple[float, list[HeldOutExample]]:
     """Greedy reconstructions of held-out examples; prints some and returns (the accuracy,
     the examples)."""
     from alexatm_jax.decoding import DecodeOptions
@@ -197,27 +233,32 @@ def evaluate_denoising(model, sequence_length: dict[str, int], num_examples: int
     outputs = model.engine.generate_ids([e.input_ids for e in examples], options)
     eos = model.engine.config.eos_token_id
     tokenizer = model.tokenizer
-    restored = sum(restored_tokens(out.token_ids, ex.target_ids, eos)
-                   for out, ex in zip(outputs, examples))
+    restored = sum(
+        restored_tokens(out.token_ids, ex.target_ids, eos) for out, ex in zip(outputs, examples)
+    )
     total = sum(len(ex.target_ids) - 1 for ex in examples)  # EOS not counted
     copied = sum(len(ex.input_ids) - 1 for ex in examples)
     for index in shown_examples(examples, num_shown):
         example, output = examples[index], outputs[index]
-        print(f"  [{example.language}] held-out document, "
-              f"{len(example.target_ids) - len(example.input_ids)} of "
-              f"{len(example.target_ids) - 1} tokens deleted")
+        print(
+            f"  [{example.language}] held-out document, "
+            f"{len(example.target_ids) - len(example.input_ids)} of "
+            f"{len(example.target_ids) - 1} tokens deleted"
+        )
         print(_wrapped("noisy input", tokenizer.decode(example.input_ids)))
         print(_wrapped("reconstruction", tokenizer.decode(output.token_ids)))
         print(_wrapped("original", tokenizer.decode(example.target_ids)))
     accuracy = restored / max(total, 1)
     languages = sorted({e.language for e in examples})
     verdict = "goal met" if accuracy >= ACCURACY_GOAL else "below the goal"
-    print(f"  Held-out reconstruction token accuracy: {100 * accuracy:.1f}% of {total} target "
-          f"tokens restored ({len(examples)} examples, {len(languages)} languages: "
-          f"{', '.join(languages)}; goal {100 * ACCURACY_GOAL:.0f}%: {verdict}).\n"
-          f"  (Restored = in the longest common subsequence of output and original. Copying the "
-          f"noisy input\n   verbatim would restore {100 * copied / max(total, 1):.0f}%; the "
-          "deleted words themselves need more training.)")
+    print(
+        f"  Held-out reconstruction token accuracy: {100 * accuracy:.1f}% of {total} target "
+        f"tokens restored ({len(examples)} examples, {len(languages)} languages: "
+        f"{', '.join(languages)}; goal {100 * ACCURACY_GOAL:.0f}%: {verdict}).\n"
+        f"  (Restored = in the longest common subsequence of output and original. Copying the "
+        f"noisy input\n   verbatim would restore {100 * copied / max(total, 1):.0f}%; the "
+        "deleted words themselves need more training.)"
+    )
     return accuracy, examples
 
 
@@ -230,8 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     repo_root = str(REPO_ROOT)
     if not os.path.isdir(os.path.join(repo_root, "data", "sample")):
-        print(f"alexatm-demo: error: the sample corpus {repo_root}/data/sample is missing; run "
-              "the demo from a checkout of the repository", file=sys.stderr)
+        print(
+            f"alexatm-demo: error: the sample corpus {repo_root}/data/sample is missing; run "
+            "the demo from a checkout of the repository",
+            file=sys.stderr,
+        )
         return 2
     print(PROBE_NOTE, flush=True)
 
@@ -262,36 +306,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alexatm-demo: stopped by {result.stopped_by_signal}; rerun to resume.")
         return 0
 
-    first, last, first_step, last_step = loss_summary(os.path.join(args.model_dir,
-                                                                   "metrics.jsonl"))
+    first, last, first_step, last_step = loss_summary(os.path.join(args.model_dir, "metrics.jsonl"))
     drop = 1.0 - last / first
-    print(f"[3/4] Training loss {first:.3f} (step {first_step}) -> {last:.3f} (step {last_step}):"
-          f" {100 * drop:.0f}% lower; training took {train_seconds:.0f} s", flush=True)
+    print(
+        f"[3/4] Training loss {first:.3f} (step {first_step}) -> {last:.3f} (step {last_step}):"
+        f" {100 * drop:.0f}% lower; training took {train_seconds:.0f} s",
+        flush=True,
+    )
 
     print("[4/4] Greedy denoising of held-out documents (deleted spans restored?)", flush=True)
     from alexatm_jax.decoding import DecodeOptions
     from alexatm_jax.decoding.loading import load_text_model
 
     model = load_text_model(args.model_dir, tokenizer_path=vocab, batch_size=16)
-    accuracy, examples = evaluate_denoising(model, sequence_length, args.eval_examples,
-                                            args.examples)
+    accuracy, examples = evaluate_denoising(
+        model, sequence_length, args.eval_examples, args.examples
+    )
     source = next((e for e in examples if e.language == "en"), examples[0])
     words = model.tokenizer.decode(source.target_ids).split()
-    clm_prompt = "[CLM] " + " ".join(words[:max(1, len(words) // 2)])  # the first half
-    clm, = model.generate([clm_prompt], DecodeOptions(max_new_tokens=args.max_new_tokens))
-    print(_wrapped("[CLM] prompt", clm_prompt[len("[CLM] "):]))
+    clm_prompt = "[CLM] " + " ".join(words[: max(1, len(words) // 2)])  # the first half
+    (clm,) = model.generate([clm_prompt], DecodeOptions(max_new_tokens=args.max_new_tokens))
+    print(_wrapped("[CLM] prompt", clm_prompt[len("[CLM] ") :]))
     print(_wrapped("continuation", clm.text))
     clm_share = tasks.MixtureConfig().clm_share
-    print(f"  (Continuation is the causal-LM objective, {100 * clm_share:.0f}% of the demo's "
-          "mixture: a few minutes\n   of training teach the model the corpus's words, not "
-          "coherent text.)")
-    print(f"\nDone in {time.perf_counter() - started:.0f} s; held-out reconstruction accuracy "
-          f"{100 * accuracy:.1f}%.\n"
-          f"  checkpoints : {os.path.join(args.model_dir, 'checkpoints')}\n"
-          f"  metrics     : {os.path.join(args.model_dir, 'metrics.jsonl')}\n"
-          f"  TensorBoard : tensorboard --logdir {os.path.join(args.model_dir, 'tensorboard')}\n"
-          f"  load it     : python -c \"import alexatm_jax; m = "
-          f"alexatm_jax.load('{args.model_dir}')\"")
+    print(
+        f"  (Continuation is the causal-LM objective, {100 * clm_share:.0f}% of the demo's "
+        "mixture: a few minutes\n   of training teach the model the corpus's words, not "
+        "coherent text.)"
+    )
+    print(
+        f"\nDone in {time.perf_counter() - started:.0f} s; held-out reconstruction accuracy "
+        f"{100 * accuracy:.1f}%.\n"
+        f"  checkpoints : {os.path.join(args.model_dir, 'checkpoints')}\n"
+        f"  metrics     : {os.path.join(args.model_dir, 'metrics.jsonl')}\n"
+        f"  TensorBoard : tensorboard --logdir {os.path.join(args.model_dir, 'tensorboard')}\n"
+        f'  load it     : python -c "import alexatm_jax; m = '
+        f"alexatm_jax.load('{args.model_dir}')\""
+    )
     return 0
 
 

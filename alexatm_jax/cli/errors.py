@@ -33,15 +33,17 @@ class UsageError(Exception):
 
 def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
     """--log_level (Python logging level; DEBUG also prints tracebacks of errors)."""
-    parser.add_argument("--log_level", default="WARNING", choices=LOG_LEVELS,
-                        help="Python logging level (default WARNING); DEBUG also shows the "
-                             "traceback of an error")
+    parser.add_argument(
+        "--log_level",
+        default="WARNING",
+        choices=LOG_LEVELS,
+        help="Python logging level (default WARNING); DEBUG also shows the traceback of an error",
+    )
 
 
 def configure_logging(level: str) -> None:
     """Log to stderr at `level` as `LEVEL logger: message`."""
-    logging.basicConfig(level=getattr(logging, level),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s")
 
 
 def describe(error: BaseException) -> str:
@@ -58,7 +60,8 @@ def describe(error: BaseException) -> str:
             text = f"{error.strerror}: {where}" if where else error.strerror
         return f"disk full: {text}" if code == errno.ENOSPC else text
     if isinstance(error, (UsageError, ValueError, RuntimeError)) or type(
-            error).__module__.startswith(("alexatm_jax", "tasks")):
+        error
+    ).__module__.startswith(("alexatm_jax", "tasks")):
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -66,16 +69,21 @@ def describe(error: BaseException) -> str:
 def report(prog: str, error: BaseException, code: int) -> int:
     """Print `prog: error: ...` (and the traceback at DEBUG level); returns `code`."""
     logging.getLogger(prog).debug("traceback of the error", exc_info=error)
-    message = (str(error).split(GIN_CALL_CONTEXT)[0].strip() if code == EXIT_USAGE
-               else describe(error))
-    hint = ("" if logging.getLogger().isEnabledFor(logging.DEBUG) or code == EXIT_USAGE
-            else " (--log_level DEBUG shows the traceback)")
+    message = (
+        str(error).split(GIN_CALL_CONTEXT)[0].strip() if code == EXIT_USAGE else describe(error)
+    )
+    hint = (
+        ""
+        if logging.getLogger().isEnabledFor(logging.DEBUG) or code == EXIT_USAGE
+        else " (--log_level DEBUG shows the traceback)"
+    )
     print(f"{prog}: error: {message}{hint}", file=sys.stderr)
     return code
 
 
-def run_command(prog: str, body: Callable[[], int],
-                usage_errors: tuple[type[BaseException], ...] = ()) -> int:
+def run_command(
+    prog: str, body: Callable[[], int], usage_errors: tuple[type[BaseException], ...] = ()
+) -> int:
     """Run `body` under the contract: its return value, or 2 for UsageError and
     `usage_errors`, 1 for any other exception, 130 for Ctrl-C; SystemExit passes through."""
     try:

@@ -22,41 +22,63 @@ from alexatm_jax.evaluation.generation_tasks import Summarization
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of alexatm-eval."""
     parser = argparse.ArgumentParser(
-        prog="alexatm-eval", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="alexatm-eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common.add_model_arguments(parser)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--task", help="one of: " + ", ".join(harness.task_names()))
-    which.add_argument("--suite", choices=tuple(suites.SUITES),
-                       help="run every task of a suite into --out/<task>/ and summarise them "
-                            "(resumes: tasks with a results.json are not rerun)")
+    which.add_argument(
+        "--suite",
+        choices=tuple(suites.SUITES),
+        help="run every task of a suite into --out/<task>/ and summarise them "
+        "(resumes: tasks with a results.json are not rerun)",
+    )
     parser.add_argument("--data_dir", required=True, help="root of the task JSONL files")
     parser.add_argument("--split", help="split to evaluate (default: the task's evaluation split)")
-    parser.add_argument("--shots", type=int,
-                        help="in-context examples (default: 1 for xsum/mlsum/flores/wmt/e2e, "
-                             "else 0)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N examples (of each "
-                                                  "language for xnli/xcopa/pawsx/xwinograd)")
-    parser.add_argument("--out", required=True, help="directory for results.json, results.md "
-                                                     "and predictions.jsonl")
-    parser.add_argument("--max_new_tokens", type=int, default=harness.DEFAULT_MAX_NEW_TOKENS,
-                        help="generation length (the release's max_length 64 = start + 63)")
-    parser.add_argument("--tfds_data_dir",
-                        help="export missing JSONL splits from TFDS datasets already prepared "
-                             "here (xsum, mlsum_*, SuperGLUE, squad_v2; never downloads)")
-    parser.add_argument("--spbleu_model",
-                        help="the Flores-101 SentencePiece model for spBLEU "
-                             f"({metrics.FLORES_SPM_FILE}; default ${metrics.SPBLEU_MODEL_ENV}, "
-                             "else sacrebleu's models/ folder); without it Flores reports "
-                             "bleu_13a")
-    parser.add_argument("--choice_mode", choices=harness.CHOICE_MODES, default="denoise",
-                        help="choice tasks: score the full text as a denoising target, or the "
-                             "continuation after a [CLM] context")
+    parser.add_argument(
+        "--shots",
+        type=int,
+        help="in-context examples (default: 1 for xsum/mlsum/flores/wmt/e2e, else 0)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate only the first N examples (of each language for xnli/xcopa/pawsx/xwinograd)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="directory for results.json, results.md and predictions.jsonl"
+    )
+    parser.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=harness.DEFAULT_MAX_NEW_TOKENS,
+        help="generation length (the release's max_length 64 = start + 63)",
+    )
+    parser.add_argument(
+        "--tfds_data_dir",
+        help="export missing JSONL splits from TFDS datasets already prepared "
+        "here (xsum, mlsum_*, SuperGLUE, squad_v2; never downloads)",
+    )
+    parser.add_argument(
+        "--spbleu_model",
+        help="the Flores-101 SentencePiece model for spBLEU "
+        f"({metrics.FLORES_SPM_FILE}; default ${metrics.SPBLEU_MODEL_ENV}, "
+        "else sacrebleu's models/ folder); without it Flores reports "
+        "bleu_13a",
+    )
+    parser.add_argument(
+        "--choice_mode",
+        choices=harness.CHOICE_MODES,
+        default="denoise",
+        help="choice tasks: score the full text as a denoising target, or the "
+        "continuation after a [CLM] context",
+    )
     return parser
 
 
-def export_missing_splits(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                          task) -> None:
+def export_missing_splits(parser: argparse.ArgumentParser, args: argparse.Namespace, task) -> None:
     """Writes the JSONL splits `task` needs from TFDS when they are not under --data_dir yet.
 
     A failure exits for --task; for --suite it is noted and the task reads its other sources.
@@ -70,8 +92,7 @@ def export_missing_splits(parser: argparse.ArgumentParser, args: argparse.Namesp
         return
     year, _, pair = task.name.partition(":")
     for split in splits:
-        if data.split_path(args.data_dir, f"{year}/{pair}" if pair else task.name,
-                           split).is_file():
+        if data.split_path(args.data_dir, f"{year}/{pair}" if pair else task.name, split).is_file():
             continue
         try:
             path = tfds_export.export_split(task.name, split, args.tfds_data_dir, args.data_dir)
@@ -119,23 +140,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     text_model = common.load_model(parser, args)
     import jax
 
-    extra = {"checkpoint": os.path.abspath(args.checkpoint),
-             "tokenizer_convention": text_model.tokenizer.convention}
+    extra = {
+        "checkpoint": os.path.abspath(args.checkpoint),
+        "tokenizer_convention": text_model.tokenizer.convention,
+    }
     options = harness.default_options(text_model, args.max_new_tokens)
     try:
         if args.suite:
-            report = suites.run_suite(args.suite, text_model, args.data_dir, args.out,
-                                      limit=args.limit, options=options,
-                                      choice_mode=args.choice_mode, extra=extra,
-                                      writer=jax.process_index() == 0, note=common.note,
-                                      agree=suites.agree_across_processes)
-            common.note(f"suite {args.suite}: {len(report['tasks']) + bool(report['flores'])} "
-                        f"result groups, {len(report['skipped'])} tasks skipped for lack of "
-                        f"data; wrote {os.path.join(args.out, 'summary.md')}")
+            report = suites.run_suite(
+                args.suite,
+                text_model,
+                args.data_dir,
+                args.out,
+                limit=args.limit,
+                options=options,
+                choice_mode=args.choice_mode,
+                extra=extra,
+                writer=jax.process_index() == 0,
+                note=common.note,
+                agree=suites.agree_across_processes,
+            )
+            common.note(
+                f"suite {args.suite}: {len(report['tasks']) + bool(report['flores'])} "
+                f"result groups, {len(report['skipped'])} tasks skipped for lack of "
+                f"data; wrote {os.path.join(args.out, 'summary.md')}"
+            )
             return 0
         result = harness.evaluate(
-            tasks[0], text_model, args.data_dir, split=args.split, shots=args.shots,
-            limit=args.limit, options=options, choice_mode=args.choice_mode)
+            tasks[0],
+            text_model,
+            args.data_dir,
+            split=args.split,
+            shots=args.shots,
+            limit=args.limit,
+            options=options,
+            choice_mode=args.choice_mode,
+        )
     except (ValueError, FileNotFoundError) as e:  # data.DataError included
         common.note(f"alexatm-eval: error: {e}")
         return 1

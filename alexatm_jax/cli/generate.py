@@ -25,18 +25,30 @@ PROG = "alexatm-generate"
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of alexatm-generate."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common.add_model_arguments(parser)
-    parser.add_argument("--mode", choices=("clm", "denoise"), default="clm",
-                        help="clm: prepend '[CLM] ' (continue the text); denoise: rewrite it")
+    parser.add_argument(
+        "--mode",
+        choices=("clm", "denoise"),
+        default="clm",
+        help="clm: prepend '[CLM] ' (continue the text); denoise: rewrite it",
+    )
     parser.add_argument("--input_file", help="prompts, one per line (default: stdin)")
     parser.add_argument("--output", help="write results here (default: stdout)")
-    parser.add_argument("--format", choices=("text", "jsonl"), default="text",
-                        help="text: one output per line; jsonl: {input, output, output_ids, "
-                             "score} per line")
-    parser.add_argument("--stop", nargs="*", default=[], metavar="STR",
-                        help="cut each output before the first of these strings")
+    parser.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="text: one output per line; jsonl: {input, output, output_ids, score} per line",
+    )
+    parser.add_argument(
+        "--stop",
+        nargs="*",
+        default=[],
+        metavar="STR",
+        help="cut each output before the first of these strings",
+    )
     common.add_decoding_arguments(parser, max_new_tokens=64)
     add_log_level_argument(parser)
     return parser
@@ -61,8 +73,11 @@ def read_prompts(parser: argparse.ArgumentParser, path: str | None) -> list[str]
         try:
             record = json.loads(line)
         except ValueError as error:
-            common.fail(parser, f"{path}:{number} is not a JSON object ({error}); every line of "
-                                "a .jsonl input holds one prompt as {\"input\": ...}")
+            common.fail(
+                parser,
+                f"{path}:{number} is not a JSON object ({error}); every line of "
+                'a .jsonl input holds one prompt as {"input": ...}',
+            )
         if not isinstance(record, dict) or not isinstance(record.get("input"), str):
             common.fail(parser, f"{path}:{number} has no string `input` field")
         prompts.append(record["input"])
@@ -92,9 +107,15 @@ def generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         generations = text_model.generate(prompts, options, stop=args.stop, seed=args.seed)
     except ValueError as e:
         common.fail(parser, str(e))
-    lines = [json.dumps({"input": g.prompt, "output": g.text, "output_ids": g.token_ids,
-                         "score": g.score}, ensure_ascii=False)
-             if args.format == "jsonl" else g.text.replace("\n", " ") for g in generations]
+    lines = [
+        json.dumps(
+            {"input": g.prompt, "output": g.text, "output_ids": g.token_ids, "score": g.score},
+            ensure_ascii=False,
+        )
+        if args.format == "jsonl"
+        else g.text.replace("\n", " ")
+        for g in generations
+    ]
     common.write_lines(lines, args.output, "outputs")
     return 0
 

@@ -8,7 +8,9 @@ from typing import Sequence
 PREFIX = "--gin."
 
 
-def gin_bindings(parser: argparse.ArgumentParser, leftover: Sequence[str], example: str) -> list[str]:
+def gin_bindings(
+    parser: argparse.ArgumentParser, leftover: Sequence[str], example: str
+) -> list[str]:
     """The `KEY=VALUE` bodies of the `--gin.KEY=VALUE` arguments that argparse left over.
 
     Any other leftover argument is a usage error (exit 2) that shows `example`, e.g.
@@ -17,7 +19,9 @@ def gin_bindings(parser: argparse.ArgumentParser, leftover: Sequence[str], examp
     bindings = []
     for arg in leftover:
         if not arg.startswith(PREFIX) or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}: gin bindings are written "
-                         f"--gin.KEY=VALUE (e.g. {example})")
-        bindings.append(arg[len(PREFIX):])
+            parser.error(
+                f"unrecognised argument {arg!r}: gin bindings are written "
+                f"--gin.KEY=VALUE (e.g. {example})"
+            )
+        bindings.append(arg[len(PREFIX) :])
     return bindings

@@ -15,39 +15,65 @@ DTYPES = ("float32", "bfloat16", "float16")
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, --tokenizer, --batch_size, dtypes and the mesh options."""
     group = parser.add_argument_group("model")
-    group.add_argument("--checkpoint", required=True,
-                       help="model checkpoint directory (from alexatm-convert or training)")
-    group.add_argument("--tokenizer", help="SentencePiece .model to use instead of the "
-                                           "checkpoint's tokenizer/ one")
+    group.add_argument(
+        "--checkpoint",
+        required=True,
+        help="model checkpoint directory (from alexatm-convert or training)",
+    )
+    group.add_argument(
+        "--tokenizer", help="SentencePiece .model to use instead of the checkpoint's tokenizer/ one"
+    )
     group.add_argument("--batch_size", type=int, default=8, help="rows per compiled call")
     group.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the checkpoint's)")
-    group.add_argument("--param_dtype", choices=DTYPES,
-                       help="parameter dtype after loading (default: the checkpoint's)")
+    group.add_argument(
+        "--param_dtype",
+        choices=DTYPES,
+        help="parameter dtype after loading (default: the checkpoint's)",
+    )
     mesh = parser.add_argument_group("sharding (used when there are several devices)")
     mesh.add_argument("--fsdp", type=int, default=1, help="mesh 'fsdp' axis size")
     mesh.add_argument("--tensor", type=int, default=1, help="mesh 'tensor' axis size")
-    mesh.add_argument("--rules", default=None,
-                      help="logical-axis rule set (default: fsdp_tensor if --tensor > 1, "
-                           "else fsdp)")
+    mesh.add_argument(
+        "--rules",
+        default=None,
+        help="logical-axis rule set (default: fsdp_tensor if --tensor > 1, else fsdp)",
+    )
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """Search, sampling, length penalty and banned-word options."""
     group = parser.add_argument_group("decoding")
-    group.add_argument("--max_new_tokens", type=int, default=max_new_tokens,
-                       help="decoder steps after the start token (EOS included)")
+    group.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=max_new_tokens,
+        help="decoder steps after the start token (EOS included)",
+    )
     group.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy/sampling)")
-    group.add_argument("--length_penalty", type=float, default=1.0,
-                       help="beam search length penalty alpha (0 = total log-probability)")
-    group.add_argument("--length_penalty_kind", choices=LENGTH_PENALTY_KINDS, default="power",
-                       help="power: len**alpha; gnmt: ((5+len)/6)**alpha")
+    group.add_argument(
+        "--length_penalty",
+        type=float,
+        default=1.0,
+        help="beam search length penalty alpha (0 = total log-probability)",
+    )
+    group.add_argument(
+        "--length_penalty_kind",
+        choices=LENGTH_PENALTY_KINDS,
+        default="power",
+        help="power: len**alpha; gnmt: ((5+len)/6)**alpha",
+    )
     group.add_argument("--sample", action="store_true", help="sample instead of greedy search")
     group.add_argument("--temperature", type=float, default=1.0)
     group.add_argument("--top_k", type=int, default=0, help="0 = off")
     group.add_argument("--top_p", type=float, default=1.0, help="1.0 = off")
     group.add_argument("--seed", type=int, default=0, help="sampling seed")
-    group.add_argument("--bad_words", nargs="*", default=[], metavar="TEXT",
-                       help="strings never to generate (each tokenised to a piece sequence)")
+    group.add_argument(
+        "--bad_words",
+        nargs="*",
+        default=[],
+        metavar="TEXT",
+        help="strings never to generate (each tokenised to a piece sequence)",
+    )
 
 
 def fail(parser: argparse.ArgumentParser, message: str) -> None:
@@ -72,16 +98,23 @@ def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
             fail(parser, f"--rules {args.rules!r} is unknown; choose one of {sorted(RULE_SETS)}")
 
 
-def decode_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                   text_model: TextModel | None = None) -> DecodeOptions:
+def decode_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, text_model: TextModel | None = None
+) -> DecodeOptions:
     """DecodeOptions from the decoding arguments (bad words need the model's tokenizer)."""
     bad_words = tuple(text_model.tokenizer.ids_of(args.bad_words)) if text_model else ()
     try:
         return DecodeOptions(
-            max_new_tokens=args.max_new_tokens, num_beams=args.beams,
-            length_penalty=args.length_penalty, length_penalty_kind=args.length_penalty_kind,
-            sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            bad_words=bad_words)
+            max_new_tokens=args.max_new_tokens,
+            num_beams=args.beams,
+            length_penalty=args.length_penalty,
+            length_penalty_kind=args.length_penalty_kind,
+            sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            bad_words=bad_words,
+        )
     except ValueError as e:
         fail(parser, str(e))
         raise
@@ -107,9 +140,14 @@ def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tex
 
     overrides = {k: getattr(args, k) for k in ("dtype", "param_dtype") if getattr(args, k)}
     try:
-        return load_text_model(args.checkpoint, tokenizer_path=args.tokenizer,
-                               partitioner=partitioner_for(args), batch_size=args.batch_size,
-                               show_progress=True, **overrides)
+        return load_text_model(
+            args.checkpoint,
+            tokenizer_path=args.tokenizer,
+            partitioner=partitioner_for(args),
+            batch_size=args.batch_size,
+            show_progress=True,
+            **overrides,
+        )
     except DigestMismatchError as e:  # corrupt data, not a usage error: exit 1, one line
         print(f"{parser.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(1)

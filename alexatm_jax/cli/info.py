@@ -18,32 +18,50 @@ from typing import Sequence
 
 import numpy as np
 
-from alexatm_jax.cli.errors import (UsageError, add_log_level_argument, configure_logging,
-                                   run_command)
+from alexatm_jax.cli.errors import (
+    UsageError,
+    add_log_level_argument,
+    configure_logging,
+    run_command,
+)
 from alexatm_jax.cli.gin_flags import gin_bindings
 
 GIB = 2**30
 PROG = "alexatm-info"
 
 
-def parse_args(argv: Sequence[str] | None
-               ) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
+def parse_args(
+    argv: Sequence[str] | None,
+) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
     """The parser, its parsed options and the gin bindings from `--gin.KEY=VALUE` arguments."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Count the parameters of a gin-configured AlexaTM model and estimate the "
-                    "memory of its parameters and Adam state. Extra arguments of the form "
-                    "--gin.KEY=VALUE are gin bindings, e.g. --gin.ModelConfig.d_model=1024. "
-                    "With --verify, check checkpoints against their digests instead.")
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin file(s) binding ModelConfig, e.g. models/tiny.gin "
-                             "(searched in the current directory, the repo root and gin/)")
-    parser.add_argument("--gin_search_path", action="append", default=[],
-                        help="extra directory to search for gin files")
-    parser.add_argument("--verify", metavar="DIR", default=None,
-                        help="check the checkpoints of a training MODEL_DIR, one "
-                             "MODEL_DIR/checkpoints/STEP or a model checkpoint against their "
-                             "recorded content digests, without training or loading a model")
+        "memory of its parameters and Adam state. Extra arguments of the form "
+        "--gin.KEY=VALUE are gin bindings, e.g. --gin.ModelConfig.d_model=1024. "
+        "With --verify, check checkpoints against their digests instead.",
+    )
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin file(s) binding ModelConfig, e.g. models/tiny.gin "
+        "(searched in the current directory, the repo root and gin/)",
+    )
+    parser.add_argument(
+        "--gin_search_path",
+        action="append",
+        default=[],
+        help="extra directory to search for gin files",
+    )
+    parser.add_argument(
+        "--verify",
+        metavar="DIR",
+        default=None,
+        help="check the checkpoints of a training MODEL_DIR, one "
+        "MODEL_DIR/checkpoints/STEP or a model checkpoint against their "
+        "recorded content digests, without training or loading a model",
+    )
     add_log_level_argument(parser)
     args, rest = parser.parse_known_args(argv)
     bindings = gin_bindings(parser, rest, "--gin.ModelConfig.d_model=1024")
@@ -58,26 +76,33 @@ def module_counts(shapes: dict) -> dict[str, int]:
     """Parameters per top-level module of a (nested dict) shape tree."""
     import jax
 
-    return {name: sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(subtree))
-            for name, subtree in shapes.items()}
+    return {
+        name: sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(subtree))
+        for name, subtree in shapes.items()
+    }
 
 
 def memory_lines(total: int, param_dtype: str) -> list[str]:
     """Lines giving parameter and Adam-state bytes for `total` parameters stored in param_dtype."""
     param_bytes = total * np.dtype(param_dtype).itemsize
     moments = total * 2 * 4
-    lines = [f"parameter bytes ({param_dtype}): {param_bytes:,} ({param_bytes / GIB:.2f} GiB)",
-             f"Adam moments (2 x float32): {moments:,} ({moments / GIB:.2f} GiB)"]
+    lines = [
+        f"parameter bytes ({param_dtype}): {param_bytes:,} ({param_bytes / GIB:.2f} GiB)",
+        f"Adam moments (2 x float32): {moments:,} ({moments / GIB:.2f} GiB)",
+    ]
     if np.dtype(param_dtype).itemsize < 4:
         master = total * 4
-        lines.append(f"float32 master copy (params are {param_dtype}): {master:,} "
-                     f"({master / GIB:.2f} GiB)")
+        lines.append(
+            f"float32 master copy (params are {param_dtype}): {master:,} ({master / GIB:.2f} GiB)"
+        )
     else:
         master = 0
         lines.append("float32 master copy: none (the float32 parameters are the master copy)")
     train = param_bytes + moments + master
-    lines.append(f"parameters + optimizer state for training: {train:,} ({train / GIB:.2f} GiB), "
-                 "before gradients and activations")
+    lines.append(
+        f"parameters + optimizer state for training: {train:,} ({train / GIB:.2f} GiB), "
+        "before gradients and activations"
+    )
     return lines
 
 
@@ -117,11 +142,13 @@ def report(args: argparse.Namespace, bindings: list[str]) -> int:
     counts = module_counts(param_shapes(config))
     total = sum(counts.values())
     print(f"gin files: {', '.join(str(f) for f in files)}")
-    print(f"model: d_model={config.d_model} layers={config.num_encoder_layers}+"
-          f"{config.num_decoder_layers} heads={config.num_encoder_heads}/"
-          f"{config.num_decoder_heads} ffn={config.encoder_ffn_dim}/{config.decoder_ffn_dim} "
-          f"vocab={config.vocab_size} share_embeddings={config.share_embeddings} "
-          f"tie_word_embeddings={config.tie_word_embeddings}")
+    print(
+        f"model: d_model={config.d_model} layers={config.num_encoder_layers}+"
+        f"{config.num_decoder_layers} heads={config.num_encoder_heads}/"
+        f"{config.num_decoder_heads} ffn={config.encoder_ffn_dim}/{config.decoder_ffn_dim} "
+        f"vocab={config.vocab_size} share_embeddings={config.share_embeddings} "
+        f"tie_word_embeddings={config.tie_word_embeddings}"
+    )
     width = max(len(name) for name in counts)
     for name, count in counts.items():
         print(f"  {name:<{width}}  {count:>16,}  {100 * count / total:6.2f}%")

@@ -175,8 +175,10 @@ def _main(argv: list[str] | None) -> None:
         processor = spm.SentencePieceProcessor(model_file=examples.vocab_path)
         _print_text(examples.records[: args.n], processor, stats)
     if len(examples.records) < count:
-        print(f"note: the {args.split} split ended after {len(examples.records)} examples",
-              file=sys.stderr)
+        print(
+            f"note: the {args.split} split ended after {len(examples.records)} examples",
+            file=sys.stderr,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +238,9 @@ def _collect(args: argparse.Namespace, lengths: dict[str, int], count: int) -> _
     return _Examples(config, layout, vocab_path, ids, records)
 
 
-def _stats(args: argparse.Namespace, examples: _Examples, lengths: dict[str, int],
-           count: int) -> dict[str, Any]:
+def _stats(
+    args: argparse.Namespace, examples: _Examples, lengths: dict[str, int], count: int
+) -> dict[str, Any]:
     """The --stats summary: measured against the mixture's intended rates, with the pipeline
     counters, the settings used and (for the local mixture) the corpus found."""
     import tasks

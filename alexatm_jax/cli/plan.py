@@ -38,49 +38,95 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alexatm-plan",
         description="Compile a gin-configured train step ahead of time, with the TPU compiler "
-                    "for a TPU slice (--topology) or XLA:CPU on N emulated devices (--devices), "
-                    "and report per-device memory, FLOPs per step and the step time. "
-                    "Extra arguments --gin.KEY=VALUE are gin bindings applied after the files, "
-                    "e.g. --gin.MESH_FSDP=64 --gin.BATCH_SIZE=1024.",
+        "for a TPU slice (--topology) or XLA:CPU on N emulated devices (--devices), "
+        "and report per-device memory, FLOPs per step and the step time. "
+        "Extra arguments --gin.KEY=VALUE are gin bindings applied after the files, "
+        "e.g. --gin.MESH_FSDP=64 --gin.BATCH_SIZE=1024.",
         epilog="XLA's C++ warnings (e.g. SPMD resharding notes) are hidden; set "
-               "TF_CPP_MIN_LOG_LEVEL=0 to see them.")
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin file (repeatable), e.g. gin/experiments/alexatm_20b_v5p256.gin")
-    parser.add_argument("--gin_search_path", action="append", default=[],
-                        help="extra directory to search for gin files and their includes")
+        "TF_CPP_MIN_LOG_LEVEL=0 to see them.",
+    )
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin file (repeatable), e.g. gin/experiments/alexatm_20b_v5p256.gin",
+    )
+    parser.add_argument(
+        "--gin_search_path",
+        action="append",
+        default=[],
+        help="extra directory to search for gin files and their includes",
+    )
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--devices", type=int, default=None,
-                        help="number of devices to plan for (emulated on the CPU, compiled by "
-                             "XLA:CPU); the mesh sizes of the gin files must multiply to it "
-                             "(-1 takes the rest)")
-    target.add_argument("--topology", default=None, metavar="NAME",
-                        help="compile with the TPU compiler for a TPU slice: a Cloud TPU type "
-                             "(v4-8 ... v4-4096, v5p-8 ... v5p-12288, v5litepod-N, v6e-N) or a "
-                             "topology such as v5p:4x4x8; needs libtpu "
-                             "(pip install -e '.[tpu-aot]'). Or h100-NODESxGPUS (e.g. h100-16x8): "
-                             "XLA:GPU, memory only, needs the CUDA plugin ('.[gpu-aot]')")
-    parser.add_argument("--timing_layers", type=int, default=2, metavar="K",
-                        help="with --topology: the step time comes from the TPU cost model of "
-                             "the layers compiled unscanned at (K,K), (2K,K), (K,2K) encoder/"
-                             "decoder layers, one microbatch, extrapolated (default 2)")
-    parser.add_argument("--no_step_time", action="store_true",
-                        help="with --topology: skip the step-time compiles (memory only)")
-    parser.add_argument("--extrapolate_from_layers", type=int, default=None, metavar="K",
-                        help="compile with (K,K), (2K,K) and (K,2K) encoder/decoder layers and "
-                             "extrapolate linearly to the configured depth (faster for deep "
-                             "unscanned models; the report marks extrapolated numbers). Use "
-                             "K >= 2: a one-layer stack compiles differently")
-    parser.add_argument("--peak_tflops", type=float, default=None,
-                        help="peak dense TFLOP/s of one target device (bf16: TPU v5p 459, "
-                             "v4 275, H100 989, A100 312); needed for the step time")
-    parser.add_argument("--mfu", type=float, default=None,
-                        help="with --devices: assumed model FLOPs utilisation in (0, 1] (default "
-                             "0.45; the paper reports up to 49%% on A100s)")
-    parser.add_argument("--device_memory_gib", type=float, default=None,
-                        help="memory of one target device in GiB (TPU v5p 95, v4 32, H100 80): "
-                             "the report then says whether the compiled step fits")
-    parser.add_argument("--format", choices=("text", "json"), default="text",
-                        help="what to print on stdout (default text)")
+    target.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="number of devices to plan for (emulated on the CPU, compiled by "
+        "XLA:CPU); the mesh sizes of the gin files must multiply to it "
+        "(-1 takes the rest)",
+    )
+    target.add_argument(
+        "--topology",
+        default=None,
+        metavar="NAME",
+        help="compile with the TPU compiler for a TPU slice: a Cloud TPU type "
+        "(v4-8 ... v4-4096, v5p-8 ... v5p-12288, v5litepod-N, v6e-N) or a "
+        "topology such as v5p:4x4x8; needs libtpu "
+        "(pip install -e '.[tpu-aot]'). Or h100-NODESxGPUS (e.g. h100-16x8): "
+        "XLA:GPU, memory only, needs the CUDA plugin ('.[gpu-aot]')",
+    )
+    parser.add_argument(
+        "--timing_layers",
+        type=int,
+        default=2,
+        metavar="K",
+        help="with --topology: the step time comes from the TPU cost model of "
+        "the layers compiled unscanned at (K,K), (2K,K), (K,2K) encoder/"
+        "decoder layers, one microbatch, extrapolated (default 2)",
+    )
+    parser.add_argument(
+        "--no_step_time",
+        action="store_true",
+        help="with --topology: skip the step-time compiles (memory only)",
+    )
+    parser.add_argument(
+        "--extrapolate_from_layers",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compile with (K,K), (2K,K) and (K,2K) encoder/decoder layers and "
+        "extrapolate linearly to the configured depth (faster for deep "
+        "unscanned models; the report marks extrapolated numbers). Use "
+        "K >= 2: a one-layer stack compiles differently",
+    )
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="peak dense TFLOP/s of one target device (bf16: TPU v5p 459, "
+        "v4 275, H100 989, A100 312); needed for the step time",
+    )
+    parser.add_argument(
+        "--mfu",
+        type=float,
+        default=None,
+        help="with --devices: assumed model FLOPs utilisation in (0, 1] (default "
+        "0.45; the paper reports up to 49%% on A100s)",
+    )
+    parser.add_argument(
+        "--device_memory_gib",
+        type=float,
+        default=None,
+        help="memory of one target device in GiB (TPU v5p 95, v4 32, H100 80): "
+        "the report then says whether the compiled step fits",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="what to print on stdout (default text)",
+    )
     parser.add_argument("--json_out", default=None, help="also write the JSON report here")
     return parser
 
@@ -91,8 +137,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     args, rest = parser.parse_known_args(argv)
     bindings = gin_bindings(parser, rest, "--gin.BATCH_SIZE=1024")
     if not args.gin_file:
-        parser.error("give at least one --gin_file, e.g. "
-                     "--gin_file=gin/experiments/alexatm_20b_v5p256.gin")
+        parser.error(
+            "give at least one --gin_file, e.g. --gin_file=gin/experiments/alexatm_20b_v5p256.gin"
+        )
     if args.devices is not None and args.devices < 1:
         parser.error(f"--devices must be >= 1, got {args.devices}")
     args.target = None
@@ -105,8 +152,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         except ValueError as error:
             parser.error(f"--topology: {error}")
         if args.mfu is not None:
-            parser.error("--mfu assumes an MFU; with --topology the TPU compiler's cost model "
-                         "estimates the step time: drop --mfu")
+            parser.error(
+                "--mfu assumes an MFU; with --topology the TPU compiler's cost model "
+                "estimates the step time: drop --mfu"
+            )
         if args.timing_layers < 1:
             parser.error(f"--timing_layers must be >= 1, got {args.timing_layers}")
         args.peak_tflops = args.peak_tflops or args.target.peak_bf16_tflops
@@ -132,13 +181,16 @@ def emulate_cpu_devices(num_devices: int) -> None:
 
     jax.config.update("jax_num_cpu_devices", num_devices)
     if jax.device_count() != num_devices:
-        raise RuntimeError(f"JAX was initialised before alexatm-plan could ask for "
-                           f"{num_devices} CPU devices (it has {jax.device_count()}); run "
-                           "alexatm-plan in a fresh process")
+        raise RuntimeError(
+            f"JAX was initialised before alexatm-plan could ask for "
+            f"{num_devices} CPU devices (it has {jax.device_count()}); run "
+            "alexatm-plan in a fresh process"
+        )
 
 
-def parse_gin_config(files: Sequence[str], bindings: Sequence[str],
-                     search_paths: Sequence[str]) -> None:
+def parse_gin_config(
+    files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]
+) -> None:
     """Parse the gin files; the SeqIO task registry is imported only if the files bind it.
 
     A plan writes nothing, so a required MODEL_DIR the files leave unset is bound to '' (the
@@ -153,6 +205,7 @@ def parse_gin_config(files: Sequence[str], bindings: Sequence[str],
             gin_registry.parse_gin(files, bindings, search_paths)
         elif "No configurable matching" in str(error):
             import tasks  # noqa: F401  (registers the data configurables, imports TensorFlow)
+
             gin_registry.parse_gin(files, with_model_dir, search_paths)
         else:
             raise
@@ -177,8 +230,11 @@ def target_devices(args: argparse.Namespace) -> list[Any] | None:
 
     if isinstance(args.target, GpuTarget):
         return gpu_devices(args.target)
-    from alexatm_jax.tpu_topology import (libtpu_problem, prepare_compile_only_environment,
-                                          topology_devices)
+    from alexatm_jax.tpu_topology import (
+        libtpu_problem,
+        prepare_compile_only_environment,
+        topology_devices,
+    )
 
     problem = libtpu_problem()
     if problem:
@@ -194,17 +250,23 @@ def adapt_job_to_target(job: "TrainConfig", args: argparse.Namespace) -> "TrainC
 
     args.target_notes = []
     problem = cudnn_problem()
-    if (isinstance(args.target, GpuTarget) and job.model_config.attention_impl == "cudnn"
-            and problem):
-        args.target_notes.append(f"attention_impl 'cudnn' could not be compiled here "
-                                 f"({problem}): planned as 'dot_product'")
+    if (
+        isinstance(args.target, GpuTarget)
+        and job.model_config.attention_impl == "cudnn"
+        and problem
+    ):
+        args.target_notes.append(
+            f"attention_impl 'cudnn' could not be compiled here "
+            f"({problem}): planned as 'dot_product'"
+        )
         config = job.model_config.replace(attention_impl="dot_product")
         return dataclasses.replace(job, model_config=config)
     return job
 
 
-def run_plan(job: "TrainConfig", devices: list[Any] | None, args: argparse.Namespace
-             ) -> tuple["Plan", "StepTimeEstimate | None"]:
+def run_plan(
+    job: "TrainConfig", devices: list[Any] | None, args: argparse.Namespace
+) -> tuple["Plan", "StepTimeEstimate | None"]:
     """The plan and, for a TPU target, the cost model's step time, with a progress bar."""
     from tqdm import tqdm
 
@@ -214,14 +276,28 @@ def run_plan(job: "TrainConfig", devices: list[Any] | None, args: argparse.Names
     timing_compiles = len(timing_depths(job, args.timing_layers)) if timed else 0
     stages = 3 * ((1 if args.extrapolate_from_layers is None else 3) + timing_compiles)
     with tqdm(total=stages, desc="plan", unit="stage", file=sys.stderr) as bar:
+
         def progress(stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update(1)
-        plan = make_plan(job, devices=devices, extrapolate_from_layers=args.extrapolate_from_layers,
-                         progress=progress)
-        estimate = (estimate_step_time(job, devices, layers=args.timing_layers,
-                                       peak_flops_per_device=args.peak_tflops * 1e12,
-                                       progress=progress) if timed else None)
+
+        plan = make_plan(
+            job,
+            devices=devices,
+            extrapolate_from_layers=args.extrapolate_from_layers,
+            progress=progress,
+        )
+        estimate = (
+            estimate_step_time(
+                job,
+                devices,
+                layers=args.timing_layers,
+                peak_flops_per_device=args.peak_tflops * 1e12,
+                progress=progress,
+            )
+            if timed
+            else None
+        )
     return plan, estimate
 
 
@@ -248,8 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alexatm-plan: error: {error}", file=sys.stderr)
         return 2
     except DoesNotFit as error:
-        print(f"alexatm-plan: {' + '.join(args.gin_file)} on {args.topology}: DOES NOT FIT: "
-              f"{error}")
+        print(
+            f"alexatm-plan: {' + '.join(args.gin_file)} on {args.topology}: DOES NOT FIT: {error}"
+        )
         return 0
     result = report(plan, args, estimate)
     print(json.dumps(result, indent=2) if args.format == "json" else format_text(result))

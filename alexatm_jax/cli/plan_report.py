@@ -14,47 +14,64 @@ TPU_BACKEND_NOTE = (
     "Compiled buffer sizes are the TPU compiler's (libtpu) buffer assignment of the partitioned "
     "step for these chips. The step time is its cost model (cost_analysis()['optimal_seconds']), "
     "not a measurement: it models compute and memory traffic, and may not see every "
-    "interconnect stall or host delay.")
+    "interconnect stall or host delay."
+)
 GPU_BACKEND_NOTE = (
     "Compiled buffer sizes are XLA:GPU's buffer assignment of the partitioned step for these "
     "GPUs (compiled on this CPU, with no GPU to autotune on). NCCL buffers and cuBLAS/cuDNN workspaces "
-    "are allocated at run time and are not in it: keep headroom.")
+    "are allocated at run time and are not in it: keep headroom."
+)
 CPU_BACKEND_NOTE = (
     "Compiled buffer sizes come from XLA:CPU's buffer assignment of the partitioned step, not "
     "from the TPU/GPU compiler: fusion, layouts, scheduling and rematerialisation differ there, "
     "so real temporaries can be smaller or larger. Parameter, optimizer-state and batch bytes "
-    "are exact.")
+    "are exact."
+)
 SCAN_FLOPS_NOTE = (
     "XLA's cost analysis visits each while-loop body once: with scan_layers every layer stack "
     "counts as one layer, so the XLA figure is not a step total. The traced matmul FLOPs "
-    "multiply scan bodies by their length and include remat recomputation.")
+    "multiply scan bodies by their length and include remat recomputation."
+)
 
 
-def report(plan: "Plan", args: argparse.Namespace,
-           estimate: "StepTimeEstimate | None" = None) -> dict[str, Any]:
+def report(
+    plan: "Plan", args: argparse.Namespace, estimate: "StepTimeEstimate | None" = None
+) -> dict[str, Any]:
     """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, provenance notes."""
     job, cfg = plan.config, plan.config.model_config
     compiled_source, traced_source = _compile_sources(plan)
     result = {
         "gin_files": list(args.gin_file),
-        "devices": plan.num_devices, "device_kind": plan.device_kind, "platform": plan.platform,
-        "mesh": plan.mesh_shape, "rules": plan.rules_name,
-        "model": _model_report(plan), "batch": _batch_report(plan),
+        "devices": plan.num_devices,
+        "device_kind": plan.device_kind,
+        "platform": plan.platform,
+        "mesh": plan.mesh_shape,
+        "rules": plan.rules_name,
+        "model": _model_report(plan),
+        "batch": _batch_report(plan),
         "train_steps": job.train_steps,
         "memory_per_device": _memory_report(plan, args, compiled_source),
         "flops": _flops_report(plan, compiled_source, traced_source),
         "compiled_points": [
-            {"encoder_layers": depth[0], "decoder_layers": depth[1],
-             "argument_bytes": step.argument_bytes, "temp_bytes": step.temp_bytes,
-             "total_bytes": step.total_bytes, "xla_flops_per_device": step.xla_flops_per_device,
-             "traced_matmul_flops": step.matmul_flops}
-            for depth, step in plan.compiled_points],
+            {
+                "encoder_layers": depth[0],
+                "decoder_layers": depth[1],
+                "argument_bytes": step.argument_bytes,
+                "temp_bytes": step.temp_bytes,
+                "total_bytes": step.total_bytes,
+                "xla_flops_per_device": step.xla_flops_per_device,
+                "traced_matmul_flops": step.matmul_flops,
+            }
+            for depth, step in plan.compiled_points
+        ],
         "compile_seconds": plan.compile_seconds,
         "warnings": list(plan.warnings),
-        "notes": [{"tpu": TPU_BACKEND_NOTE, "gpu": GPU_BACKEND_NOTE}.get(plan.platform,
-                                                                          CPU_BACKEND_NOTE)]
-                 + list(getattr(args, "target_notes", []))
-                 + ([SCAN_FLOPS_NOTE] if cfg.scan_layers else []) + _attention_notes(plan),
+        "notes": [
+            {"tpu": TPU_BACKEND_NOTE, "gpu": GPU_BACKEND_NOTE}.get(plan.platform, CPU_BACKEND_NOTE)
+        ]
+        + list(getattr(args, "target_notes", []))
+        + ([SCAN_FLOPS_NOTE] if cfg.scan_layers else [])
+        + _attention_notes(plan),
     }
     if args.target is not None:
         result["target"] = args.target.describe()
@@ -68,31 +85,47 @@ def report(plan: "Plan", args: argparse.Namespace,
 def _compile_sources(plan: "Plan") -> tuple[str, str]:
     """Where the compiled and the traced figures come from: (compiled source, traced source)."""
     depths = [list(d) for d in plan.compiled_depths]
-    source = (f"extrapolated from compiles at (encoder, decoder) layers {depths}"
-              if plan.extrapolated else f"measured: compiled at {depths[0]} layers")
-    traced_source = (f"extrapolated from traces at {depths}" if plan.extrapolated
-                     else f"traced at {depths[0]} layers")
+    source = (
+        f"extrapolated from compiles at (encoder, decoder) layers {depths}"
+        if plan.extrapolated
+        else f"measured: compiled at {depths[0]} layers"
+    )
+    traced_source = (
+        f"extrapolated from traces at {depths}"
+        if plan.extrapolated
+        else f"traced at {depths[0]} layers"
+    )
     return source, traced_source
 
 
 def _model_report(plan: "Plan") -> dict[str, Any]:
     """The model's size, depth and compute settings."""
     cfg = plan.config.model_config
-    return {"num_params": plan.num_params, "encoder_layers": cfg.num_encoder_layers,
-            "decoder_layers": cfg.num_decoder_layers, "d_model": cfg.d_model,
-            "vocab_size": cfg.vocab_size, "dtype": cfg.dtype,
-            "param_dtype": "float32", "scan_layers": cfg.scan_layers,
-            "remat_policy": cfg.remat_policy, "attention_impl": cfg.attention_impl}
+    return {
+        "num_params": plan.num_params,
+        "encoder_layers": cfg.num_encoder_layers,
+        "decoder_layers": cfg.num_decoder_layers,
+        "d_model": cfg.d_model,
+        "vocab_size": cfg.vocab_size,
+        "dtype": cfg.dtype,
+        "param_dtype": "float32",
+        "scan_layers": cfg.scan_layers,
+        "remat_policy": cfg.remat_policy,
+        "attention_impl": cfg.attention_impl,
+    }
 
 
 def _batch_report(plan: "Plan") -> dict[str, Any]:
     """The global batch: sequences, lengths, positions and target tokens per step."""
     job = plan.config
-    return {"global_sequences": job.batch_size, "sequence_length": dict(job.sequence_length),
-            "sequences_per_batch_shard": job.batch_size // plan.batch_shards,
-            "grad_accum_steps": job.grad_accum_steps,
-            "positions_per_step": plan.positions_per_step,
-            "target_tokens_per_step": job.batch_size * job.sequence_length["targets"]}
+    return {
+        "global_sequences": job.batch_size,
+        "sequence_length": dict(job.sequence_length),
+        "sequences_per_batch_shard": job.batch_size // plan.batch_shards,
+        "grad_accum_steps": job.grad_accum_steps,
+        "positions_per_step": plan.positions_per_step,
+        "target_tokens_per_step": job.batch_size * job.sequence_length["targets"],
+    }
 
 
 def _memory_report(plan: "Plan", args: argparse.Namespace, source: str) -> dict[str, Any]:
@@ -113,8 +146,9 @@ def _memory_report(plan: "Plan", args: argparse.Namespace, source: str) -> dict[
     }
     if args.device_memory_gib:
         memory["device_memory_bytes"] = args.device_memory_gib * GIB
-        memory["fits"] = (None if plan.warnings
-                          else compiled.total_bytes <= args.device_memory_gib * GIB)
+        memory["fits"] = (
+            None if plan.warnings else compiled.total_bytes <= args.device_memory_gib * GIB
+        )
     return memory
 
 
@@ -136,11 +170,13 @@ def _assumed_mfu_step_time(plan: "Plan", peak_tflops: float, mfu: float) -> dict
     """Step time in seconds from the model FLOPs at `peak_tflops` per device and an assumed MFU."""
     seconds = plan.step_time_s(peak_tflops * 1e12, mfu)
     return {
-        "peak_tflops_per_device": peak_tflops, "mfu": mfu,
+        "peak_tflops_per_device": peak_tflops,
+        "mfu": mfu,
         "seconds_per_step": seconds,
         "positions_per_second": plan.positions_per_step / seconds,
         "days_for_train_steps": seconds * plan.config.train_steps / 86400,
-        "formula": "model_flops_per_step / (devices * peak_tflops * 1e12 * mfu)"}
+        "formula": "model_flops_per_step / (devices * peak_tflops * 1e12 * mfu)",
+    }
 
 
 def _attention_notes(plan: "Plan") -> list[str]:
@@ -149,39 +185,52 @@ def _attention_notes(plan: "Plan") -> list[str]:
     impl = plan.config.model_config.attention_impl
     planned = planned_model_config(plan.config.model_config, plan.platform).attention_impl
     if planned == impl == "splash":
-        return ["the splash kernels' q.k and p.v products run inside Pallas calls: the traced "
-                "matmul FLOPs leave them out (the model FLOPs and the cost model count them)"]
+        return [
+            "the splash kernels' q.k and p.v products run inside Pallas calls: the traced "
+            "matmul FLOPs leave them out (the model FLOPs and the cost model count them)"
+        ]
     if planned == impl:
         return []
-    return [f"attention_impl '{impl}' does not exist on {plan.platform}: planned as '{planned}', "
-            "which materialises the attention scores (an upper bound on memory)"]
+    return [
+        f"attention_impl '{impl}' does not exist on {plan.platform}: planned as '{planned}', "
+        "which materialises the attention scores (an upper bound on memory)"
+    ]
 
 
-def cost_model_step_time(plan: "Plan", estimate: "StepTimeEstimate",
-                         peak_tflops: float) -> dict[str, Any]:
+def cost_model_step_time(
+    plan: "Plan", estimate: "StepTimeEstimate", peak_tflops: float
+) -> dict[str, Any]:
     """The TPU cost model's step time, the MFU it implies and how it was derived."""
     job = plan.config
     seconds = estimate.seconds
     depths = [list(depth) for depth, _ in estimate.points]
-    how = (f"optimal_seconds of one microbatch ({job.batch_size // estimate.microbatches} "
-           f"sequences), layers unscanned, compiled at (encoder, decoder) layers {depths}"
-           + (f", extrapolated linearly to {list(job.depths)}" if estimate.extrapolated else "")
-           + (f", x {estimate.microbatches} microbatches" if estimate.microbatches > 1 else "")
-           + (f"; + {estimate.uncosted_kernel_seconds:.3f} s for the splash kernels' matmuls at "
-              "peak FLOP/s, which the cost model does not cost (a lower bound on their time)"
-              if estimate.uncosted_kernel_seconds else ""))
+    how = (
+        f"optimal_seconds of one microbatch ({job.batch_size // estimate.microbatches} "
+        f"sequences), layers unscanned, compiled at (encoder, decoder) layers {depths}"
+        + (f", extrapolated linearly to {list(job.depths)}" if estimate.extrapolated else "")
+        + (f", x {estimate.microbatches} microbatches" if estimate.microbatches > 1 else "")
+        + (
+            f"; + {estimate.uncosted_kernel_seconds:.3f} s for the splash kernels' matmuls at "
+            "peak FLOP/s, which the cost model does not cost (a lower bound on their time)"
+            if estimate.uncosted_kernel_seconds
+            else ""
+        )
+    )
     return {
         "source": "the TPU compiler's cost model (cost_analysis()['optimal_seconds']), "
-                  "not a measurement",
+        "not a measurement",
         "method": how,
         "seconds_per_step": seconds,
         "peak_tflops_per_device": peak_tflops,
-        "implied_mfu": estimate.mfu(plan.model_flops_per_step, plan.num_devices,
-                                    peak_tflops * 1e12),
+        "implied_mfu": estimate.mfu(
+            plan.model_flops_per_step, plan.num_devices, peak_tflops * 1e12
+        ),
         "positions_per_second": plan.positions_per_step / seconds,
         "days_for_train_steps": seconds * job.train_steps / 86400,
-        "timing_points": [{"encoder_layers": d[0], "decoder_layers": d[1],
-                           "optimal_seconds": t} for d, t in estimate.points],
+        "timing_points": [
+            {"encoder_layers": d[0], "decoder_layers": d[1], "optimal_seconds": t}
+            for d, t in estimate.points
+        ],
         "timing_compile_seconds": estimate.compile_seconds,
         "uncosted_kernel_seconds": estimate.uncosted_kernel_seconds,
     }
@@ -201,13 +250,23 @@ def _duration(days: float) -> str:
 
 def format_text(result: dict[str, Any]) -> str:
     """A human-readable rendering of `report(...)`."""
-    lines = (_header_lines(result) + [""] + _memory_lines(result["memory_per_device"]) + [""]
-             + _flops_lines(result) + [""] + _step_time_lines(result))
+    lines = (
+        _header_lines(result)
+        + [""]
+        + _memory_lines(result["memory_per_device"])
+        + [""]
+        + _flops_lines(result)
+        + [""]
+        + _step_time_lines(result)
+    )
     if len(result["compiled_points"]) > 1:
         lines += ["", "Compiled points (per device)"]
-        lines += [f"  {p['encoder_layers']:3d} + {p['decoder_layers']:<3d} layers: temporaries "
-                  f"{_size(p['temp_bytes'])}, total {_size(p['total_bytes'])}, traced matmul "
-                  f"FLOPs {p['traced_matmul_flops']:.4g}" for p in result["compiled_points"]]
+        lines += [
+            f"  {p['encoder_layers']:3d} + {p['decoder_layers']:<3d} layers: temporaries "
+            f"{_size(p['temp_bytes'])}, total {_size(p['total_bytes'])}, traced matmul "
+            f"FLOPs {p['traced_matmul_flops']:.4g}"
+            for p in result["compiled_points"]
+        ]
     timing = result.get("step_time", {}).get("timing_compile_seconds", 0.0)
     lines += ["", f"Compile time here: {result['compile_seconds'] + timing:.0f} s"]
     lines += [f"WARNING: {warning}" for warning in result["warnings"]]
@@ -223,8 +282,10 @@ def _header_lines(result: dict[str, Any]) -> list[str]:
     mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
     if "target" in result:
         target = result["target"]
-        devices = (f"{result['devices']} x {result['device_kind']} ({target['topology']} = "
-                   f"{target['cloud_type']}, compile-only devices)")
+        devices = (
+            f"{result['devices']} x {result['device_kind']} ({target['topology']} = "
+            f"{target['cloud_type']}, compile-only devices)"
+        )
     else:
         devices = f"{result['devices']} (emulated {result['device_kind']})"
     return [
@@ -260,11 +321,14 @@ def _memory_lines(mem: dict[str, Any]) -> list[str]:
     ]
     if "fits" in mem:
         share = f"{100 * mem['compiled_total_bytes'] / mem['device_memory_bytes']:.0f}%"
-        verdict = {True: f"fits ({share} of the device)",
-                   False: f"DOES NOT FIT ({share} of the device)",
-                   None: "unknown: see the warning below"}[mem["fits"]]
-        lines.append(f"  device memory                   {_size(mem['device_memory_bytes'])}   "
-                     f"{verdict}")
+        verdict = {
+            True: f"fits ({share} of the device)",
+            False: f"DOES NOT FIT ({share} of the device)",
+            None: "unknown: see the warning below",
+        }[mem["fits"]]
+        lines.append(
+            f"  device memory                   {_size(mem['device_memory_bytes'])}   {verdict}"
+        )
     return lines
 
 
@@ -294,8 +358,10 @@ def _step_time_lines(result: dict[str, Any]) -> list[str]:
             f"per device, {step['positions_per_second']:,.0f} positions/s, "
             f"{_duration(step['days_for_train_steps'])} for {result['train_steps']:,} steps",
             f"  from {step['method']}: "
-            + ", ".join(f"{p['encoder_layers']}+{p['decoder_layers']} layers "
-                        f"{p['optimal_seconds']:.4g} s" for p in step["timing_points"]),
+            + ", ".join(
+                f"{p['encoder_layers']}+{p['decoder_layers']} layers {p['optimal_seconds']:.4g} s"
+                for p in step["timing_points"]
+            ),
         ]
     if "step_time" in result:
         step = result["step_time"]
@@ -307,8 +373,11 @@ def _step_time_lines(result: dict[str, Any]) -> list[str]:
             f"{result['train_steps']:,} steps",
         ]
     if "target" in result:
-        why = ("--no_step_time" if result["target"]["cost_model"]
-               else "the GPU compiler has no cost model; give --devices N --peak_tflops for an "
-                    "assumed-MFU figure")
+        why = (
+            "--no_step_time"
+            if result["target"]["cost_model"]
+            else "the GPU compiler has no cost model; give --devices N --peak_tflops for an "
+            "assumed-MFU figure"
+        )
         return [f"Step time: not estimated ({why})"]
     return ["Step time: give --peak_tflops (and --mfu) to predict it"]

@@ -24,8 +24,8 @@ PROG = "alexatm-score"
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of alexatm-score."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common.add_model_arguments(parser)
     parser.add_argument("--input_file", required=True, help="JSONL with `input` and `target`")
     parser.add_argument("--output", help="write JSONL scores here (default: stdout)")
@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 def read_pairs(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, str]]:
     """(input, target) pairs of the JSONL file; exits naming a bad line."""
     try:
-        pairs = [(record["input"], record["target"])
-                 for record in iter_jsonl(pathlib.Path(path), ("input", "target"))]
+        pairs = [
+            (record["input"], record["target"])
+            for record in iter_jsonl(pathlib.Path(path), ("input", "target"))
+        ]
     except (OSError, ValueError) as e:
         common.fail(parser, f"--input_file: {e}")
     if not pairs:
@@ -62,9 +64,19 @@ def score(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         scores = text_model.score([p[0] for p in pairs], [p[1] for p in pairs])
     except ValueError as e:
         common.fail(parser, str(e))
-    lines = [json.dumps({"input": i, "target": t, "score_sum": s.score_sum,
-                         "score_mean": s.score_mean, "num_tokens": s.num_tokens},
-                        ensure_ascii=False) for (i, t), s in zip(pairs, scores)]
+    lines = [
+        json.dumps(
+            {
+                "input": i,
+                "target": t,
+                "score_sum": s.score_sum,
+                "score_mean": s.score_mean,
+                "num_tokens": s.num_tokens,
+            },
+            ensure_ascii=False,
+        )
+        for (i, t), s in zip(pairs, scores)
+    ]
     common.write_lines(lines, args.output, "scores")
     return 0
 

@@ -21,8 +21,12 @@ import os
 import sys
 from typing import Sequence
 
-from alexatm_jax.cli.errors import (UsageError, add_log_level_argument, configure_logging,
-                                   run_command)
+from alexatm_jax.cli.errors import (
+    UsageError,
+    add_log_level_argument,
+    configure_logging,
+    run_command,
+)
 from alexatm_jax.cli.gin_flags import gin_bindings
 from alexatm_jax.storage import absolute
 
@@ -45,29 +49,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Train an AlexaTM-style encoder-decoder as configured by gin files. Extra "
-                    "arguments --gin.KEY=VALUE are gin bindings applied after the files, e.g. "
-                    "--gin.TRAIN_STEPS=20 --gin.MESH_FSDP=2 --gin.train.log_every=1.")
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin file (repeatable; searched as given, in the current directory, "
-                             "the repository root and gin/), e.g. "
-                             "gin/experiments/smoke_cpu.gin")
-    parser.add_argument("--gin_search_path", action="append", default=[],
-                        help="extra directory to search for gin files and their includes")
-    parser.add_argument("--model_dir", default=None,
-                        help="where checkpoints, metrics and configs go: a local path or a URL "
-                             "such as gs://bucket/run (same as "
-                             "--gin.MODEL_DIR=\"'DIR'\"; this flag wins)")
-    parser.add_argument("--num_cpu_devices", type=int, default=_env_int(NUM_CPU_DEVICES_ENV),
-                        help=f"emulate N CPU devices (env {NUM_CPU_DEVICES_ENV}); for testing "
-                             "meshes on a laptop")
-    parser.add_argument("--coordinator_address", default=os.environ.get(COORDINATOR_ENV),
-                        help=f"host:port of process 0 for multi-process runs (env "
-                             f"{COORDINATOR_ENV}); on Cloud TPU VMs processes find each other "
-                             "automatically")
-    parser.add_argument("--num_processes", type=int, default=_env_int(NUM_PROCESSES_ENV),
-                        help=f"number of processes of a multi-process run (env {NUM_PROCESSES_ENV})")
-    parser.add_argument("--process_id", type=int, default=_env_int(PROCESS_ID_ENV),
-                        help=f"this process's index, 0..num_processes-1 (env {PROCESS_ID_ENV})")
+        "arguments --gin.KEY=VALUE are gin bindings applied after the files, e.g. "
+        "--gin.TRAIN_STEPS=20 --gin.MESH_FSDP=2 --gin.train.log_every=1.",
+    )
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin file (repeatable; searched as given, in the current directory, "
+        "the repository root and gin/), e.g. "
+        "gin/experiments/smoke_cpu.gin",
+    )
+    parser.add_argument(
+        "--gin_search_path",
+        action="append",
+        default=[],
+        help="extra directory to search for gin files and their includes",
+    )
+    parser.add_argument(
+        "--model_dir",
+        default=None,
+        help="where checkpoints, metrics and configs go: a local path or a URL "
+        "such as gs://bucket/run (same as "
+        "--gin.MODEL_DIR=\"'DIR'\"; this flag wins)",
+    )
+    parser.add_argument(
+        "--num_cpu_devices",
+        type=int,
+        default=_env_int(NUM_CPU_DEVICES_ENV),
+        help=f"emulate N CPU devices (env {NUM_CPU_DEVICES_ENV}); for testing meshes on a laptop",
+    )
+    parser.add_argument(
+        "--coordinator_address",
+        default=os.environ.get(COORDINATOR_ENV),
+        help=f"host:port of process 0 for multi-process runs (env "
+        f"{COORDINATOR_ENV}); on Cloud TPU VMs processes find each other "
+        "automatically",
+    )
+    parser.add_argument(
+        "--num_processes",
+        type=int,
+        default=_env_int(NUM_PROCESSES_ENV),
+        help=f"number of processes of a multi-process run (env {NUM_PROCESSES_ENV})",
+    )
+    parser.add_argument(
+        "--process_id",
+        type=int,
+        default=_env_int(PROCESS_ID_ENV),
+        help=f"this process's index, 0..num_processes-1 (env {PROCESS_ID_ENV})",
+    )
     add_log_level_argument(parser)
     return parser
 
@@ -78,14 +108,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     args, rest = parser.parse_known_args(argv)
     bindings = gin_bindings(parser, rest, "--gin.TRAIN_STEPS=20")
     if not args.gin_file:
-        parser.error("give at least one --gin_file, e.g. "
-                     "--gin_file=gin/experiments/smoke_cpu.gin")
+        parser.error("give at least one --gin_file, e.g. --gin_file=gin/experiments/smoke_cpu.gin")
     if args.num_cpu_devices is not None and args.num_cpu_devices < 1:
         parser.error(f"--num_cpu_devices must be >= 1, got {args.num_cpu_devices}")
     multi = (args.coordinator_address, args.num_processes, args.process_id)
     if any(v is not None for v in multi) and any(v is None for v in multi):
-        parser.error("multi-process runs need all of --coordinator_address, --num_processes and "
-                     f"--process_id (or {COORDINATOR_ENV}, {NUM_PROCESSES_ENV}, {PROCESS_ID_ENV})")
+        parser.error(
+            "multi-process runs need all of --coordinator_address, --num_processes and "
+            f"--process_id (or {COORDINATOR_ENV}, {NUM_PROCESSES_ENV}, {PROCESS_ID_ENV})"
+        )
     if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
         parser.error(f"--process_id must be in [0, {args.num_processes}), got {args.process_id}")
     if args.model_dir is not None:
@@ -112,8 +143,11 @@ def initialize_jax(args: argparse.Namespace) -> None:
     if args.num_cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
     if args.coordinator_address is not None:
-        jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                   num_processes=args.num_processes, process_id=args.process_id)
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
     elif on_cloud_tpu_vm():
         jax.distributed.initialize()
 
@@ -126,8 +160,10 @@ def _register_data_configurables() -> None:
     try:
         import tasks  # noqa: F401
     except ImportError as error:
-        logging.warning("the SeqIO data pipeline is unavailable (%s); only "
-                        "train.data_source='synthetic' works", error)
+        logging.warning(
+            "the SeqIO data pipeline is unavailable (%s); only train.data_source='synthetic' works",
+            error,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,13 +189,17 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
         raise UsageError(f"gin configuration: {error}") from error
     try:
         result = train(config)
-    except (ArchitectureMismatchError, IncompatibleCheckpointError,
-            InvalidTrainArguments) as error:  # refused before MODEL_DIR was touched
+    except (
+        ArchitectureMismatchError,
+        IncompatibleCheckpointError,
+        InvalidTrainArguments,
+    ) as error:  # refused before MODEL_DIR was touched
         raise UsageError(str(error)) from error
-    print(f"{PROG}: finished at step {result.final_step}"
-          + (f" (stopped by {result.stopped_by_signal})" if result.stopped_by_signal else "")
-          + (f"; {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps
-             else ""))
+    print(
+        f"{PROG}: finished at step {result.final_step}"
+        + (f" (stopped by {result.stopped_by_signal})" if result.stopped_by_signal else "")
+        + (f"; {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps else "")
+    )
     return 0
 
 

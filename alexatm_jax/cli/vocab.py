@@ -140,8 +140,7 @@ def _info(args: argparse.Namespace) -> None:
     print(f"reserved tags: {tags}; byte-fallback pieces: {byte_pieces}")
     if ids.pad != 0:
         print(
-            "note: pad is not 0; SeqIO feature converters pad with 0 "
-            "(see docs/data.md#vocabulary)"
+            "note: pad is not 0; SeqIO feature converters pad with 0 (see docs/data.md#vocabulary)"
         )
 
 

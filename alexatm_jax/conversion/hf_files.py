@@ -21,8 +21,13 @@ SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_SINGLE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
-TOKENIZER_PATTERNS = ("*.model", "tokenizer.json", "tokenizer_config.json",
-                      "special_tokens_map.json", "added_tokens.json")
+TOKENIZER_PATTERNS = (
+    "*.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
 
 class WeightFile(Protocol):
@@ -48,15 +53,17 @@ class TorchBinFile:
         except ImportError as error:
             raise ImportError(
                 f"{path} is a PyTorch .bin file and reading it needs torch (pip install torch); "
-                "safetensors files need no torch") from error
+                "safetensors files need no torch"
+            ) from error
         self._torch = torch
         self.path = os.fspath(path)
         try:
             self._state = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
         except Exception as error:  # torch's messages do not name the file
-            raise ValueError(f"{self.path} is not a readable PyTorch weight file "
-                             f"({type(error).__name__}: {str(error).splitlines()[0][:300]})"
-                             ) from error
+            raise ValueError(
+                f"{self.path} is not a readable PyTorch weight file "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+            ) from error
 
     def keys(self) -> list[str]:
         """Tensor names in file order."""
@@ -89,7 +96,8 @@ def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
     path = pathlib.Path(hf_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{hf_dir} has no config.json: is it a HuggingFace model directory?")
+            f"{hf_dir} has no config.json: is it a HuggingFace model directory?"
+        )
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
@@ -121,7 +129,8 @@ def find_weight_files(hf_dir: str | os.PathLike) -> list[pathlib.Path]:
         return _indexed_files(d / TORCH_INDEX)
     raise FileNotFoundError(
         f"{d} has no weights: expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX}, *.safetensors, "
-        f"{TORCH_SINGLE} or {TORCH_INDEX}")
+        f"{TORCH_SINGLE} or {TORCH_INDEX}"
+    )
 
 
 def open_weight_file(path: str | os.PathLike) -> WeightFile:

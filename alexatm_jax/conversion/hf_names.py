@@ -48,7 +48,9 @@ class TensorMapping:
         if self.kind == "linear":
             return t
         if self.kind == "q_kv":
-            return t.reshape(t.shape[0], self.heads, -1) if t.ndim == 2 else t.reshape(self.heads, -1)
+            return (
+                t.reshape(t.shape[0], self.heads, -1) if t.ndim == 2 else t.reshape(self.heads, -1)
+            )
         if self.kind == "attn_out":
             return t.reshape(self.heads, -1, t.shape[-1])
         raise ValueError(f"unknown mapping kind {self.kind!r}")
@@ -60,7 +62,9 @@ class TensorMapping:
         if self.kind == "row":
             return (1, int(np.prod(shape)))
         if self.kind == "q_kv":
-            return (int(np.prod(shape[1:])), shape[0]) if len(shape) == 3 else (int(np.prod(shape)),)
+            return (
+                (int(np.prod(shape[1:])), shape[0]) if len(shape) == 3 else (int(np.prod(shape)),)
+            )
         if self.kind == "attn_out":
             return (shape[-1], int(np.prod(shape[:-1])))
         return tuple(reversed(shape))
@@ -79,18 +83,26 @@ class TensorMapping:
         return array.T
 
 
-def _linear(hf_prefix: str, path: Path, kind: str = "linear", heads: int = 0) -> list[TensorMapping]:
+def _linear(
+    hf_prefix: str, path: Path, kind: str = "linear", heads: int = 0
+) -> list[TensorMapping]:
     bias_kind = "q_kv" if kind == "q_kv" else "copy"
-    return [TensorMapping(f"{hf_prefix}.weight", path + ("kernel",), kind, heads),
-            TensorMapping(f"{hf_prefix}.bias", path + ("bias",), bias_kind, heads)]
+    return [
+        TensorMapping(f"{hf_prefix}.weight", path + ("kernel",), kind, heads),
+        TensorMapping(f"{hf_prefix}.bias", path + ("bias",), bias_kind, heads),
+    ]
 
 
 def _norm(hf_prefix: str, path: Path) -> list[TensorMapping]:
-    return [TensorMapping(f"{hf_prefix}.weight", path + ("scale",), "copy"),
-            TensorMapping(f"{hf_prefix}.bias", path + ("bias",), "copy")]
+    return [
+        TensorMapping(f"{hf_prefix}.weight", path + ("scale",), "copy"),
+        TensorMapping(f"{hf_prefix}.bias", path + ("bias",), "copy"),
+    ]
 
 
-def _attention(hf_prefix: str, names: dict[str, str], path: Path, heads: int) -> list[TensorMapping]:
+def _attention(
+    hf_prefix: str, names: dict[str, str], path: Path, heads: int
+) -> list[TensorMapping]:
     out = []
     for ours in ("query", "key", "value"):
         out += _linear(f"{hf_prefix}.{names[ours]}", path + (ours,), "q_kv", heads)
@@ -101,11 +113,13 @@ def encoder_layer_mappings(cfg: ModelConfig, i: int, layer_path: Path) -> list[T
     """Mappings of encoder layer i (HF `pre_ln_encoder.layer.{i}`) onto `layer_path`."""
     p = f"model.encoder.pre_ln_encoder.layer.{i}"
     names = {"query": "self.query", "key": "self.key", "value": "self.value", "out": "output.dense"}
-    return (_norm(f"{p}.layer_norm", layer_path + ("attention_norm",))
-            + _attention(f"{p}.attention", names, layer_path + ("attention",), cfg.num_encoder_heads)
-            + _norm(f"{p}.intermediate.layer_norm", layer_path + ("mlp_norm",))
-            + _linear(f"{p}.intermediate.dense", layer_path + ("mlp", "wi"))
-            + _linear(f"{p}.output.dense", layer_path + ("mlp", "wo")))
+    return (
+        _norm(f"{p}.layer_norm", layer_path + ("attention_norm",))
+        + _attention(f"{p}.attention", names, layer_path + ("attention",), cfg.num_encoder_heads)
+        + _norm(f"{p}.intermediate.layer_norm", layer_path + ("mlp_norm",))
+        + _linear(f"{p}.intermediate.dense", layer_path + ("mlp", "wi"))
+        + _linear(f"{p}.output.dense", layer_path + ("mlp", "wo"))
+    )
 
 
 def decoder_layer_mappings(cfg: ModelConfig, i: int, layer_path: Path) -> list[TensorMapping]:
@@ -113,30 +127,42 @@ def decoder_layer_mappings(cfg: ModelConfig, i: int, layer_path: Path) -> list[T
     p = f"model.decoder.layers.{i}"
     names = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "out_proj"}
     h = cfg.num_decoder_heads
-    return (_norm(f"{p}.self_attn_layer_norm", layer_path + ("self_attention_norm",))
-            + _attention(f"{p}.self_attn", names, layer_path + ("self_attention",), h)
-            + _norm(f"{p}.encoder_attn_layer_norm", layer_path + ("cross_attention_norm",))
-            + _attention(f"{p}.encoder_attn", names, layer_path + ("cross_attention",), h)
-            + _norm(f"{p}.final_layer_norm", layer_path + ("mlp_norm",))
-            + _linear(f"{p}.fc1", layer_path + ("mlp", "wi"))
-            + _linear(f"{p}.fc2", layer_path + ("mlp", "wo")))
+    return (
+        _norm(f"{p}.self_attn_layer_norm", layer_path + ("self_attention_norm",))
+        + _attention(f"{p}.self_attn", names, layer_path + ("self_attention",), h)
+        + _norm(f"{p}.encoder_attn_layer_norm", layer_path + ("cross_attention_norm",))
+        + _attention(f"{p}.encoder_attn", names, layer_path + ("cross_attention",), h)
+        + _norm(f"{p}.final_layer_norm", layer_path + ("mlp_norm",))
+        + _linear(f"{p}.fc1", layer_path + ("mlp", "wi"))
+        + _linear(f"{p}.fc2", layer_path + ("mlp", "wo"))
+    )
 
 
 def tensor_mappings(cfg: ModelConfig) -> Iterator[TensorMapping]:
     """Every parameter of `cfg`, in HF state-dict order, with paths in the unscanned layout."""
     yield TensorMapping("model.shared.weight", ("token_embedder", "embedding"), "copy")
-    yield TensorMapping("model.encoder.position_embeddings.weight",
-                        ("encoder", "position_embedder", "embedding"), "copy")
-    yield TensorMapping("model.encoder.token_type_embeddings.weight",
-                        ("encoder", "token_type_embedder", "embedding"), "copy")
+    yield TensorMapping(
+        "model.encoder.position_embeddings.weight",
+        ("encoder", "position_embedder", "embedding"),
+        "copy",
+    )
+    yield TensorMapping(
+        "model.encoder.token_type_embeddings.weight",
+        ("encoder", "token_type_embedder", "embedding"),
+        "copy",
+    )
     for i in range(cfg.num_encoder_layers):
         yield from encoder_layer_mappings(cfg, i, ("encoder", f"layers_{i}"))
     yield from _norm("model.encoder.pre_ln_encoder.layer_norm", ("encoder", "final_norm"))
     if not cfg.share_embeddings:
-        yield TensorMapping("model.decoder.embed_tokens.weight",
-                            ("decoder_token_embedder", "embedding"), "copy")
-    yield TensorMapping("model.decoder.embed_positions.weight",
-                        ("decoder", "position_embedder", "embedding"), "copy")
+        yield TensorMapping(
+            "model.decoder.embed_tokens.weight", ("decoder_token_embedder", "embedding"), "copy"
+        )
+    yield TensorMapping(
+        "model.decoder.embed_positions.weight",
+        ("decoder", "position_embedder", "embedding"),
+        "copy",
+    )
     for i in range(cfg.num_decoder_layers):
         yield from decoder_layer_mappings(cfg, i, ("decoder", f"layers_{i}"))
     yield from _norm("model.decoder.layernorm_output", ("decoder", "final_norm"))

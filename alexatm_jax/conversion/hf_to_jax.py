@@ -85,8 +85,9 @@ def allocation_shapes(slots: dict[str, Slot]) -> dict[tuple[str, ...], tuple[int
         shapes[slot.path] = slot.shape
         if slot.layer is not None:
             layers[slot.path] = max(layers.get(slot.path, 0), slot.layer + 1)
-    return {path: ((layers[path],) if path in layers else ()) + shape
-            for path, shape in shapes.items()}
+    return {
+        path: ((layers[path],) if path in layers else ()) + shape for path, shape in shapes.items()
+    }
 
 
 def _listing(items: list[str]) -> str:
@@ -95,16 +96,20 @@ def _listing(items: list[str]) -> str:
     return shown + (f", ... and {hidden} more" if hidden > 0 else "")
 
 
-def check_keys(stored: dict[str, StoredTensor], slots: dict[str, Slot],
-               aliases: dict[str, str], source: str) -> None:
+def check_keys(
+    stored: dict[str, StoredTensor], slots: dict[str, Slot], aliases: dict[str, str], source: str
+) -> None:
     """Raise ValueError listing missing keys, unexpected keys and wrong shapes, if any."""
     present = {aliases.get(key, key) for key in stored}
     missing = sorted(k for k in slots if k not in present and k not in OPTIONAL_HF_KEYS)
-    unexpected = sorted(k for k in stored
-                        if k not in IGNORED_HF_KEYS and aliases.get(k, k) not in slots)
-    wrong = sorted(f"{k} {list(t.shape)} (expected {list(slots[aliases.get(k, k)].hf_shape)})"
-                   for k, t in stored.items()
-                   if aliases.get(k, k) in slots and t.shape != slots[aliases.get(k, k)].hf_shape)
+    unexpected = sorted(
+        k for k in stored if k not in IGNORED_HF_KEYS and aliases.get(k, k) not in slots
+    )
+    wrong = sorted(
+        f"{k} {list(t.shape)} (expected {list(slots[aliases.get(k, k)].hf_shape)})"
+        for k, t in stored.items()
+        if aliases.get(k, k) in slots and t.shape != slots[aliases.get(k, k)].hf_shape
+    )
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
@@ -118,14 +123,21 @@ def check_keys(stored: dict[str, StoredTensor], slots: dict[str, Slot],
 
 def source_dtype(stored: dict[str, StoredTensor]) -> str:
     """The floating dtype shared by all stored tensors, or float32 when they mix dtypes."""
-    floating = {t.dtype.name for t in stored.values()
-                if np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16"}
+    floating = {
+        t.dtype.name
+        for t in stored.values()
+        if np.issubdtype(t.dtype, np.floating) or t.dtype.name == "bfloat16"
+    }
     return floating.pop() if len(floating) == 1 else "float32"
 
 
-def load_hf_params(files: list[pathlib.Path], config: ModelConfig,
-                   stored: dict[str, StoredTensor] | None = None, *,
-                   show_progress: bool = True) -> Params:
+def load_hf_params(
+    files: list[pathlib.Path],
+    config: ModelConfig,
+    stored: dict[str, StoredTensor] | None = None,
+    *,
+    show_progress: bool = True,
+) -> Params:
     """Numpy parameter tree (config's layout and param_dtype) filled from the weight files.
 
     `stored`: the files' `inventory` when already read. Keys and shapes are checked before any
@@ -139,8 +151,9 @@ def load_hf_params(files: list[pathlib.Path], config: ModelConfig,
     flat = {path: np.empty(shape, dtype) for path, shape in allocation_shapes(slots).items()}
     filled: dict[str, str] = {}
     total = sum(int(np.prod(t.shape)) * t.dtype.itemsize for t in stored.values())
-    with tqdm(total=total, unit="B", unit_scale=True, desc="hf->jax",
-              disable=not show_progress) as progress:
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="hf->jax", disable=not show_progress
+    ) as progress:
         for handle in hf_files.iter_weight_files(files):
             for key in handle.keys():
                 progress.update(int(np.prod(stored[key].shape)) * stored[key].dtype.itemsize)
@@ -155,7 +168,8 @@ def load_hf_params(files: list[pathlib.Path], config: ModelConfig,
                         raise ValueError(
                             f"{key} and {filled[canonical]} must hold the same tensor for "
                             f"share_embeddings={config.share_embeddings}, tie_word_embeddings="
-                            f"{config.tie_word_embeddings}, but they differ: fix config.json")
+                            f"{config.tie_word_embeddings}, but they differ: fix config.json"
+                        )
                     continue
                 target[...] = value
                 filled[canonical] = key
@@ -166,9 +180,15 @@ def load_hf_params(files: list[pathlib.Path], config: ModelConfig,
     return traverse_util.unflatten_dict(flat)
 
 
-def convert_hf_to_checkpoint(hf_dir: str | os.PathLike, out: str | os.PathLike, *,
-                             scan_layers: bool = False, dtype: str | None = None,
-                             overwrite: bool = False, show_progress: bool = True) -> pathlib.Path:
+def convert_hf_to_checkpoint(
+    hf_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    scan_layers: bool = False,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> pathlib.Path:
     """Convert a HuggingFace AlexaTM directory into a model checkpoint at `out`.
 
     dtype: parameter dtype of the checkpoint (float32 or bfloat16); default: the source's.
@@ -181,5 +201,11 @@ def convert_hf_to_checkpoint(hf_dir: str | os.PathLike, out: str | os.PathLike, 
     config = hf_config_to_model_config(hf_files.read_hf_config(hf_dir), scan_layers=scan_layers)
     config = config.replace(param_dtype=dtype or source_dtype(stored))
     params = load_hf_params(files, config, stored, show_progress=show_progress)
-    return save_model_checkpoint(out, config, params, hf_files.tokenizer_files(hf_dir),
-                                 source=f"huggingface:{hf_dir.absolute()}", overwrite=overwrite)
+    return save_model_checkpoint(
+        out,
+        config,
+        params,
+        hf_files.tokenizer_files(hf_dir),
+        source=f"huggingface:{hf_dir.absolute()}",
+        overwrite=overwrite,
+    )

@@ -30,8 +30,16 @@ from alexatm_jax.model.layout import split_layer_path
 
 POSITION_IDS_KEY = "model.encoder.position_ids"
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)?\s*", re.IGNORECASE)
-_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -73,9 +81,15 @@ def plan_shards(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[Tens
     return shards
 
 
-def export_checkpoint_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
-                            dtype: str | None = None, max_shard_size: str | int = "5GB",
-                            overwrite: bool = False, show_progress: bool = True) -> pathlib.Path:
+def export_checkpoint_to_hf(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> pathlib.Path:
     """Write the model checkpoint `checkpoint` as a HuggingFace AlexaTM directory at `out`.
 
     dtype: float32 or bfloat16 (default: the checkpoint's). Shards hold at most
@@ -88,13 +102,24 @@ def export_checkpoint_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLik
     tensors = hf_tensors(config, params)
     specs = [TensorSpec(key, t.dtype, tuple(t.shape)) for key, t in tensors.items()]
     shards = plan_shards(specs, max_bytes)
-    names = ([SAFETENSORS_SINGLE] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+        [SAFETENSORS_SINGLE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     hf_config = model_config_to_hf_config(config) | {"torch_dtype": config.param_dtype}
     tokenizer = tokenizer_dir(checkpoint)
-    with atomic_directory(out, overwrite) as tmp, tqdm(
-            total=sum(s.nbytes for s in specs), unit="B", unit_scale=True, desc="jax->hf",
-            disable=not show_progress) as progress:
+    with (
+        atomic_directory(out, overwrite) as tmp,
+        tqdm(
+            total=sum(s.nbytes for s in specs),
+            unit="B",
+            unit_scale=True,
+            desc="jax->hf",
+            disable=not show_progress,
+        ) as progress,
+    ):
+
         def produce(spec: TensorSpec) -> np.ndarray:
             progress.update(spec.nbytes)
             return tensors.pop(spec.name)
@@ -102,9 +127,10 @@ def export_checkpoint_to_hf(checkpoint: str | os.PathLike, out: str | os.PathLik
         for name, shard in zip(names, shards):
             write_safetensors(tmp / name, shard, produce, metadata={"format": "pt"})
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
-                     "weight_map": {s.name: name for name, shard in zip(names, shards)
-                                    for s in shard}}
+            index = {
+                "metadata": {"total_size": sum(s.nbytes for s in specs)},
+                "weight_map": {s.name: name for name, shard in zip(names, shards) for s in shard},
+            }
             (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         for f in sorted(tokenizer.iterdir()) if tokenizer else ():

@@ -20,9 +20,15 @@ import ml_dtypes
 import numpy as np
 
 DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
 CODES = {dtype: code for code, dtype in DTYPES.items()}
@@ -43,16 +49,27 @@ class SafetensorsFile:
                 header = json.loads(f.read(header_len))
             self.metadata: dict[str, str] = header.pop("__metadata__", {}) or {}
             data_bytes = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
-        except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError,
-                AttributeError, IndexError) as error:
-            raise ValueError(f"{self.path} is not a readable safetensors file (damaged header: "
-                             f"{type(error).__name__}: {error})") from error
+        except (
+            struct.error,
+            ValueError,
+            UnicodeDecodeError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+        ) as error:
+            raise ValueError(
+                f"{self.path} is not a readable safetensors file (damaged header: "
+                f"{type(error).__name__}: {error})"
+            ) from error
         self._entries = header
         self._data_start = 8 + header_len
         size = os.path.getsize(self.path)
         if size < self._data_start + data_bytes:
-            raise ValueError(f"{self.path} is truncated: its header lists "
-                             f"{self._data_start + data_bytes} bytes, the file has {size}")
+            raise ValueError(
+                f"{self.path} is truncated: its header lists "
+                f"{self._data_start + data_bytes} bytes, the file has {size}"
+            )
         self._buffer: np.memmap | None = None
 
     def keys(self) -> list[str]:
@@ -75,7 +92,7 @@ class SafetensorsFile:
         if self._buffer is None:
             self._buffer = np.memmap(self.path, dtype=np.uint8, mode="r")
         begin, end = self._entries[key]["data_offsets"]
-        raw = self._buffer[self._data_start + begin:self._data_start + end]
+        raw = self._buffer[self._data_start + begin : self._data_start + end]
         return raw.view(self.dtype(key)).reshape(self.shape(key))
 
     def close(self) -> None:
@@ -103,9 +120,12 @@ class TensorSpec:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
-def write_safetensors(path: str | os.PathLike, specs: Iterable[TensorSpec],
-                      produce: Callable[[TensorSpec], np.ndarray],
-                      metadata: dict[str, str] | None = None) -> int:
+def write_safetensors(
+    path: str | os.PathLike,
+    specs: Iterable[TensorSpec],
+    produce: Callable[[TensorSpec], np.ndarray],
+    metadata: dict[str, str] | None = None,
+) -> int:
     """Write the tensors `specs` (in order), calling `produce(spec)` for each one's data.
 
     Only one produced tensor is alive at a time. Returns the number of data bytes written.
@@ -116,8 +136,11 @@ def write_safetensors(path: str | os.PathLike, specs: Iterable[TensorSpec],
     for spec in specs:
         if np.dtype(spec.dtype) not in CODES:
             raise ValueError(f"{spec.name}: dtype {spec.dtype} has no safetensors code")
-        header[spec.name] = {"dtype": CODES[np.dtype(spec.dtype)], "shape": list(spec.shape),
-                             "data_offsets": [offset, offset + spec.nbytes]}
+        header[spec.name] = {
+            "dtype": CODES[np.dtype(spec.dtype)],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
         offset += spec.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % _ALIGNMENT)
@@ -127,7 +150,9 @@ def write_safetensors(path: str | os.PathLike, specs: Iterable[TensorSpec],
         for spec in specs:
             array = produce(spec)
             if tuple(array.shape) != tuple(spec.shape) or array.dtype != np.dtype(spec.dtype):
-                raise ValueError(f"{spec.name}: produced {array.dtype}{list(array.shape)}, "
-                                 f"declared {np.dtype(spec.dtype)}{list(spec.shape)}")
+                raise ValueError(
+                    f"{spec.name}: produced {array.dtype}{list(array.shape)}, "
+                    f"declared {np.dtype(spec.dtype)}{list(spec.shape)}"
+                )
             f.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
     return offset

@@ -36,7 +36,8 @@ def per_host_batch_size(global_batch_size: int, partitioner: Any) -> int:
     if global_batch_size < 1 or global_batch_size % shards:
         raise ValueError(
             f"batch_size={global_batch_size} must be a positive multiple of the {shards} batch "
-            f"shards of {partitioner} (the product of its replica, data and fsdp axes)")
+            f"shards of {partitioner} (the product of its replica, data and fsdp axes)"
+        )
     _, num_data_shards = partitioner.data_shard_info()
     return global_batch_size // num_data_shards
 

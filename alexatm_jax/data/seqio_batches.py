@@ -39,12 +39,17 @@ STATE_FORMAT = 2
 RESUME_MODES = ("exact", "reseed")
 
 
-def stream_identity(*, mixture: str, split: str, sequence_length: Mapping[str, int],
-                    num_shards: int, pack: bool) -> dict[str, Any]:
+def stream_identity(
+    *, mixture: str, split: str, sequence_length: Mapping[str, int], num_shards: int, pack: bool
+) -> dict[str, Any]:
     """The JSON fields that must match for a saved position to mean the same examples."""
-    return {"mixture": mixture, "split": split,
-            "sequence_length": {k: int(v) for k, v in sorted(sequence_length.items())},
-            "num_shards": int(num_shards), "pack": bool(pack)}
+    return {
+        "mixture": mixture,
+        "split": split,
+        "sequence_length": {k: int(v) for k, v in sorted(sequence_length.items())},
+        "num_shards": int(num_shards),
+        "pack": bool(pack),
+    }
 
 
 def derived_seed(seed: int, examples_consumed: int) -> int:
@@ -52,20 +57,39 @@ def derived_seed(seed: int, examples_consumed: int) -> int:
     return (int(seed) * 1_000_003 + int(examples_consumed)) % (2**31 - 1)
 
 
-def build_dataset(*, mixture: str, split: str, seed: int, sequence_length: Mapping[str, int],
-                  shard_index: int, num_shards: int, data_dir: str | None,
-                  vocab_path: str | None, pack: bool, repeat: bool,
-                  decoder_start_token_id: int) -> Any:
+def build_dataset(
+    *,
+    mixture: str,
+    split: str,
+    seed: int,
+    sequence_length: Mapping[str, int],
+    shard_index: int,
+    num_shards: int,
+    data_dir: str | None,
+    vocab_path: str | None,
+    pack: bool,
+    repeat: bool,
+    decoder_start_token_id: int,
+) -> Any:
     """The deterministic `tf.data.Dataset` of EncDec feature dicts for one data shard.
 
     `repeat=True` cycles through the split forever, else it is read once.
     """
     import tasks  # imported here: TensorFlow and SeqIO load only when a SeqIO source is built
+
     return tasks.get_dataset(
-        mixture, sequence_length=dict(sequence_length), split=split, seed=seed,
-        shard_index=shard_index, num_shards=num_shards, data_dir=data_dir,
-        vocab_path=vocab_path, pack=pack, num_epochs=None if repeat else 1,
-        decoder_start_id=decoder_start_token_id)
+        mixture,
+        sequence_length=dict(sequence_length),
+        split=split,
+        seed=seed,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        data_dir=data_dir,
+        vocab_path=vocab_path,
+        pack=pack,
+        num_epochs=None if repeat else 1,
+        decoder_start_id=decoder_start_token_id,
+    )
 
 
 def check_dataset(*, mixture: str, data_dir: str | None, vocab_path: str | None) -> None:
@@ -75,16 +99,20 @@ def check_dataset(*, mixture: str, data_dir: str | None, vocab_path: str | None)
     import dataclasses
 
     import tasks
+
     config = tasks.MixtureConfig()
-    tasks.register_for(mixture, data_dir=data_dir,
-                       config=dataclasses.replace(config, vocab_path=vocab_path) if vocab_path
-                       else config)
+    tasks.register_for(
+        mixture,
+        data_dir=data_dir,
+        config=dataclasses.replace(config, vocab_path=vocab_path) if vocab_path else config,
+    )
 
 
 def pipeline_report() -> tuple[dict[str, int], dict[str, str]]:
     """(the input pipeline's counters over all tasks, {path: why} of the files it skipped) of
     this process; see tasks/counters.py."""
     import tasks
+
     return tasks.pipeline_counter_totals(), tasks.bad_files()
 
 
@@ -95,29 +123,53 @@ class SeqioHostBatches:
     raises StopIteration at its end. `resume_state` is a previous `state()`.
     """
 
-    def __init__(self, *, mixture: str, sequence_length: Mapping[str, int], split: str,
-                 seed: int, shard_index: int, num_shards: int, per_host_batch_size: int,
-                 data_dir: str | None = None, vocab_path: str | None = None, pack: bool = True,
-                 repeat: bool = True, decoder_start_token_id: int = 0,
-                 resume_state: Mapping[str, Any] | None = None,
-                 resume_mode: str = "exact") -> None:
+    def __init__(
+        self,
+        *,
+        mixture: str,
+        sequence_length: Mapping[str, int],
+        split: str,
+        seed: int,
+        shard_index: int,
+        num_shards: int,
+        per_host_batch_size: int,
+        data_dir: str | None = None,
+        vocab_path: str | None = None,
+        pack: bool = True,
+        repeat: bool = True,
+        decoder_start_token_id: int = 0,
+        resume_state: Mapping[str, Any] | None = None,
+        resume_mode: str = "exact",
+    ) -> None:
         import tensorflow as tf
 
         if resume_mode not in RESUME_MODES:
             raise ValueError(f"resume_mode must be one of {RESUME_MODES}, got {resume_mode!r}")
         self.per_host_batch_size = per_host_batch_size
-        self.identity = stream_identity(mixture=mixture, split=split,
-                                        sequence_length=sequence_length,
-                                        num_shards=num_shards, pack=pack)
+        self.identity = stream_identity(
+            mixture=mixture,
+            split=split,
+            sequence_length=sequence_length,
+            num_shards=num_shards,
+            pack=pack,
+        )
         self.examples_consumed = 0  # in total, over every stream of the run
         self.stream_seed, self.stream_position = int(seed), 0
         if resume_state:
             self._resume(resume_state, resume_mode, seed)
-        dataset = build_dataset(mixture=mixture, split=split, seed=self.stream_seed,
-                                sequence_length=sequence_length, shard_index=shard_index,
-                                num_shards=num_shards, data_dir=data_dir,
-                                vocab_path=vocab_path, pack=pack, repeat=repeat,
-                                decoder_start_token_id=decoder_start_token_id)
+        dataset = build_dataset(
+            mixture=mixture,
+            split=split,
+            seed=self.stream_seed,
+            sequence_length=sequence_length,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            data_dir=data_dir,
+            vocab_path=vocab_path,
+            pack=pack,
+            repeat=repeat,
+            decoder_start_token_id=decoder_start_token_id,
+        )
         dataset = dataset.skip(self.stream_position)
         dataset = dataset.batch(per_host_batch_size, drop_remainder=True)
         self._iterator = dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
@@ -132,10 +184,14 @@ class SeqioHostBatches:
         self.stream_seed = int(state["stream_seed"])
         self.stream_position = int(state["stream_position"])
         if state.get("stream") != self.identity:
-            logger.warning("the data stream changed since the checkpoint (saved %s, now %s): the "
-                           "run cannot continue the same example order; skipping the %d examples "
-                           "per shard read so far in the new stream", state.get("stream"),
-                           self.identity, self.stream_position)
+            logger.warning(
+                "the data stream changed since the checkpoint (saved %s, now %s): the "
+                "run cannot continue the same example order; skipping the %d examples "
+                "per shard read so far in the new stream",
+                state.get("stream"),
+                self.identity,
+                self.stream_position,
+            )
 
     def next_batch(self) -> dict[str, np.ndarray]:
         """The next batch (int32 arrays of the training features present in the stream)."""
@@ -151,9 +207,14 @@ class SeqioHostBatches:
     def state(self) -> dict[str, Any]:
         """JSON: examples consumed in total, the current stream's seed and position in it, and
         the stream's identity."""
-        return {"source": "seqio", "format": STATE_FORMAT,
-                "examples_consumed": self.examples_consumed, "stream_seed": self.stream_seed,
-                "stream_position": self.stream_position, "stream": dict(self.identity)}
+        return {
+            "source": "seqio",
+            "format": STATE_FORMAT,
+            "examples_consumed": self.examples_consumed,
+            "stream_seed": self.stream_seed,
+            "stream_position": self.stream_position,
+            "stream": dict(self.identity),
+        }
 
 
 def resolve_vocabulary(vocab_path: str | None) -> tuple[str, int]:

@@ -20,10 +20,18 @@ class SyntheticHostBatches:
     decoder inputs are the targets shifted right behind `decoder_start_token_id`.
     """
 
-    def __init__(self, *, vocab_size: int, sequence_length: dict[str, int],
-                 per_host_batch_size: int, seed: int = 0, shard_index: int = 0,
-                 num_shards: int = 1, decoder_start_token_id: int = 0,
-                 resume_state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        sequence_length: dict[str, int],
+        per_host_batch_size: int,
+        seed: int = 0,
+        shard_index: int = 0,
+        num_shards: int = 1,
+        decoder_start_token_id: int = 0,
+        resume_state: dict[str, Any] | None = None,
+    ) -> None:
         if vocab_size <= FIRST_ORDINARY_ID:
             raise ValueError(f"vocab_size must exceed {FIRST_ORDINARY_ID}, got {vocab_size}")
         missing = {"inputs", "targets"} - set(sequence_length)
@@ -44,12 +52,15 @@ class SyntheticHostBatches:
         rng = np.random.default_rng((self.seed, self.shard_index, self.batches_consumed))
         self.batches_consumed += 1
         b = self.per_host_batch_size
-        inputs = rng.integers(FIRST_ORDINARY_ID, self.vocab_size, (b, self.inputs_length),
-                              dtype=np.int32)
-        targets = rng.integers(FIRST_ORDINARY_ID, self.vocab_size, (b, self.targets_length),
-                               dtype=np.int32)
+        inputs = rng.integers(
+            FIRST_ORDINARY_ID, self.vocab_size, (b, self.inputs_length), dtype=np.int32
+        )
+        targets = rng.integers(
+            FIRST_ORDINARY_ID, self.vocab_size, (b, self.targets_length), dtype=np.int32
+        )
         decoder_inputs = np.concatenate(
-            [np.full((b, 1), self.decoder_start_token_id, np.int32), targets[:, :-1]], axis=1)
+            [np.full((b, 1), self.decoder_start_token_id, np.int32), targets[:, :-1]], axis=1
+        )
         ones = lambda n: np.ones((b, n), np.int32)
         positions = lambda n: np.broadcast_to(np.arange(n, dtype=np.int32), (b, n)).copy()
         return {
@@ -65,6 +76,11 @@ class SyntheticHostBatches:
 
     def state(self) -> dict[str, Any]:
         """`{"source": "synthetic", "batches_consumed": n, ...}` (JSON)."""
-        return {"source": "synthetic", "batches_consumed": self.batches_consumed,
-                "seed": self.seed, "shard_index": self.shard_index,
-                "num_shards": self.num_shards, "per_host_batch_size": self.per_host_batch_size}
+        return {
+            "source": "synthetic",
+            "batches_consumed": self.batches_consumed,
+            "seed": self.seed,
+            "shard_index": self.shard_index,
+            "num_shards": self.num_shards,
+            "per_host_batch_size": self.per_host_batch_size,
+        }

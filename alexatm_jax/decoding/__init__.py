@@ -6,6 +6,11 @@ from alexatm_jax.decoding.sampling import SearchOutput, greedy_or_sample
 from alexatm_jax.decoding.scoring import target_log_probs
 
 __all__ = [
-    "DecodeOptions", "SearchOutput", "beam_search", "greedy_or_sample", "length_normalizer",
-    "split_options", "target_log_probs",
+    "DecodeOptions",
+    "SearchOutput",
+    "beam_search",
+    "greedy_or_sample",
+    "length_normalizer",
+    "split_options",
+    "target_log_probs",
 ]

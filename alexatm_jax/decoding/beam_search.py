@@ -34,11 +34,11 @@ Params = Any
 
 
 class _BeamState(NamedTuple):
-    step: jax.Array            # tokens generated so far by every live beam, scalar int32
-    live_history: jax.Array    # [batch, beams, prefix + max_new_tokens]
+    step: jax.Array  # tokens generated so far by every live beam, scalar int32
+    live_history: jax.Array  # [batch, beams, prefix + max_new_tokens]
     live_log_probs: jax.Array  # [batch, beams], sorted best first
-    done_tokens: jax.Array     # [batch, beams, max_new_tokens]
-    done_scores: jax.Array     # [batch, beams], sorted best first, -inf = empty slot
+    done_tokens: jax.Array  # [batch, beams, max_new_tokens]
+    done_scores: jax.Array  # [batch, beams], sorted best first, -inf = empty slot
     cache: Any
 
 
@@ -53,9 +53,15 @@ def _top(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return jax.lax.top_k(scores, k)
 
 
-def beam_search(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: jax.Array, *,
-                config: ModelConfig, options: DecodeOptions,
-                head: model_steps.OutputHead | None = None) -> SearchOutput:
+def beam_search(
+    params: Params,
+    encoder_tokens: jax.Array,
+    encoder_segment_ids: jax.Array,
+    *,
+    config: ModelConfig,
+    options: DecodeOptions,
+    head: model_steps.OutputHead | None = None,
+) -> SearchOutput:
     """Beam search for a batch of padded prompts ([batch, input_len] tokens and segment ids).
 
     head: `model_steps.output_head(config, params)`, computed once by callers that decode many
@@ -63,17 +69,27 @@ def beam_search(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: 
     [batch, beams, max_new_tokens] and length-normalised scores [batch, beams], best first.
     """
     if 2 * options.num_beams > config.vocab_size:
-        raise ValueError(f"num_beams={options.num_beams} needs a vocabulary of at least "
-                         f"{2 * options.num_beams} ids")
+        raise ValueError(
+            f"num_beams={options.num_beams} needs a vocabulary of at least "
+            f"{2 * options.num_beams} ids"
+        )
     static, knobs = split_options(options)
-    return _beam_search(params, head, encoder_tokens, encoder_segment_ids, knobs, config=config,
-                        static=static)
+    return _beam_search(
+        params, head, encoder_tokens, encoder_segment_ids, knobs, config=config, static=static
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config", "static"))
-def _beam_search(params: Params, head: model_steps.OutputHead | None, encoder_tokens: jax.Array,
-                 encoder_segment_ids: jax.Array, knobs: SearchKnobs, *, config: ModelConfig,
-                 static: StaticSearch) -> SearchOutput:
+def _beam_search(
+    params: Params,
+    head: model_steps.OutputHead | None,
+    encoder_tokens: jax.Array,
+    encoder_segment_ids: jax.Array,
+    knobs: SearchKnobs,
+    *,
+    config: ModelConfig,
+    static: StaticSearch,
+) -> SearchOutput:
     batch = encoder_tokens.shape[0]
     beams, steps, window = static.num_beams, static.max_new_tokens, static.bad_word_window
 
@@ -86,16 +102,28 @@ def _beam_search(params: Params, head: model_steps.OutputHead | None, encoder_to
     # The first step is the same for every beam: run it once per input (this projects the cross
     # K/V once per input and creates the cache), then give each beam its own copy of the rows.
     start_tokens = jnp.full((batch,), config.decoder_start_token_id, jnp.int32)
-    logits, cache = model_steps.decoder_step(config, params, head, None, encoded,
-                                             encoder_segment_ids, start_tokens, state.step, steps)
-    state = choose(state, jnp.repeat(logits, beams, axis=0),
-                   model_steps.repeat_cache_rows(cache, beams, config))
+    logits, cache = model_steps.decoder_step(
+        config, params, head, None, encoded, encoder_segment_ids, start_tokens, state.step, steps
+    )
+    state = choose(
+        state,
+        jnp.repeat(logits, beams, axis=0),
+        model_steps.repeat_cache_rows(cache, beams, config),
+    )
     encoded = jnp.repeat(encoded, beams, axis=0)  # unused by cached steps; keeps shapes aligned
 
     def advance(s: _BeamState) -> _BeamState:
         logits, cache = model_steps.decoder_step(
-            config, params, head, s.cache, encoded, segments,
-            last_token(_flat(s.live_history), s.step, window), s.step, steps)
+            config,
+            params,
+            head,
+            s.cache,
+            encoded,
+            segments,
+            last_token(_flat(s.live_history), s.step, window),
+            s.step,
+            steps,
+        )
         return choose(s, logits, cache)
 
     keep_going = lambda s: (s.step < steps) & ~jnp.all(_inputs_done(s, knobs, steps))
@@ -124,24 +152,35 @@ def _initial_state(batch: int, config: ModelConfig, static: StaticSearch) -> _Be
     )
 
 
-def _choose(state: _BeamState, logits: jax.Array, cache: Any, *, knobs: SearchKnobs,
-            config: ModelConfig, static: StaticSearch) -> _BeamState:
+def _choose(
+    state: _BeamState,
+    logits: jax.Array,
+    cache: Any,
+    *,
+    knobs: SearchKnobs,
+    config: ModelConfig,
+    static: StaticSearch,
+) -> _BeamState:
     """One beam step from the live beams' next-token `logits` [batch * beams, vocab] and the
     cache after that step: the 2K best extensions update the finished pool (those ending in EOS
     within the first K) and the live beams (the best K others); cache rows follow their beams."""
     batch, beams = state.live_log_probs.shape
     window, step = static.bad_word_window, state.step
     history = _flat(state.live_history)
-    log_probs = ban_bad_words(jax.nn.log_softmax(logits, axis=-1),
-                              recent_tokens(history, step, window), knobs.bad_prefixes,
-                              knobs.bad_last_ids)
+    log_probs = ban_bad_words(
+        jax.nn.log_softmax(logits, axis=-1),
+        recent_tokens(history, step, window),
+        knobs.bad_prefixes,
+        knobs.bad_last_ids,
+    )
     vocab = log_probs.shape[-1]
     totals = state.live_log_probs[:, :, None] + log_probs.reshape(batch, beams, vocab)
     top_totals, top_index = _top(totals.reshape(batch, beams * vocab), 2 * beams)
     source, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
     candidates = _gather_beams(state.live_history, source)
-    candidates = jax.lax.dynamic_update_slice_in_dim(candidates, token[:, :, None],
-                                                     window + 1 + step, axis=2)
+    candidates = jax.lax.dynamic_update_slice_in_dim(
+        candidates, token[:, :, None], window + 1 + step, axis=2
+    )
     ends = token == config.eos_token_id
     length = step + 1
 
@@ -149,7 +188,7 @@ def _choose(state: _BeamState, logits: jax.Array, cache: Any, *, knobs: SearchKn
     normalised = top_totals / length_normalizer(length, knobs.length_penalty, knobs.gnmt)
     ended_scores = jnp.where(ends & in_top_k, normalised, -jnp.inf)
     pool_scores = jnp.concatenate([state.done_scores, ended_scores], axis=1)
-    pool_tokens = jnp.concatenate([state.done_tokens, candidates[:, :, window + 1:]], axis=1)
+    pool_tokens = jnp.concatenate([state.done_tokens, candidates[:, :, window + 1 :]], axis=1)
     done_scores, keep = _top(pool_scores, beams)
     done_tokens = _gather_beams(pool_tokens, keep)
 
@@ -165,8 +204,10 @@ def _inputs_done(s: _BeamState, knobs: SearchKnobs, steps: int) -> jax.Array:
     most favourable length up to `steps`."""
     alpha, kind = knobs.length_penalty, knobs.gnmt
     best_live = s.live_log_probs[:, 0]
-    bound = jnp.maximum(best_live / length_normalizer(s.step + 1, alpha, kind),
-                        best_live / length_normalizer(steps, alpha, kind))
+    bound = jnp.maximum(
+        best_live / length_normalizer(s.step + 1, alpha, kind),
+        best_live / length_normalizer(steps, alpha, kind),
+    )
     worst_done = s.done_scores[:, -1]
     return (worst_done > -jnp.inf) & (worst_done >= bound)
 
@@ -176,10 +217,12 @@ def _best_hypotheses(state: _BeamState, knobs: SearchKnobs, static: StaticSearch
     at their current length."""
     beams, window = static.num_beams, static.bad_word_window
     open_inputs = ~_inputs_done(state, knobs, static.max_new_tokens)[:, None]
-    live_scores = state.live_log_probs / length_normalizer(state.step, knobs.length_penalty,
-                                                           knobs.gnmt)
+    live_scores = state.live_log_probs / length_normalizer(
+        state.step, knobs.length_penalty, knobs.gnmt
+    )
     live_scores = jnp.where(open_inputs, live_scores, -jnp.inf)
     scores, keep = _top(jnp.concatenate([state.done_scores, live_scores], axis=1), beams)
     tokens = _gather_beams(
-        jnp.concatenate([state.done_tokens, state.live_history[:, :, window + 1:]], axis=1), keep)
+        jnp.concatenate([state.done_tokens, state.live_history[:, :, window + 1 :]], axis=1), keep
+    )
     return SearchOutput(tokens, scores)

@@ -58,15 +58,16 @@ def bucket_length(length: int, limit: int) -> int:
     return max(min(bucket, limit), length)
 
 
-def pad_rows(rows: Sequence[Sequence[int]], length: int,
-             pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(
+    rows: Sequence[Sequence[int]], length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
     """int32 tokens [len(rows), length] right-padded with `pad_id`, and segment ids (1 = real,
     0 = pad)."""
     tokens = np.full((len(rows), length), pad_id, np.int32)
     segments = np.zeros((len(rows), length), np.int32)
     for i, row in enumerate(rows):
-        tokens[i, :len(row)] = row
-        segments[i, :len(row)] = 1
+        tokens[i, : len(row)] = row
+        segments[i, : len(row)] = 1
     return tokens, segments
 
 
@@ -83,14 +84,23 @@ class InferenceEngine:
     of batch shards.
     """
 
-    def __init__(self, config: ModelConfig, params: Params, *, partitioner: Any = None,
-                 batch_size: int = 8, show_progress: bool = False):
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: Params,
+        *,
+        partitioner: Any = None,
+        batch_size: int = 8,
+        show_progress: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if partitioner is not None and batch_size % partitioner.num_batch_shards:
-            raise ValueError(f"batch_size {batch_size} is not a multiple of the "
-                             f"{partitioner.num_batch_shards} batch shards of {partitioner}; pick "
-                             f"a multiple of {partitioner.num_batch_shards}")
+            raise ValueError(
+                f"batch_size {batch_size} is not a multiple of the "
+                f"{partitioner.num_batch_shards} batch shards of {partitioner}; pick "
+                f"a multiple of {partitioner.num_batch_shards}"
+            )
         self.config = config
         self.partitioner = partitioner
         self.batch_size = batch_size
@@ -107,8 +117,9 @@ class InferenceEngine:
             return model_steps.output_head(self.config, self.params)
 
     # ------------------------------------------------------------------ public API
-    def generate_ids(self, prompts: Sequence[Sequence[int]], options: DecodeOptions,
-                     seed: int = 0) -> list[GeneratedIds]:
+    def generate_ids(
+        self, prompts: Sequence[Sequence[int]], options: DecodeOptions, seed: int = 0
+    ) -> list[GeneratedIds]:
         """The best hypothesis per prompt (prompts are id lists with their BOS/EOS), in order.
 
         Sampling draws from PRNG key `seed` folded with the batch number, so results depend on
@@ -116,24 +127,30 @@ class InferenceEngine:
         """
         self._check_lengths(prompts, "prompt")
         if options.max_new_tokens > self.config.max_positions:
-            raise ValueError(f"max_new_tokens={options.max_new_tokens} exceeds the model's "
-                             f"{self.config.max_positions} decoder positions")
+            raise ValueError(
+                f"max_new_tokens={options.max_new_tokens} exceeds the model's "
+                f"{self.config.max_positions} decoder positions"
+            )
         results: list[GeneratedIds | None] = [None] * len(prompts)
         for number, (indices, rows) in enumerate(self._batches(prompts, "generating")):
             length = bucket_length(max(map(len, rows)), self.config.max_positions)
             tokens, segments = pad_rows(rows, length, self.config.pad_token_id)
             out_tokens, out_scores = self._run(
                 self._search_fn(options, jax.random.fold_in(jax.random.key(seed), number)),
-                tokens, segments)
+                tokens,
+                segments,
+            )
             if options.num_beams > 1:
                 out_tokens, out_scores = out_tokens[:, 0], out_scores[:, 0]
             for row, index in enumerate(indices):
-                results[index] = GeneratedIds(self._until_eos(out_tokens[row]),
-                                              float(out_scores[row]))
+                results[index] = GeneratedIds(
+                    self._until_eos(out_tokens[row]), float(out_scores[row])
+                )
         return results
 
-    def score_ids(self, inputs: Sequence[Sequence[int]],
-                  targets: Sequence[Sequence[int]]) -> list[TargetScore]:
+    def score_ids(
+        self, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+    ) -> list[TargetScore]:
         """Teacher-forced log-probabilities of `targets[i]` given `inputs[i]`, in order."""
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
@@ -144,15 +161,20 @@ class InferenceEngine:
         pairs = [(list(i), list(t)) for i, t in zip(inputs, targets)]
         results: list[TargetScore | None] = [None] * len(pairs)
         fn = lambda params, tok, seg, tgt, mask: target_log_probs(
-            params, tok, seg, tgt, mask, config=self.config)
+            params, tok, seg, tgt, mask, config=self.config
+        )
         for indices, rows in self._batches(pairs, "scoring", key=lambda p: len(p[0]) + len(p[1])):
             limit = self.config.max_positions
-            tokens, segments = pad_rows([r[0] for r in rows],
-                                        bucket_length(max(len(r[0]) for r in rows), limit),
-                                        self.config.pad_token_id)
-            tgt, mask = pad_rows([r[1] for r in rows],
-                                 bucket_length(max(len(r[1]) for r in rows), limit),
-                                 self.config.pad_token_id)
+            tokens, segments = pad_rows(
+                [r[0] for r in rows],
+                bucket_length(max(len(r[0]) for r in rows), limit),
+                self.config.pad_token_id,
+            )
+            tgt, mask = pad_rows(
+                [r[1] for r in rows],
+                bucket_length(max(len(r[1]) for r in rows), limit),
+                self.config.pad_token_id,
+            )
             (log_probs,) = self._run(lambda *a: (fn(*a),), tokens, segments, tgt, mask)
             for row, index in enumerate(indices):
                 n = len(rows[row][1])
@@ -164,26 +186,30 @@ class InferenceEngine:
     def _search_fn(self, options: DecodeOptions, rng: jax.Array) -> Callable[..., tuple]:
         config = self.config
         if options.num_beams > 1:
-            return lambda params, tok, seg: tuple(beam_search(params, tok, seg, config=config,
-                                                              options=options, head=self.head))
-        return lambda params, tok, seg: tuple(greedy_or_sample(params, tok, seg, rng,
-                                                               config=config, options=options,
-                                                               head=self.head))
+            return lambda params, tok, seg: tuple(
+                beam_search(params, tok, seg, config=config, options=options, head=self.head)
+            )
+        return lambda params, tok, seg: tuple(
+            greedy_or_sample(params, tok, seg, rng, config=config, options=options, head=self.head)
+        )
 
     def _check_lengths(self, rows: Sequence[Sequence[int]], what: str) -> None:
         limit = self.config.max_positions
         for i, row in enumerate(rows):
             if not 0 < len(row) <= limit:
-                raise ValueError(f"{what} {i} has {len(row)} tokens; the model accepts 1 to "
-                                 f"{limit} (max_positions): shorten it")
+                raise ValueError(
+                    f"{what} {i} has {len(row)} tokens; the model accepts 1 to "
+                    f"{limit} (max_positions): shorten it"
+                )
 
-    def _batches(self, items: Sequence[Any], desc: str,
-                 key: Callable[[Any], int] = len) -> Iterator[tuple[list[int], list[Any]]]:
+    def _batches(
+        self, items: Sequence[Any], desc: str, key: Callable[[Any], int] = len
+    ) -> Iterator[tuple[list[int], list[Any]]]:
         """(original indices, rows padded to batch_size with copies of the first) by length."""
         order = sorted(range(len(items)), key=lambda i: key(items[i]))
         starts = range(0, len(order), self.batch_size)
         for start in tqdm(starts, desc=desc, unit="batch", disable=not self.show_progress):
-            indices = order[start:start + self.batch_size]
+            indices = order[start : start + self.batch_size]
             rows = [items[i] for i in indices]
             rows += [rows[0]] * (self.batch_size - len(rows))
             yield indices, rows
@@ -201,16 +227,17 @@ class InferenceEngine:
     def _global(self, array: np.ndarray) -> jax.Array:
         index, count = self.partitioner.data_shard_info()
         rows = array.shape[0] // count
-        return self.partitioner.shard_batch({"x": array[index * rows:(index + 1) * rows]})["x"]
+        return self.partitioner.shard_batch({"x": array[index * rows : (index + 1) * rows]})["x"]
 
     @staticmethod
     def _to_host(x: jax.Array) -> np.ndarray:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
+
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
 
     def _until_eos(self, row: np.ndarray) -> list[int]:
         ids = [int(t) for t in row]
         eos = self.config.eos_token_id
-        return ids[:ids.index(eos) + 1] if eos in ids else ids
+        return ids[: ids.index(eos) + 1] if eos in ids else ids

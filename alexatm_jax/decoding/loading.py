@@ -11,9 +11,15 @@ from alexatm_jax.decoding.text import TextModel
 from alexatm_jax.tokenization import Tokenizer
 
 
-def load_text_model(checkpoint: str | os.PathLike, *, tokenizer_path: str | None = None,
-                    partitioner: Any = None, batch_size: int = 8, show_progress: bool = False,
-                    **config_overrides: Any) -> TextModel:
+def load_text_model(
+    checkpoint: str | os.PathLike,
+    *,
+    tokenizer_path: str | None = None,
+    partitioner: Any = None,
+    batch_size: int = 8,
+    show_progress: bool = False,
+    **config_overrides: Any,
+) -> TextModel:
     """Loads the checkpoint's parameters (sharded by `partitioner` when given) and tokenizer.
 
     tokenizer_path: a SentencePiece .model overriding the checkpoint's `tokenizer/` one.
@@ -28,8 +34,15 @@ def load_text_model(checkpoint: str | os.PathLike, *, tokenizer_path: str | None
     loaded = alexatm_jax.load(checkpoint, sharding=sharding, **config_overrides)
     path = tokenizer_path or loaded.tokenizer_path
     if path is None:
-        raise ValueError(f"{checkpoint} has no tokenizer/ directory with a SentencePiece .model: "
-                         "pass the tokenizer file explicitly (--tokenizer)")
-    engine = InferenceEngine(loaded.config, loaded.params, partitioner=partitioner,
-                             batch_size=batch_size, show_progress=show_progress)
+        raise ValueError(
+            f"{checkpoint} has no tokenizer/ directory with a SentencePiece .model: "
+            "pass the tokenizer file explicitly (--tokenizer)"
+        )
+    engine = InferenceEngine(
+        loaded.config,
+        loaded.params,
+        partitioner=partitioner,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
     return TextModel(engine, Tokenizer(str(path)))

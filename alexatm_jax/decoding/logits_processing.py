@@ -15,8 +15,9 @@ from alexatm_jax.decoding.options import WILDCARD
 BEFORE_START = -1
 
 
-def ban_bad_words(logits: jax.Array, history: jax.Array, prefixes: jax.Array,
-                  last_ids: jax.Array) -> jax.Array:
+def ban_bad_words(
+    logits: jax.Array, history: jax.Array, prefixes: jax.Array, last_ids: jax.Array
+) -> jax.Array:
     """`logits` with banned ids set to -inf.
 
     history: [rows, window] the ids preceding this step (the decoder start id included).
@@ -72,7 +73,8 @@ def top_p_filter(logits: jax.Array, p: jax.Array) -> jax.Array:
     return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
-def sampling_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                    top_p: jax.Array) -> jax.Array:
+def sampling_logits(
+    logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array
+) -> jax.Array:
     """Temperature, then top-k, then top-p: the logits that `jax.random.categorical` draws from."""
     return top_p_filter(top_k_filter(logits / temperature, top_k), top_p)

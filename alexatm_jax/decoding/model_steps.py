@@ -22,11 +22,11 @@ SELF_ATTENTION_CACHE_LEAVES = ("cached_key", "cached_value")
 CROSS_ATTENTION_CACHE_LEAVES = ("cross_key", "cross_value")
 
 
-def encode(config: ModelConfig, params: Params, tokens: jax.Array,
-           segment_ids: jax.Array) -> jax.Array:
+def encode(
+    config: ModelConfig, params: Params, tokens: jax.Array, segment_ids: jax.Array
+) -> jax.Array:
     """Encoder states [batch, input_len, d_model]; padding is where `segment_ids` == 0."""
-    return AlexaTM(config).apply({"params": params}, tokens, segment_ids,
-                                 method=AlexaTM.encode)
+    return AlexaTM(config).apply({"params": params}, tokens, segment_ids, method=AlexaTM.encode)
 
 
 class OutputHead(NamedTuple):
@@ -41,9 +41,17 @@ def output_head(config: ModelConfig, params: Params) -> OutputHead:
     return OutputHead(*AlexaTM(config).apply({"params": params}, method=AlexaTM.output_head))
 
 
-def decoder_step(config: ModelConfig, params: Params, head: OutputHead, cache: Cache | None,
-                 encoded: jax.Array, encoder_segment_ids: jax.Array, tokens: jax.Array,
-                 step: jax.Array, max_decode_length: int) -> tuple[jax.Array, Cache]:
+def decoder_step(
+    config: ModelConfig,
+    params: Params,
+    head: OutputHead,
+    cache: Cache | None,
+    encoded: jax.Array,
+    encoder_segment_ids: jax.Array,
+    tokens: jax.Array,
+    step: jax.Array,
+    max_decode_length: int,
+) -> tuple[jax.Array, Cache]:
     """Float32 logits [batch, vocab] for decoder inputs `tokens` [batch] at position `step`.
 
     `head` comes from `output_head`, computed outside the loop. Returns the updated cache; pass
@@ -52,9 +60,17 @@ def decoder_step(config: ModelConfig, params: Params, head: OutputHead, cache: C
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}
     positions = jnp.full((tokens.shape[0], 1), step, jnp.int32)
     hidden, mutated = AlexaTM(config).apply(
-        variables, encoded, encoder_segment_ids, tokens[:, None], None, positions,
-        decode=True, max_decode_length=max_decode_length, mutable=["cache"],
-        method=AlexaTM.decode_hidden)
+        variables,
+        encoded,
+        encoder_segment_ids,
+        tokens[:, None],
+        None,
+        positions,
+        decode=True,
+        max_decode_length=max_decode_length,
+        mutable=["cache"],
+        method=AlexaTM.decode_hidden,
+    )
     return project_to_vocab(hidden, head.kernel, head.bias)[:, 0], mutated["cache"]
 
 

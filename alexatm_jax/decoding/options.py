@@ -61,8 +61,10 @@ class DecodeOptions:
         if self.sample and self.num_beams > 1:
             problems.append("sampling with num_beams > 1 is not supported: use one of them")
         if self.length_penalty_kind not in LENGTH_PENALTY_KINDS:
-            problems.append(f"length_penalty_kind must be one of {LENGTH_PENALTY_KINDS}, "
-                            f"got {self.length_penalty_kind!r}")
+            problems.append(
+                f"length_penalty_kind must be one of {LENGTH_PENALTY_KINDS}, "
+                f"got {self.length_penalty_kind!r}"
+            )
         if self.temperature <= 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:
@@ -72,7 +74,8 @@ class DecodeOptions:
         for word in self.bad_words:
             if not word or any(not isinstance(i, int) or i < 0 for i in word):
                 problems.append(
-                    f"each bad word must be a non-empty tuple of token ids, got {word!r}")
+                    f"each bad word must be a non-empty tuple of token ids, got {word!r}"
+                )
         if problems:
             raise ValueError("Invalid DecodeOptions: " + "; ".join(problems))
 
@@ -98,13 +101,13 @@ class StaticSearch:
 class SearchKnobs(NamedTuple):
     """The value-only part of DecodeOptions, as arrays traced by the jitted loops."""
 
-    temperature: jax.Array     # float32 scalar
-    top_k: jax.Array           # int32 scalar, 0 = off
-    top_p: jax.Array           # float32 scalar
+    temperature: jax.Array  # float32 scalar
+    top_k: jax.Array  # int32 scalar, 0 = off
+    top_p: jax.Array  # float32 scalar
     length_penalty: jax.Array  # float32 scalar alpha
-    gnmt: jax.Array            # bool scalar: GNMT normaliser instead of power
-    bad_prefixes: jax.Array    # int32 [rows, window], right-aligned, WILDCARD-filled
-    bad_last_ids: jax.Array    # int32 [rows], NO_TOKEN on padding rows
+    gnmt: jax.Array  # bool scalar: GNMT normaliser instead of power
+    bad_prefixes: jax.Array  # int32 [rows, window], right-aligned, WILDCARD-filled
+    bad_last_ids: jax.Array  # int32 [rows], NO_TOKEN on padding rows
 
 
 def _power_of_two_at_least(n: int) -> int:
@@ -123,14 +126,18 @@ def split_options(options: DecodeOptions) -> tuple[StaticSearch, SearchKnobs]:
     last_ids = np.full((rows,), NO_TOKEN, np.int32)
     for row, word in enumerate(words):
         if len(word) > 1:
-            prefixes[row, width - (len(word) - 1):] = word[:-1]
+            prefixes[row, width - (len(word) - 1) :] = word[:-1]
         last_ids[row] = word[-1]
     static = StaticSearch(options.max_new_tokens, options.num_beams, options.sample, rows, width)
     knobs = SearchKnobs(
-        temperature=np.float32(options.temperature), top_k=np.int32(options.top_k),
-        top_p=np.float32(options.top_p), length_penalty=np.float32(options.length_penalty),
-        gnmt=np.bool_(options.length_penalty_kind == "gnmt"), bad_prefixes=prefixes,
-        bad_last_ids=last_ids)
+        temperature=np.float32(options.temperature),
+        top_k=np.int32(options.top_k),
+        top_p=np.float32(options.top_p),
+        length_penalty=np.float32(options.length_penalty),
+        gnmt=np.bool_(options.length_penalty_kind == "gnmt"),
+        bad_prefixes=prefixes,
+        bad_last_ids=last_ids,
+    )
     return static, knobs
 
 
@@ -140,4 +147,4 @@ def length_normalizer(length: jax.Array, alpha: jax.Array, gnmt: jax.Array | boo
     `gnmt` selects ((5 + length) / 6) ** alpha over length ** alpha.
     """
     length = jnp.asarray(length, jnp.float32)
-    return jnp.where(gnmt, ((5.0 + length) / 6.0) ** alpha, length ** alpha)
+    return jnp.where(gnmt, ((5.0 + length) / 6.0) ** alpha, length**alpha)

@@ -41,18 +41,22 @@ class SearchOutput(NamedTuple):
 
 
 class _LoopState(NamedTuple):
-    step: jax.Array          # next position to fill, scalar int32
-    history: jax.Array       # [batch, prefix + max_new_tokens]: sentinels, start id, emitted ids
-    finished: jax.Array      # [batch] bool
-    scores: jax.Array        # [batch] float32
+    step: jax.Array  # next position to fill, scalar int32
+    history: jax.Array  # [batch, prefix + max_new_tokens]: sentinels, start id, emitted ids
+    finished: jax.Array  # [batch] bool
+    scores: jax.Array  # [batch] float32
     cache: Any
 
 
 def initial_history(batch: int, static: StaticSearch, start_id: int, pad_id: int) -> jax.Array:
     """[batch, window + 1 + max_new_tokens]: bad-word window sentinels, the start id, pad ids."""
-    row = jnp.concatenate([jnp.full((static.bad_word_window,), BEFORE_START, jnp.int32),
-                           jnp.array([start_id], jnp.int32),
-                           jnp.full((static.max_new_tokens,), pad_id, jnp.int32)])
+    row = jnp.concatenate(
+        [
+            jnp.full((static.bad_word_window,), BEFORE_START, jnp.int32),
+            jnp.array([start_id], jnp.int32),
+            jnp.full((static.max_new_tokens,), pad_id, jnp.int32),
+        ]
+    )
     return jnp.broadcast_to(row, (batch, row.shape[0]))
 
 
@@ -66,9 +70,16 @@ def last_token(history: jax.Array, step: jax.Array, window: int) -> jax.Array:
     return jax.lax.dynamic_index_in_dim(history, window + step, axis=1, keepdims=False)
 
 
-def greedy_or_sample(params: Params, encoder_tokens: jax.Array, encoder_segment_ids: jax.Array,
-                     rng: jax.Array, *, config: ModelConfig, options: DecodeOptions,
-                     head: model_steps.OutputHead | None = None) -> SearchOutput:
+def greedy_or_sample(
+    params: Params,
+    encoder_tokens: jax.Array,
+    encoder_segment_ids: jax.Array,
+    rng: jax.Array,
+    *,
+    config: ModelConfig,
+    options: DecodeOptions,
+    head: model_steps.OutputHead | None = None,
+) -> SearchOutput:
     """Greedy search (options.sample False) or sampling, for a batch of padded prompts.
 
     encoder_tokens / encoder_segment_ids: [batch, input_len] int32, segment 1 = real, 0 = pad.
@@ -77,23 +88,35 @@ def greedy_or_sample(params: Params, encoder_tokens: jax.Array, encoder_segment_
     Returns a `SearchOutput` with [batch] scores.
     """
     static, knobs = split_options(options)
-    return _greedy_or_sample(params, head, encoder_tokens, encoder_segment_ids, rng, knobs,
-                             config=config, static=static)
+    return _greedy_or_sample(
+        params, head, encoder_tokens, encoder_segment_ids, rng, knobs, config=config, static=static
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config", "static"))
-def _greedy_or_sample(params: Params, head: model_steps.OutputHead | None,
-                      encoder_tokens: jax.Array, encoder_segment_ids: jax.Array, rng: jax.Array,
-                      knobs: SearchKnobs, *, config: ModelConfig,
-                      static: StaticSearch) -> SearchOutput:
+def _greedy_or_sample(
+    params: Params,
+    head: model_steps.OutputHead | None,
+    encoder_tokens: jax.Array,
+    encoder_segment_ids: jax.Array,
+    rng: jax.Array,
+    knobs: SearchKnobs,
+    *,
+    config: ModelConfig,
+    static: StaticSearch,
+) -> SearchOutput:
     batch, steps, window = encoder_tokens.shape[0], static.max_new_tokens, static.bad_word_window
     encoded = model_steps.encode(config, params, encoder_tokens, encoder_segment_ids)
     head = model_steps.output_head(config, params) if head is None else head
 
     def choose(state: _LoopState, logits: jax.Array, cache) -> _LoopState:
         step = state.step
-        allowed = ban_bad_words(logits, recent_tokens(state.history, step, window),
-                                knobs.bad_prefixes, knobs.bad_last_ids)
+        allowed = ban_bad_words(
+            logits,
+            recent_tokens(state.history, step, window),
+            knobs.bad_prefixes,
+            knobs.bad_last_ids,
+        )
         if static.sample:
             filtered = sampling_logits(allowed, knobs.temperature, knobs.top_k, knobs.top_p)
             token = jax.random.categorical(jax.random.fold_in(rng, step), filtered, axis=-1)
@@ -102,21 +125,29 @@ def _greedy_or_sample(params: Params, head: model_steps.OutputHead | None,
         token = jnp.where(state.finished, config.pad_token_id, token.astype(jnp.int32))
         token_log_prob = token_log_probs(logits, token)
         scores = state.scores + jnp.where(state.finished, 0.0, token_log_prob)
-        history = jax.lax.dynamic_update_slice_in_dim(state.history, token[:, None],
-                                                      window + 1 + step, axis=1)
+        history = jax.lax.dynamic_update_slice_in_dim(
+            state.history, token[:, None], window + 1 + step, axis=1
+        )
         finished = state.finished | (token == config.eos_token_id)
         return _LoopState(step + 1, history, finished, scores, cache)
 
     def advance(state: _LoopState) -> _LoopState:
         logits, cache = model_steps.decoder_step(
-            config, params, head, state.cache, encoded, encoder_segment_ids,
-            last_token(state.history, state.step, window), state.step, steps)
+            config,
+            params,
+            head,
+            state.cache,
+            encoded,
+            encoder_segment_ids,
+            last_token(state.history, state.step, window),
+            state.step,
+            steps,
+        )
         return choose(state, logits, cache)
 
     state = _LoopState(
         step=jnp.array(0, jnp.int32),
-        history=initial_history(batch, static, config.decoder_start_token_id,
-                                config.pad_token_id),
+        history=initial_history(batch, static, config.decoder_start_token_id, config.pad_token_id),
         finished=jnp.zeros((batch,), jnp.bool_),
         scores=jnp.zeros((batch,), jnp.float32),
         cache=None,
@@ -124,4 +155,4 @@ def _greedy_or_sample(params: Params, head: model_steps.OutputHead | None,
     state = advance(state)  # creates the cache (its structure must exist before the loop)
     keep_going = lambda s: (s.step < steps) & ~jnp.all(s.finished)
     state = jax.lax.while_loop(keep_going, advance, state)
-    return SearchOutput(state.history[:, window + 1:], state.scores)
+    return SearchOutput(state.history[:, window + 1 :], state.scores)

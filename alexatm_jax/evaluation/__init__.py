@@ -12,5 +12,14 @@ from alexatm_jax.evaluation.harness import (
 )
 from alexatm_jax.evaluation.suites import SUITES, run_suite
 
-__all__ = ["DataError", "EvalResult", "SUITES", "default_options", "evaluate", "get_task",
-           "run_suite", "task_names", "write_results"]
+__all__ = [
+    "DataError",
+    "EvalResult",
+    "SUITES",
+    "default_options",
+    "evaluate",
+    "get_task",
+    "run_suite",
+    "task_names",
+    "write_results",
+]

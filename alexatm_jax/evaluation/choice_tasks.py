@@ -65,8 +65,9 @@ def _label(example: Example, num_classes: int, names: Sequence[str] = ()) -> int
     if isinstance(label, bool) or (isinstance(label, int) and 0 <= label < num_classes):
         return int(label)
     accepted = f"an integer 0..{num_classes - 1}" + (f" or one of {list(names)}" if names else "")
-    raise DataError(f"{example.get(data.WHERE, '?')}: field `label` must be {accepted}, got "
-                    f"{label!r}")
+    raise DataError(
+        f"{example.get(data.WHERE, '?')}: field `label` must be {accepted}, got {label!r}"
+    )
 
 
 def _text(example: Example, *names: str) -> list[str]:
@@ -93,8 +94,11 @@ def cb(e: Example) -> ChoiceItem:
     """`{premise} Question: {hypothesis} True, False, or Neither? Answer: True|False|Neither`;
     label 0 entailment, 1 contradiction, 2 neutral."""
     context = f"{e['premise']} Question: {e['hypothesis']} True, False, or Neither? Answer:"
-    return _answers(context, ("True", "False", "Neither"),
-                    _label(e, 3, ("entailment", "contradiction", "neutral")))
+    return _answers(
+        context,
+        ("True", "False", "Neither"),
+        _label(e, 3, ("entailment", "contradiction", "neutral")),
+    )
 
 
 def rte(e: Example) -> ChoiceItem:
@@ -109,37 +113,51 @@ def copa(e: Example) -> ChoiceItem:
     fields premise, choice1, choice2, question (cause/effect), label (0/1); also XCOPA."""
     premise, question, choice1, choice2 = _text(e, "premise", "question", "choice1", "choice2")
     if question not in ("cause", "effect"):
-        raise DataError(f"{e.get(data.WHERE, '?')}: field `question` must be 'cause' or "
-                        f"'effect' (lower case), got {question!r}")
+        raise DataError(
+            f"{e.get(data.WHERE, '?')}: field `question` must be 'cause' or "
+            f"'effect' (lower case), got {question!r}"
+        )
     connective = {"cause": "because", "effect": "so"}[question]
     context = f"{premise.rstrip().rstrip('.')} {connective}"
     lower = lambda s: s[:1].lower() + s[1:]
-    return _answers(context, [lower(c) for c in (choice1, choice2)], _label(e, 2),
-                    language=e.get("language", ""))
+    return _answers(
+        context,
+        [lower(c) for c in (choice1, choice2)],
+        _label(e, 2),
+        language=e.get("language", ""),
+    )
 
 
 def wic(e: Example) -> ChoiceItem:
     """`Sentence 1: {s1} Sentence 2: {s2} Question: Is the word '{word}' used with the same
     meaning in both sentences? Answer: No|Yes`; fields word, sentence1, sentence2, label."""
-    return _yes_no(f"Sentence 1: {e['sentence1']} Sentence 2: {e['sentence2']} Question: Is the "
-                   f"word '{e['word']}' used with the same meaning in both sentences? Answer:",
-                   _label(e, 2))
+    return _yes_no(
+        f"Sentence 1: {e['sentence1']} Sentence 2: {e['sentence2']} Question: Is the "
+        f"word '{e['word']}' used with the same meaning in both sentences? Answer:",
+        _label(e, 2),
+    )
 
 
 def wsc(e: Example) -> ChoiceItem:
     """`{text} Question: In the passage above, does the pronoun '{span2_text}' refer to
     '{span1_text}'? Answer: No|Yes`; label 1 = it does."""
-    return _yes_no(f"{e['text']} Question: In the passage above, does the pronoun "
-                   f"'{e['span2_text']}' refer to '{e['span1_text']}'? Answer:", _label(e, 2))
+    return _yes_no(
+        f"{e['text']} Question: In the passage above, does the pronoun "
+        f"'{e['span2_text']}' refer to '{e['span1_text']}'? Answer:",
+        _label(e, 2),
+    )
 
 
 def multirc(e: Example) -> ChoiceItem:
     """One line per answer option: `{paragraph} Question: {question} Candidate answer: {answer}
     Is the candidate answer correct? Answer: No|Yes`; fields paragraph, question, answer, label,
     question_id (groups the options of one question for EM)."""
-    return _yes_no(f"{e['paragraph']} Question: {e['question']} Candidate answer: {e['answer']} "
-                   "Is the candidate answer correct? Answer:", _label(e, 2),
-                   group=str(e["question_id"]))
+    return _yes_no(
+        f"{e['paragraph']} Question: {e['question']} Candidate answer: {e['answer']} "
+        "Is the candidate answer correct? Answer:",
+        _label(e, 2),
+        group=str(e["question_id"]),
+    )
 
 
 def record(e: Example) -> ChoiceItem:
@@ -149,10 +167,12 @@ def record(e: Example) -> ChoiceItem:
     entities = list(dict.fromkeys(_strings(e, "entities")))
     answers = _strings(e, "answers")
     if not entities or not answers:
-        raise DataError(f"{e.get(data.WHERE, '?')}: ReCoRD needs non-empty `entities` and "
-                        "`answers`")
-    choices = tuple(spaced(passage, e["query"].replace("@placeholder", entity))
-                    for entity in entities)
+        raise DataError(
+            f"{e.get(data.WHERE, '?')}: ReCoRD needs non-empty `entities` and `answers`"
+        )
+    choices = tuple(
+        spaced(passage, e["query"].replace("@placeholder", entity)) for entity in entities
+    )
     gold = tuple(i for i, entity in enumerate(entities) if entity in answers)
     return ChoiceItem(choices, tuple(entities), gold, answers=tuple(answers))
 
@@ -161,8 +181,9 @@ def _strings(e: Example, name: str) -> list[str]:
     """A list-of-strings field (DataError naming the place otherwise)."""
     value = data.field(e, name, list)
     if not all(isinstance(v, str) for v in value):
-        raise DataError(f"{e.get(data.WHERE, '?')}: field `{name}` must be a list of strings, "
-                        f"got {value!r}")
+        raise DataError(
+            f"{e.get(data.WHERE, '?')}: field `{name}` must be a list of strings, got {value!r}"
+        )
     return value
 
 
@@ -170,16 +191,23 @@ def xnli(e: Example) -> ChoiceItem:
     """`{premise} Question: {hypothesis} True, False, or Neither? Answer: True|Neither|False`;
     label 0 entailment, 1 neutral, 2 contradiction; field language."""
     context = f"{e['premise']} Question: {e['hypothesis']} True, False, or Neither? Answer:"
-    return _answers(context, ("True", "Neither", "False"),
-                    _label(e, 3, ("entailment", "neutral", "contradiction")),
-                    language=e["language"])
+    return _answers(
+        context,
+        ("True", "Neither", "False"),
+        _label(e, 3, ("entailment", "neutral", "contradiction")),
+        language=e["language"],
+    )
 
 
 def pawsx(e: Example) -> ChoiceItem:
     """`Sentence 1: {s1} Sentence 2: {s2} Question: Do both sentences mean the same thing?
     Answer: No|Yes`; label 1 = paraphrase; field language."""
-    return _yes_no(f"Sentence 1: {e['sentence1']} Sentence 2: {e['sentence2']} Question: Do both "
-                   "sentences mean the same thing? Answer:", _label(e, 2), language=e["language"])
+    return _yes_no(
+        f"Sentence 1: {e['sentence1']} Sentence 2: {e['sentence2']} Question: Do both "
+        "sentences mean the same thing? Answer:",
+        _label(e, 2),
+        language=e["language"],
+    )
 
 
 def xwinograd(e: Example) -> ChoiceItem:
@@ -189,14 +217,17 @@ def xwinograd(e: Example) -> ChoiceItem:
     sentence, option1, option2 = _text(e, "sentence", "option1", "option2")
     where = e.get(data.WHERE, "?")
     if sentence.count("_") != 1:
-        raise DataError(f"{where}: field `sentence` must contain exactly one `_` (the blank the "
-                        f"options fill), got {sentence!r}")
+        raise DataError(
+            f"{where}: field `sentence` must contain exactly one `_` (the blank the "
+            f"options fill), got {sentence!r}"
+        )
     answer = e.get("answer")
     if str(answer) not in ("1", "2") or isinstance(answer, bool):
-        raise DataError(f"{where}: field `answer` must be 1 or 2 (or \"1\"/\"2\"), got {answer!r}")
+        raise DataError(f'{where}: field `answer` must be 1 or 2 (or "1"/"2"), got {answer!r}')
     before, after = sentence.split("_", 1)
-    choices = tuple(Choice((before + o).strip(), after.strip(), before + o + after)
-                    for o in (option1, option2))
+    choices = tuple(
+        Choice((before + o).strip(), after.strip(), before + o + after) for o in (option1, option2)
+    )
     return ChoiceItem(choices, (option1, option2), (int(answer) - 1,), language=e["language"])
 
 
@@ -208,8 +239,10 @@ def accuracy_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> d
 def cb_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> dict[str, float]:
     """Accuracy and 3-class macro-F1 (the SuperGLUE CB metrics)."""
     labels = [i.gold[0] for i in items]
-    return {"accuracy": metrics.accuracy(predicted, labels),
-            "macro_f1": metrics.macro_f1(predicted, labels, 3)}
+    return {
+        "accuracy": metrics.accuracy(predicted, labels),
+        "macro_f1": metrics.macro_f1(predicted, labels, 3),
+    }
 
 
 def multirc_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> dict[str, float]:
@@ -218,8 +251,10 @@ def multirc_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> di
     all_right: dict[str, bool] = {}
     for item, p in zip(items, predicted):
         all_right[item.group] = all_right.get(item.group, True) and p == item.gold[0]
-    return {"f1a": metrics.f1_for_class(predicted, labels, 1),
-            "exact_match": 100.0 * sum(all_right.values()) / max(len(all_right), 1)}
+    return {
+        "f1a": metrics.f1_for_class(predicted, labels, 1),
+        "exact_match": 100.0 * sum(all_right.values()) / max(len(all_right), 1),
+    }
 
 
 def record_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> dict[str, float]:
@@ -231,8 +266,11 @@ def record_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> dic
         em += max(metrics.exact_match(entity, a) for a in item.answers)
         f1 += max(metrics.token_f1(entity, a) for a in item.answers)
     count = max(len(items), 1)
-    return {"exact_match": 100.0 * em / count, "f1": 100.0 * f1 / count,
-            "answers_not_among_entities": sum(not i.gold for i in items)}
+    return {
+        "exact_match": 100.0 * em / count,
+        "f1": 100.0 * f1 / count,
+        "answers_not_among_entities": sum(not i.gold for i in items),
+    }
 
 
 def per_language_metrics(items: Sequence[ChoiceItem], predicted: Sequence[int]) -> dict[str, float]:
@@ -265,30 +303,58 @@ class ChoiceTask:
         if self.name in sources.LANGUAGE_CONFIGS:
             examples = sources.load_multilingual(data_dir, self.name, split, self.fields, limit)
         else:
-            examples = data.load_split(data_dir, sources.source(self.name), split, self.fields,
-                                       limit)
+            examples = data.load_split(
+                data_dir, sources.source(self.name), split, self.fields, limit
+            )
         return [self.build(e) for e in examples]
 
 
-CHOICE_TASKS: dict[str, ChoiceTask] = {t.name: t for t in (
-    ChoiceTask("boolq", "dev", ("passage", "question", "label"), boolq, accuracy_metrics),
-    ChoiceTask("cb", "dev", ("premise", "hypothesis", "label"), cb, cb_metrics),
-    ChoiceTask("copa", "dev", ("premise", "choice1", "choice2", "question", "label"), copa,
-               accuracy_metrics),
-    ChoiceTask("rte", "dev", ("premise", "hypothesis", "label"), rte, accuracy_metrics),
-    ChoiceTask("wic", "dev", ("word", "sentence1", "sentence2", "label"), wic, accuracy_metrics),
-    ChoiceTask("wsc", "dev", ("text", "span1_text", "span2_text", "label"), wsc,
-               accuracy_metrics),
-    ChoiceTask("multirc", "dev", ("paragraph", "question", "answer", "label", "question_id"),
-               multirc, multirc_metrics),
-    ChoiceTask("record", "dev", ("passage", "query", "entities", "answers"), record,
-               record_metrics),
-    ChoiceTask("xnli", "test", ("premise", "hypothesis", "label"), xnli,
-               per_language_metrics),
-    ChoiceTask("xcopa", "test", ("premise", "choice1", "choice2", "question", "label"), copa,
-               per_language_metrics),
-    ChoiceTask("pawsx", "test", ("sentence1", "sentence2", "label"), pawsx,
-               per_language_metrics),
-    ChoiceTask("xwinograd", "test", ("sentence", "option1", "option2", "answer"), xwinograd,
-               per_language_metrics),
-)}
+CHOICE_TASKS: dict[str, ChoiceTask] = {
+    t.name: t
+    for t in (
+        ChoiceTask("boolq", "dev", ("passage", "question", "label"), boolq, accuracy_metrics),
+        ChoiceTask("cb", "dev", ("premise", "hypothesis", "label"), cb, cb_metrics),
+        ChoiceTask(
+            "copa",
+            "dev",
+            ("premise", "choice1", "choice2", "question", "label"),
+            copa,
+            accuracy_metrics,
+        ),
+        ChoiceTask("rte", "dev", ("premise", "hypothesis", "label"), rte, accuracy_metrics),
+        ChoiceTask(
+            "wic", "dev", ("word", "sentence1", "sentence2", "label"), wic, accuracy_metrics
+        ),
+        ChoiceTask(
+            "wsc", "dev", ("text", "span1_text", "span2_text", "label"), wsc, accuracy_metrics
+        ),
+        ChoiceTask(
+            "multirc",
+            "dev",
+            ("paragraph", "question", "answer", "label", "question_id"),
+            multirc,
+            multirc_metrics,
+        ),
+        ChoiceTask(
+            "record", "dev", ("passage", "query", "entities", "answers"), record, record_metrics
+        ),
+        ChoiceTask("xnli", "test", ("premise", "hypothesis", "label"), xnli, per_language_metrics),
+        ChoiceTask(
+            "xcopa",
+            "test",
+            ("premise", "choice1", "choice2", "question", "label"),
+            copa,
+            per_language_metrics,
+        ),
+        ChoiceTask(
+            "pawsx", "test", ("sentence1", "sentence2", "label"), pawsx, per_language_metrics
+        ),
+        ChoiceTask(
+            "xwinograd",
+            "test",
+            ("sentence", "option1", "option2", "answer"),
+            xwinograd,
+            per_language_metrics,
+        ),
+    )
+}

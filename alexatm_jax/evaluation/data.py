@@ -33,8 +33,10 @@ class DataError(ValueError):
 def iter_jsonl(path: pathlib.Path, required: Sequence[str] = ()) -> Iterator[Example]:
     """The JSON objects of `path` one by one (with `_where`), each checked for `required` keys."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: put the split there as JSONL (one JSON "
-                                f"object per line with fields {list(required)})")
+        raise FileNotFoundError(
+            f"{path} does not exist: put the split there as JSONL (one JSON "
+            f"object per line with fields {list(required)})"
+        )
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -57,8 +59,9 @@ def check_fields(example: Example, required: Sequence[str], where: str) -> None:
         raise DataError(f"{where} lacks fields {missing}; every example needs {list(required)}")
 
 
-def read_jsonl(path: pathlib.Path, required: Sequence[str] = (),
-               limit: int | None = None) -> list[Example]:
+def read_jsonl(
+    path: pathlib.Path, required: Sequence[str] = (), limit: int | None = None
+) -> list[Example]:
     """The first `limit` (all when None) examples of `path`; an empty file is an error."""
     examples = []
     for example in iter_jsonl(path, required):
@@ -106,13 +109,17 @@ class Source:
         """The source of one language config: `<directory>/<subdirectory>`, rows + `language`."""
         convert = self.convert
         return dataclasses.replace(
-            self, directory=f"{self.directory}/{subdirectory}",
-            alternatives=tuple(f"{a}/{subdirectory}" for a in self.alternatives), config=config,
-            convert=lambda row: {**convert(row), "language": language})
+            self,
+            directory=f"{self.directory}/{subdirectory}",
+            alternatives=tuple(f"{a}/{subdirectory}" for a in self.alternatives),
+            config=config,
+            convert=lambda row: {**convert(row), "language": language},
+        )
 
 
-def _hf_rows(data_dir: pathlib.Path, source: Source,
-             split: str) -> tuple[list[Example], str] | None:
+def _hf_rows(
+    data_dir: pathlib.Path, source: Source, split: str
+) -> tuple[list[Example], str] | None:
     directories = [data_dir / d for d in (source.directory, *source.alternatives)]
     directories += hf_files.cache_directories(source.hub, source.config) if source.hub else []
     for directory in directories:
@@ -125,8 +132,13 @@ def _hf_rows(data_dir: pathlib.Path, source: Source,
     return None
 
 
-def load_split(data_dir: str | pathlib.Path, source: Source, split: str,
-               required: Sequence[str] = (), limit: int | None = None) -> list[Example]:
+def load_split(
+    data_dir: str | pathlib.Path,
+    source: Source,
+    split: str,
+    required: Sequence[str] = (),
+    limit: int | None = None,
+) -> list[Example]:
     """The first `limit` examples of `split` from the first place that has it (module doc)."""
     data_dir = pathlib.Path(data_dir)
     jsonl = split_path(data_dir, source.directory, split)
@@ -134,14 +146,19 @@ def load_split(data_dir: str | pathlib.Path, source: Source, split: str,
         return read_jsonl(jsonl, required, limit)
     found = _hf_rows(data_dir, source, split)
     if found is None:
-        tried = [str(jsonl)] + [f"{data_dir / d} (HuggingFace save_to_disk/parquet/arrow, split "
-                                f"{'/'.join(source.split_names(split))})"
-                                for d in (source.directory, *source.alternatives)]
+        tried = [str(jsonl)] + [
+            f"{data_dir / d} (HuggingFace save_to_disk/parquet/arrow, split "
+            f"{'/'.join(source.split_names(split))})"
+            for d in (source.directory, *source.alternatives)
+        ]
         if source.hub:
-            tried.append(f"the datasets cache {hf_files.cache_root()} "
-                         f"({', '.join(source.hub)}, config {source.config})")
-        raise FileNotFoundError(f"no {split} data for {source.directory}: looked for "
-                                + "; ".join(tried))
+            tried.append(
+                f"the datasets cache {hf_files.cache_root()} "
+                f"({', '.join(source.hub)}, config {source.config})"
+            )
+        raise FileNotFoundError(
+            f"no {split} data for {source.directory}: looked for " + "; ".join(tried)
+        )
     rows, where = found
     examples = []
     for number, row in enumerate(rows[:limit] if limit is not None else rows):
@@ -149,8 +166,10 @@ def load_split(data_dir: str | pathlib.Path, source: Source, split: str,
         try:
             example = source.convert(row)
         except (KeyError, TypeError, AttributeError) as e:
-            raise DataError(f"{place}: unexpected HuggingFace schema ({e!r}); expected the "
-                            f"fields of {source.hub[0] if source.hub else source.directory}") from e
+            raise DataError(
+                f"{place}: unexpected HuggingFace schema ({e!r}); expected the "
+                f"fields of {source.hub[0] if source.hub else source.directory}"
+            ) from e
         check_fields(example, required, place)
         examples.append({**example, WHERE: place})
     if not examples:
@@ -163,6 +182,7 @@ def field(example: Example, name: str, kind: type = str) -> Any:
     naming the place otherwise."""
     value = example.get(name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise DataError(f"{example.get(WHERE, '?')}: field `{name}` must be a "
-                        f"{kind.__name__}, got {value!r}")
+        raise DataError(
+            f"{example.get(WHERE, '?')}: field `{name}` must be a {kind.__name__}, got {value!r}"
+        )
     return value

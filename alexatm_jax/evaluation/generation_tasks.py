@@ -20,6 +20,7 @@ from alexatm_jax.evaluation.text_processing import (
 )
 from alexatm_jax.tokenization import Tokenizer, clm_prompt
 
+
 @dataclasses.dataclass(frozen=True)
 class GenerationItem:
     """One prompt and its reference(s)."""
@@ -37,8 +38,9 @@ class GenerationTask(abc.ABC):
     max_shots: int | None = None
 
     @abc.abstractmethod
-    def items(self, data_dir: str, split: str, tokenizer: Tokenizer, shots: int,
-              limit: int | None) -> list[GenerationItem]:
+    def items(
+        self, data_dir: str, split: str, tokenizer: Tokenizer, shots: int, limit: int | None
+    ) -> list[GenerationItem]:
         """Prompts (with their shots) and references of `split`."""
 
     @abc.abstractmethod
@@ -76,8 +78,9 @@ class Summarization(GenerationTask):
         """The example's `document` (or MLSum's `text`) field."""
         key = "document" if "document" in example else "text"
         if key not in example:
-            raise DataError(f"{example.get(data.WHERE, '?')}: an example has neither `document` "
-                            "nor `text`")
+            raise DataError(
+                f"{example.get(data.WHERE, '?')}: an example has neither `document` nor `text`"
+            )
         return data.field(example, key)
 
     def shots(self, data_dir: str, count: int) -> list[data.Example]:
@@ -85,24 +88,38 @@ class Summarization(GenerationTask):
         source = sources.source(self.name)
         for limit in (1000, None):
             train = data.load_split(data_dir, source, "train", ("summary",), limit)
-            chosen = [e for e in train
-                      if word_count(self.document(e)) < self.SHOT_WORD_LIMIT][:count]
+            chosen = [e for e in train if word_count(self.document(e)) < self.SHOT_WORD_LIMIT][
+                :count
+            ]
             if len(chosen) == count or limit is None or len(train) < limit:
                 break
         if len(chosen) < count:
-            raise DataError(f"the {self.name} train split has only {len(chosen)} documents under "
-                            f"{self.SHOT_WORD_LIMIT} words; {count} shots were asked for")
+            raise DataError(
+                f"the {self.name} train split has only {len(chosen)} documents under "
+                f"{self.SHOT_WORD_LIMIT} words; {count} shots were asked for"
+            )
         return chosen
 
     def items(self, data_dir, split, tokenizer, shots, limit):
-        prefix = "".join(self.SHOT.format(document=self.document(e),
-                                          summary=data.field(e, "summary"))
-                         for e in (self.shots(data_dir, shots) if shots else []))
+        prefix = "".join(
+            self.SHOT.format(document=self.document(e), summary=data.field(e, "summary"))
+            for e in (self.shots(data_dir, shots) if shots else [])
+        )
         examples = data.load_split(data_dir, sources.source(self.name), split, ("summary",), limit)
-        return [GenerationItem(
-            clm_prompt(prefix + self.QUERY.format(document=truncate_document(
-                self.document(e), tokenizer, self.DOCUMENT_TOKEN_LIMIT))),
-            (data.field(e, "summary"),)) for e in examples]
+        return [
+            GenerationItem(
+                clm_prompt(
+                    prefix
+                    + self.QUERY.format(
+                        document=truncate_document(
+                            self.document(e), tokenizer, self.DOCUMENT_TOKEN_LIMIT
+                        )
+                    )
+                ),
+                (data.field(e, "summary"),),
+            )
+            for e in examples
+        ]
 
     def clean(self, output):
         return cut_before(output, self.SEPARATOR)
@@ -121,21 +138,32 @@ class SquadV2(GenerationTask):
     terminator). Metrics: official SQuAD v2 exact / F1, overall and HasAns / NoAns.
     """
 
-    PROMPT = ("Context: {context} Question: What is the last word in the passage? "
-              "Answer: {last_word}; Question: {question} Answer:")
+    PROMPT = (
+        "Context: {context} Question: What is the last word in the passage? "
+        "Answer: {last_word}; Question: {question} Answer:"
+    )
     name = "squad_v2"
     split = "dev"
     default_shots = 0
     max_shots = 0
 
     def items(self, data_dir, split, tokenizer, shots, limit):
-        examples = data.load_split(data_dir, sources.source(self.name), split,
-                                   ("context", "question", "answers"), limit)
-        return [GenerationItem(
-            clm_prompt(self.PROMPT.format(context=data.field(e, "context"),
-                                          last_word=last_word(e["context"]),
-                                          question=data.field(e, "question"))),
-            tuple(self.answers(e))) for e in examples]
+        examples = data.load_split(
+            data_dir, sources.source(self.name), split, ("context", "question", "answers"), limit
+        )
+        return [
+            GenerationItem(
+                clm_prompt(
+                    self.PROMPT.format(
+                        context=data.field(e, "context"),
+                        last_word=last_word(e["context"]),
+                        question=data.field(e, "question"),
+                    )
+                ),
+                tuple(self.answers(e)),
+            )
+            for e in examples
+        ]
 
     @staticmethod
     def answers(example: data.Example) -> list[str]:
@@ -144,9 +172,11 @@ class SquadV2(GenerationTask):
         if isinstance(value, dict) and isinstance(value.get("text"), list):
             value = value["text"]
         if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-            raise DataError(f"{example.get(data.WHERE, '?')}: field `answers` must be a list of "
-                            "strings ([] when unanswerable) or {\"text\": [...], "
-                            f"\"answer_start\": [...]}}, got {value!r}")
+            raise DataError(
+                f"{example.get(data.WHERE, '?')}: field `answers` must be a list of "
+                'strings ([] when unanswerable) or {"text": [...], '
+                f'"answer_start": [...]}}, got {value!r}'
+            )
         return value
 
     def clean(self, output):
@@ -179,22 +209,32 @@ class E2ENLG(GenerationTask):
         if shots:
             train = data.load_split(data_dir, source, "train", self.FIELDS, shots)
             if len(train) < shots:
-                raise DataError(f"the e2e_nlg train split has {len(train)} rows; {shots} shots "
-                                "were asked for")
-            prefix = "".join(self.SHOT.format(mr=data.field(e, self.FIELDS[0]),
-                                              ref=data.field(e, self.FIELDS[1])) for e in train)
+                raise DataError(
+                    f"the e2e_nlg train split has {len(train)} rows; {shots} shots were asked for"
+                )
+            prefix = "".join(
+                self.SHOT.format(
+                    mr=data.field(e, self.FIELDS[0]), ref=data.field(e, self.FIELDS[1])
+                )
+                for e in train
+            )
         references: dict[str, list[str]] = {}
         for e in data.load_split(data_dir, source, split, self.FIELDS):
             references.setdefault(data.field(e, self.FIELDS[0]), []).append(
-                data.field(e, self.FIELDS[1]))
+                data.field(e, self.FIELDS[1])
+            )
         grouped = list(references.items())[:limit]
-        return [GenerationItem(clm_prompt(prefix + self.QUERY.format(mr=mr)), tuple(refs))
-                for mr, refs in grouped]
+        return [
+            GenerationItem(clm_prompt(prefix + self.QUERY.format(mr=mr)), tuple(refs))
+            for mr, refs in grouped
+        ]
 
     def clean(self, output):
         return cut_before(output, ";")
 
     def metrics(self, predictions, items):
         references = [i.references for i in items]
-        return {**metrics.translation_scores(predictions, references, "13a", plain_name=True),
-                "rougeL": metrics.rouge_l_multi(predictions, references)}
+        return {
+            **metrics.translation_scores(predictions, references, "13a", plain_name=True),
+            "rougeL": metrics.rouge_l_multi(predictions, references),
+        }

@@ -30,9 +30,11 @@ SUMMARIZATION = {"xsum": True, "mlsum_de": False, "mlsum_es": False, "mlsum_fr":
 
 def task_names() -> list[str]:
     """Every task name `get_task` accepts (translation as patterns)."""
-    return (list(SUMMARIZATION) + ["flores101:<src>-<tgt>", "wmt14:<src>-<tgt>",
-                                   "wmt16:<src>-<tgt>", "e2e_nlg", "squad_v2"]
-            + list(CHOICE_TASKS))
+    return (
+        list(SUMMARIZATION)
+        + ["flores101:<src>-<tgt>", "wmt14:<src>-<tgt>", "wmt16:<src>-<tgt>", "e2e_nlg", "squad_v2"]
+        + list(CHOICE_TASKS)
+    )
 
 
 def get_task(name: str) -> GenerationTask | ChoiceTask:
@@ -62,11 +64,13 @@ class EvalResult:
     settings: dict[str, Any]
 
 
-def default_options(text_model: TextModel, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-                    ) -> DecodeOptions:
+def default_options(
+    text_model: TextModel, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+) -> DecodeOptions:
     """Greedy search banning the unknown piece (as the release's `bad_words_ids=[[0], ...]`)."""
-    return DecodeOptions(max_new_tokens=max_new_tokens,
-                         bad_words=((text_model.tokenizer.special.unk,),))
+    return DecodeOptions(
+        max_new_tokens=max_new_tokens, bad_words=((text_model.tokenizer.special.unk,),)
+    )
 
 
 def resolve_shots(task: GenerationTask | ChoiceTask, shots: int | None) -> int:
@@ -77,14 +81,25 @@ def resolve_shots(task: GenerationTask | ChoiceTask, shots: int | None) -> int:
         return 0
     shots = task.default_shots if shots is None else shots
     if shots < 0 or (task.max_shots is not None and shots > task.max_shots):
-        raise ValueError(f"{task.name} takes 0 to {task.max_shots} shots, got {shots}"
-                         if task.max_shots is not None else f"shots must be >= 0, got {shots}")
+        raise ValueError(
+            f"{task.name} takes 0 to {task.max_shots} shots, got {shots}"
+            if task.max_shots is not None
+            else f"shots must be >= 0, got {shots}"
+        )
     return shots
 
 
-def evaluate(task: GenerationTask | ChoiceTask, text_model: TextModel, data_dir: str, *,
-             split: str | None = None, shots: int | None = None, limit: int | None = None,
-             options: DecodeOptions | None = None, choice_mode: str = "denoise") -> EvalResult:
+def evaluate(
+    task: GenerationTask | ChoiceTask,
+    text_model: TextModel,
+    data_dir: str,
+    *,
+    split: str | None = None,
+    shots: int | None = None,
+    limit: int | None = None,
+    options: DecodeOptions | None = None,
+    choice_mode: str = "denoise",
+) -> EvalResult:
     """Runs `task` on `split` (default: the task's evaluation split) of the data in `data_dir`."""
     split = split or task.split
     shots = resolve_shots(task, shots)
@@ -96,14 +111,33 @@ def evaluate(task: GenerationTask | ChoiceTask, text_model: TextModel, data_dir:
     truncated = count_truncated(text_model, prompts)
     generations = text_model.generate(prompts, options, truncate=True)
     predictions = [task.clean(g.text) for g in generations]
-    records = [{"prompt": i.prompt, "prediction": p, "reference": list(i.references),
-                "raw_output": g.raw_text} for i, p, g in zip(items, predictions, generations)]
-    settings = {"shots": shots, "max_new_tokens": options.max_new_tokens,
-                "num_beams": options.num_beams, "sample": options.sample,
-                "bad_words": [list(w) for w in options.bad_words]}
-    return EvalResult(task.name, split, {"num_examples": len(items),
-                                         **task.metrics(predictions, items),
-                                         "truncated_inputs": truncated}, records, settings)
+    records = [
+        {
+            "prompt": i.prompt,
+            "prediction": p,
+            "reference": list(i.references),
+            "raw_output": g.raw_text,
+        }
+        for i, p, g in zip(items, predictions, generations)
+    ]
+    settings = {
+        "shots": shots,
+        "max_new_tokens": options.max_new_tokens,
+        "num_beams": options.num_beams,
+        "sample": options.sample,
+        "bad_words": [list(w) for w in options.bad_words],
+    }
+    return EvalResult(
+        task.name,
+        split,
+        {
+            "num_examples": len(items),
+            **task.metrics(predictions, items),
+            "truncated_inputs": truncated,
+        },
+        records,
+        settings,
+    )
 
 
 def count_truncated(text_model: TextModel, texts: list[str]) -> int:
@@ -115,32 +149,47 @@ def count_truncated(text_model: TextModel, texts: list[str]) -> int:
     return sum(len(text_model.tokenizer.encode(t)) > limit for t in texts)
 
 
-def _evaluate_choices(task: ChoiceTask, text_model: TextModel, data_dir: str, split: str,
-                      limit: int | None, mode: str) -> EvalResult:
+def _evaluate_choices(
+    task: ChoiceTask, text_model: TextModel, data_dir: str, split: str, limit: int | None, mode: str
+) -> EvalResult:
     if mode not in CHOICE_MODES:
         raise ValueError(f"choice mode must be one of {CHOICE_MODES}, got {mode!r}")
     items = task.items(data_dir, split, limit)
-    pairs = [(c.full_text, c.full_text) if mode == "denoise"
-             else (clm_prompt(c.context), c.continuation)
-             for item in items for c in item.choices]
+    pairs = [
+        (c.full_text, c.full_text) if mode == "denoise" else (clm_prompt(c.context), c.continuation)
+        for item in items
+        for c in item.choices
+    ]
     truncated = count_truncated(text_model, [t for p in pairs for t in p])
     scores = text_model.score([p[0] for p in pairs], [p[1] for p in pairs], truncate=True)
     predicted, records, offset = [], [], 0
     for item in items:
-        means = [s.score_mean for s in scores[offset:offset + len(item.choices)]]
-        item_pairs = pairs[offset:offset + len(item.choices)]
+        means = [s.score_mean for s in scores[offset : offset + len(item.choices)]]
+        item_pairs = pairs[offset : offset + len(item.choices)]
         offset += len(item.choices)
         best = int(np.argmax(means))
         predicted.append(best)
-        records.append({"prompt": [p[0] for p in item_pairs], "targets": [p[1] for p in item_pairs],
-                        "choices": list(item.names), "score_mean": means,
-                        "prediction": item.names[best],
-                        "reference": list(item.answers) or [item.names[g] for g in item.gold]})
-    return EvalResult(task.name, split, {"num_examples": len(items),
-                                         **task.metrics(items, predicted),
-                                         "truncated_inputs": truncated},
-                      records, {"shots": 0, "choice_mode": mode,
-                                "choice_score": "mean target log-probability"})
+        records.append(
+            {
+                "prompt": [p[0] for p in item_pairs],
+                "targets": [p[1] for p in item_pairs],
+                "choices": list(item.names),
+                "score_mean": means,
+                "prediction": item.names[best],
+                "reference": list(item.answers) or [item.names[g] for g in item.gold],
+            }
+        )
+    return EvalResult(
+        task.name,
+        split,
+        {
+            "num_examples": len(items),
+            **task.metrics(items, predicted),
+            "truncated_inputs": truncated,
+        },
+        records,
+        {"shots": 0, "choice_mode": mode, "choice_score": "mean target log-probability"},
+    )
 
 
 def markdown_cell(text: str) -> str:
@@ -148,17 +197,26 @@ def markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def write_results(result: EvalResult, out_dir: str | pathlib.Path,
-                  extra: dict[str, Any] | None = None) -> dict[str, pathlib.Path]:
+def write_results(
+    result: EvalResult, out_dir: str | pathlib.Path, extra: dict[str, Any] | None = None
+) -> dict[str, pathlib.Path]:
     """Writes results.json, results.md and predictions.jsonl under `out_dir`; returns the paths."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"task": result.task, "split": result.split, "metrics": result.metrics,
-               "settings": {**result.settings, **(extra or {})}}
-    paths = {"results.json": out / "results.json", "results.md": out / "results.md",
-             "predictions.jsonl": out / "predictions.jsonl"}
-    paths["results.json"].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-                                     encoding="utf-8")
+    summary = {
+        "task": result.task,
+        "split": result.split,
+        "metrics": result.metrics,
+        "settings": {**result.settings, **(extra or {})},
+    }
+    paths = {
+        "results.json": out / "results.json",
+        "results.md": out / "results.md",
+        "predictions.jsonl": out / "predictions.jsonl",
+    }
+    paths["results.json"].write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     rows = ["| task | split | metric | value |", "| --- | --- | --- | --- |"]
     for name, value in result.metrics.items():
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)

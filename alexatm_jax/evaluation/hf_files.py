@@ -49,9 +49,15 @@ def split_files(directory: pathlib.Path, split: str) -> list[pathlib.Path]:
     if saved.is_file():
         state = json.loads(saved.read_text(encoding="utf-8"))
         return [directory / split / f["filename"] for f in state.get("_data_files", [])]
-    for pattern in (f"{split}-*.parquet", f"{split}/*.parquet", f"data/{split}-*.parquet",
-                    f"{split}.parquet", f"*-{split}.arrow", f"*-{split}-*-of-*.arrow",
-                    f"{split}.arrow"):
+    for pattern in (
+        f"{split}-*.parquet",
+        f"{split}/*.parquet",
+        f"data/{split}-*.parquet",
+        f"{split}.parquet",
+        f"*-{split}.arrow",
+        f"*-{split}-*-of-*.arrow",
+        f"{split}.arrow",
+    ):
         found = sorted(directory.glob(pattern))
         if found:
             return found
@@ -74,8 +80,9 @@ def cache_root() -> pathlib.Path:
     """The local HuggingFace datasets cache directory."""
     if os.environ.get("HF_DATASETS_CACHE"):
         return pathlib.Path(os.environ["HF_DATASETS_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                     "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache", "huggingface"
+    )
     return pathlib.Path(home) / "datasets"
 
 

@@ -26,14 +26,18 @@ class _UnicodeWordTokenizer:
         return _UNICODE_WORD.findall(text.lower())
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str],
-          english: bool = True) -> dict[str, float]:
+def rouge(
+    predictions: Sequence[str], references: Sequence[str], english: bool = True
+) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measures (x100) over prediction/reference pairs."""
     from rouge_score import rouge_scorer
 
     types = ["rouge1", "rouge2", "rougeL"]
-    scorer = (rouge_scorer.RougeScorer(types, use_stemmer=True) if english
-              else rouge_scorer.RougeScorer(types, tokenizer=_UnicodeWordTokenizer()))
+    scorer = (
+        rouge_scorer.RougeScorer(types, use_stemmer=True)
+        if english
+        else rouge_scorer.RougeScorer(types, tokenizer=_UnicodeWordTokenizer())
+    )
     totals = collections.Counter()
     for prediction, reference in zip(predictions, references):
         for name, score in scorer.score(reference, prediction).items():
@@ -76,8 +80,11 @@ def bleu_tokenizer() -> str:
     logging.warning(
         "the Flores-101 SentencePiece model is not at %s, so spBLEU cannot be computed offline; "
         "reporting BLEU with sacrebleu's 13a tokenizer instead, named bleu_13a (pass "
-        "--spbleu_model or set $%s to a copy of %s for spBLEU)", path, SPBLEU_MODEL_ENV,
-        FLORES_SPM_URL)
+        "--spbleu_model or set $%s to a copy of %s for spBLEU)",
+        path,
+        SPBLEU_MODEL_ENV,
+        FLORES_SPM_URL,
+    )
     return "13a"
 
 
@@ -87,8 +94,12 @@ def _reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | N
     return [[r[k] if k < len(r) else None for r in references] for k in range(width)]
 
 
-def translation_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                       tokenize: str, plain_name: bool = False) -> dict[str, float | str]:
+def translation_scores(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    tokenize: str,
+    plain_name: bool = False,
+) -> dict[str, float | str]:
     """Corpus BLEU and chrF over one or more references per example.
 
     The BLEU is named `spbleu` with the flores101 tokenizer (SentencePiece from
@@ -105,8 +116,10 @@ def translation_scores(predictions: Sequence[str], references: Sequence[Sequence
         model = spm.SentencePieceProcessor(model_file=flores_spm_model_path())
         split = lambda text: " ".join(model.encode(text, out_type=str))
         bleu = BLEU(tokenize="none")
-        score = bleu.corpus_score([split(h) for h in hypotheses],
-                                  [[None if r is None else split(r) for r in s] for s in streams])
+        score = bleu.corpus_score(
+            [split(h) for h in hypotheses],
+            [[None if r is None else split(r) for r in s] for s in streams],
+        )
         signature = str(bleu.get_signature()).replace("tok:none", "tok:flores101")
         name = "spbleu"
     else:
@@ -116,8 +129,13 @@ def translation_scores(predictions: Sequence[str], references: Sequence[Sequence
         name = "bleu" if plain_name else f"bleu_{tokenize}"
     chrf = CHRF()
     chrf_score = chrf.corpus_score(hypotheses, streams)
-    return {name: score.score, "chrf": chrf_score.score, "bleu_tokenize": tokenize,
-            "bleu_signature": signature, "chrf_signature": str(chrf.get_signature())}
+    return {
+        name: score.score,
+        "chrf": chrf_score.score,
+        "bleu_tokenize": tokenize,
+        "bleu_signature": signature,
+        "chrf_signature": str(chrf.get_signature()),
+    }
 
 
 def rouge_l_multi(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
@@ -126,8 +144,10 @@ def rouge_l_multi(predictions: Sequence[str], references: Sequence[Sequence[str]
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    total = sum(scorer.score_multi(list(refs), p)["rougeL"].fmeasure
-                for p, refs in zip(predictions, references))
+    total = sum(
+        scorer.score_multi(list(refs), p)["rougeL"].fmeasure
+        for p, refs in zip(predictions, references)
+    )
     return 100.0 * total / max(len(predictions), 1)
 
 
@@ -157,8 +177,9 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: Sequence[str],
-                 gold_answers: Sequence[Sequence[str]]) -> dict[str, float]:
+def squad_scores(
+    predictions: Sequence[str], gold_answers: Sequence[Sequence[str]]
+) -> dict[str, float]:
     """SQuAD v2 `exact` and `f1` (x100; max over gold answers; no answer = gold [""]), and the
     same over the answerable (`HasAns_*`) and unanswerable (`NoAns_*`) questions with their
     counts, as the official evaluation script reports them."""
@@ -170,8 +191,10 @@ def squad_scores(predictions: Sequence[str],
         ems.append(max(exact_match(prediction, g) for g in golds))
         f1s.append(max(token_f1(prediction, g) for g in golds))
     count = max(len(predictions), 1)
-    out = {"exact": 100.0 * sum(sum(v[0]) for v in per.values()) / count,
-           "f1": 100.0 * sum(sum(v[1]) for v in per.values()) / count}
+    out = {
+        "exact": 100.0 * sum(sum(v[0]) for v in per.values()) / count,
+        "f1": 100.0 * sum(sum(v[1]) for v in per.values()) / count,
+    }
     for name, (ems, f1s) in per.items():
         if ems:
             out[f"{name}_exact"] = 100.0 * sum(ems) / len(ems)

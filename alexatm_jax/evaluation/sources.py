@@ -21,20 +21,46 @@ from typing import Sequence
 from alexatm_jax.evaluation import data, hf_files
 from alexatm_jax.evaluation.data import DataError, Example, Source
 
-SUPERGLUE_CONFIGS = {"boolq": "boolq", "cb": "cb", "copa": "copa", "rte": "rte", "wic": "wic",
-                     "wsc": "wsc.fixed", "multirc": "multirc", "record": "record"}
+SUPERGLUE_CONFIGS = {
+    "boolq": "boolq",
+    "cb": "cb",
+    "copa": "copa",
+    "rte": "rte",
+    "wic": "wic",
+    "wsc": "wsc.fixed",
+    "multirc": "multirc",
+    "record": "record",
+}
 # HuggingFace config -> our language code where they differ.
 LANGUAGE_OF_CONFIG = {"jp": "ja"}
 LANGUAGE_CONFIGS = {
-    "xnli": ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi",
-             "zh"),
+    "xnli": (
+        "ar",
+        "bg",
+        "de",
+        "el",
+        "en",
+        "es",
+        "fr",
+        "hi",
+        "ru",
+        "sw",
+        "th",
+        "tr",
+        "ur",
+        "vi",
+        "zh",
+    ),
     "xcopa": ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh"),
     "pawsx": ("de", "en", "es", "fr", "ja", "ko", "zh"),
     "xwinograd": ("en", "fr", "jp", "pt", "ru", "zh"),
 }
-_MULTILINGUAL_HUB = {"xnli": ("facebook/xnli", "xnli"), "xcopa": ("cambridgeltl/xcopa", "xcopa"),
-                     "pawsx": ("google-research-datasets/paws-x", "paws-x"),
-                     "xwinograd": ("Muennighoff/xwinograd",)}
+_MULTILINGUAL_HUB = {
+    "xnli": ("facebook/xnli", "xnli"),
+    "xcopa": ("cambridgeltl/xcopa", "xcopa"),
+    "pawsx": ("google-research-datasets/paws-x", "paws-x"),
+    "xwinograd": ("Muennighoff/xwinograd",),
+}
 
 
 def _multirc(row: Example) -> Example:
@@ -59,14 +85,17 @@ def source(task: str) -> Source:
         return Source(task, alternatives=(f"mlsum/{lang}",), hub=("mlsum",), config=lang)
     if task in SUPERGLUE_CONFIGS:
         config = SUPERGLUE_CONFIGS[task]
-        return Source(task, alternatives=(f"super_glue/{config}",),
-                      hub=("aps/super_glue", "super_glue"), config=config,
-                      convert=_multirc if task == "multirc" else data.identity)
+        return Source(
+            task,
+            alternatives=(f"super_glue/{config}",),
+            hub=("aps/super_glue", "super_glue"),
+            config=config,
+            convert=_multirc if task == "multirc" else data.identity,
+        )
     if task == "squad_v2":
         return Source("squad_v2", hub=("rajpurkar/squad_v2", "squad_v2"), config="squad_v2")
     if task == "e2e_nlg":
-        return Source("e2e_nlg", hub=("tuetschek/e2e_nlg", "e2e_nlg", "GEM/e2e_nlg"),
-                      convert=_e2e)
+        return Source("e2e_nlg", hub=("tuetschek/e2e_nlg", "e2e_nlg", "GEM/e2e_nlg"), convert=_e2e)
     raise ValueError(f"no data source for {task}")
 
 
@@ -79,20 +108,27 @@ def wmt_source(year: str, source_lang: str, target_lang: str) -> Source:
         pair = row.get("translation", row)
         return {"source": pair[source_lang], "target": pair[target_lang]}
 
-    return Source(f"{year}/{config}", alternatives=(f"{year}_{config}",),
-                  hub=(f"wmt/{year}", year), config=config, convert=convert)
+    return Source(
+        f"{year}/{config}",
+        alternatives=(f"{year}_{config}",),
+        hub=(f"wmt/{year}", year),
+        config=config,
+        convert=convert,
+    )
 
 
 def _language_configs(data_dir: pathlib.Path, task: str) -> list[str]:
     base = data_dir / task
     present = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
-    cached = [c for c in LANGUAGE_CONFIGS[task]
-              if hf_files.cache_directories(_MULTILINGUAL_HUB[task], c)]
+    cached = [
+        c for c in LANGUAGE_CONFIGS[task] if hf_files.cache_directories(_MULTILINGUAL_HUB[task], c)
+    ]
     return present + [c for c in cached if c not in present]
 
 
-def load_multilingual(data_dir: str | pathlib.Path, task: str, split: str,
-                      required: Sequence[str], limit: int | None) -> list[Example]:
+def load_multilingual(
+    data_dir: str | pathlib.Path, task: str, split: str, required: Sequence[str], limit: int | None
+) -> list[Example]:
     """Examples of a per-language task with their `language`, the first `limit` of each language.
 
     From `DATA_DIR/<task>/<split>.jsonl` (a `language` field on every line) or else one
@@ -110,14 +146,16 @@ def load_multilingual(data_dir: str | pathlib.Path, task: str, split: str,
         if not examples:
             raise DataError(f"{jsonl} holds no examples")
         return examples
-    base = Source(task, hub=_MULTILINGUAL_HUB[task],
-                  hf_splits=(("dev", ("validation",)), ("test", ("test",))))
+    base = Source(
+        task, hub=_MULTILINGUAL_HUB[task], hf_splits=(("dev", ("validation",)), ("test", ("test",)))
+    )
     examples = []
     for config in _language_configs(data_dir, task):
         language = LANGUAGE_OF_CONFIG.get(config, config)
         try:
-            examples += data.load_split(data_dir, base.with_language(config, config, language),
-                                        split, required, limit)
+            examples += data.load_split(
+                data_dir, base.with_language(config, config, language), split, required, limit
+            )
         except FileNotFoundError:
             continue
     if not examples:
@@ -125,5 +163,6 @@ def load_multilingual(data_dir: str | pathlib.Path, task: str, split: str,
             f"no {split} data for {task}: put {jsonl} (JSONL with a `language` field) or one "
             f"HuggingFace dataset per language under {data_dir / task}/<config>/ (configs "
             f"{', '.join(LANGUAGE_CONFIGS[task])}), or have them in the datasets cache "
-            f"{hf_files.cache_root()}")
+            f"{hf_files.cache_root()}"
+        )
     return examples

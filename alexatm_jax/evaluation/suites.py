@@ -20,16 +20,22 @@ from alexatm_jax.evaluation import harness, summary
 from alexatm_jax.evaluation.data import DataError
 from alexatm_jax.evaluation.translation_tasks import FLORES_LANGUAGES
 
-FLORES_PAIRS = tuple(f"flores101:{s}-{t}" for s in FLORES_LANGUAGES for t in FLORES_LANGUAGES
-                     if s != t)
+FLORES_PAIRS = tuple(
+    f"flores101:{s}-{t}" for s in FLORES_LANGUAGES for t in FLORES_LANGUAGES if s != t
+)
 SUMMARIZATION = ("xsum", "mlsum_de", "mlsum_es", "mlsum_fr")
 SUPERGLUE = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc")
 XLINGUAL = ("xnli", "xcopa", "pawsx", "xwinograd")
 QA = ("squad_v2",)
 WMT = ("wmt14:fr-en", "wmt16:de-en")
 SUITES: dict[str, tuple[str, ...]] = {
-    "flores101": FLORES_PAIRS, "summarization": SUMMARIZATION, "superglue": SUPERGLUE,
-    "xlingual": XLINGUAL, "qa": QA, "wmt": WMT, "e2e": ("e2e_nlg",),
+    "flores101": FLORES_PAIRS,
+    "summarization": SUMMARIZATION,
+    "superglue": SUPERGLUE,
+    "xlingual": XLINGUAL,
+    "qa": QA,
+    "wmt": WMT,
+    "e2e": ("e2e_nlg",),
     "paper": SUMMARIZATION + FLORES_PAIRS + SUPERGLUE + XLINGUAL + QA + ("e2e_nlg",) + WMT,
 }
 
@@ -46,11 +52,21 @@ def suite_tasks(name: str) -> tuple[str, ...]:
     return SUITES[name]
 
 
-def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.Path, *,
-              limit: int | None = None, options=None, choice_mode: str = "denoise",
-              extra: dict[str, Any] | None = None, writer: bool = True,
-              progress: bool = True, note: Callable[[str], None] = logging.warning,
-              agree: Callable[[list[bool]], list[bool]] = list) -> dict[str, Any]:
+def run_suite(
+    name: str,
+    text_model: Any,
+    data_dir: str,
+    out_dir: str | pathlib.Path,
+    *,
+    limit: int | None = None,
+    options=None,
+    choice_mode: str = "denoise",
+    extra: dict[str, Any] | None = None,
+    writer: bool = True,
+    progress: bool = True,
+    note: Callable[[str], None] = logging.warning,
+    agree: Callable[[list[bool]], list[bool]] = list,
+) -> dict[str, Any]:
     """Runs suite `name` (module doc); returns the summary (also written as summary.json).
 
     A task without data on the machine is skipped and listed under `skipped` with the reason;
@@ -59,8 +75,7 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
     """
     out = pathlib.Path(out_dir)
     tasks = suite_tasks(name)
-    saved = {t: _saved_result(out / task_directory(t) / "results.json", limit, note)
-             for t in tasks}
+    saved = {t: _saved_result(out / task_directory(t) / "results.json", limit, note) for t in tasks}
     finished = dict(zip(tasks, agree([saved[t] is not None for t in tasks])))
     results: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
@@ -78,8 +93,14 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
                 examples += saved[task_name]["metrics"].get("num_examples", 0)
             continue
         try:
-            result = harness.evaluate(harness.get_task(task_name), text_model, data_dir,
-                                      limit=limit, options=options, choice_mode=choice_mode)
+            result = harness.evaluate(
+                harness.get_task(task_name),
+                text_model,
+                data_dir,
+                limit=limit,
+                options=options,
+                choice_mode=choice_mode,
+            )
         except FileNotFoundError as e:
             skipped[task_name] = str(e)
             note(f"{task_name}: skipped, no data ({e})")
@@ -87,11 +108,15 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
         except DataError as e:
             raise DataError(f"{task_name}: {e}") from e
         if writer:
-            harness.write_results(result, path.parent,
-                                  {**(extra or {}), "suite": name, "limit": limit})
-        results[task_name] = {"task": result.task, "split": result.split,
-                              "metrics": result.metrics,
-                              "settings": {**result.settings, "limit": limit}}
+            harness.write_results(
+                result, path.parent, {**(extra or {}), "suite": name, "limit": limit}
+            )
+        results[task_name] = {
+            "task": result.task,
+            "split": result.split,
+            "metrics": result.metrics,
+            "settings": {**result.settings, "limit": limit},
+        }
         examples += result.metrics.get("num_examples", 0)
     bar.set_postfix_str(f"{examples} examples")
     bar.close()
@@ -101,8 +126,9 @@ def run_suite(name: str, text_model: Any, data_dir: str, out_dir: str | pathlib.
     return report
 
 
-def _saved_result(path: pathlib.Path, limit: int | None,
-                  note: Callable[[str], None]) -> dict[str, Any] | None:
+def _saved_result(
+    path: pathlib.Path, limit: int | None, note: Callable[[str], None]
+) -> dict[str, Any] | None:
     """A finished task's results.json, or None (absent, or written with another limit)."""
     if not path.is_file():
         return None

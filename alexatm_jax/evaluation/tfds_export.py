@@ -45,9 +45,11 @@ def _squad(e: dict[str, Any]) -> dict[str, Any]:
 
 
 _SUPERGLUE_FIELDS = {
-    "boolq": ("passage", "question", "label"), "cb": ("premise", "hypothesis", "label"),
+    "boolq": ("passage", "question", "label"),
+    "cb": ("premise", "hypothesis", "label"),
     "copa": ("premise", "choice1", "choice2", "question", "label"),
-    "rte": ("premise", "hypothesis", "label"), "wic": ("word", "sentence1", "sentence2", "label"),
+    "rte": ("premise", "hypothesis", "label"),
+    "wic": ("word", "sentence1", "sentence2", "label"),
     "wsc": ("text", "span1_text", "span2_text", "label"),
     "record": ("passage", "query", "entities", "answers"),
 }
@@ -55,15 +57,30 @@ _SUPERGLUE_FIELDS = {
 # task -> (TFDS name, {our split: TFDS split}, converter)
 TFDS_SOURCES: dict[str, tuple[str, dict[str, str], Converter]] = {
     "xsum": ("xsum", {"train": "train", "test": "test"}, _pick("document", "summary")),
-    **{f"mlsum_{lang}": (f"gem/mlsum_{lang}", {"train": "train", "test": "test"},
-                         _pick("text", "target", rename={"text": "document", "target": "summary"}))
-       for lang in ("de", "es")},
-    **{f"{year}:{pair}": (f"{year}_translate/{pair}",
-                          {"validation": "validation", "test": "test"}, _pick(*pair.split("-")))
-       for year, pair in (("wmt14", "fr-en"), ("wmt16", "de-en"), ("wmt16", "ro-en"))},
-    **{task: (f"super_glue/{'wsc.fixed' if task == 'wsc' else task}",
-              {"train": "train", "dev": "validation"}, _pick(*fields))
-       for task, fields in _SUPERGLUE_FIELDS.items()},
+    **{
+        f"mlsum_{lang}": (
+            f"gem/mlsum_{lang}",
+            {"train": "train", "test": "test"},
+            _pick("text", "target", rename={"text": "document", "target": "summary"}),
+        )
+        for lang in ("de", "es")
+    },
+    **{
+        f"{year}:{pair}": (
+            f"{year}_translate/{pair}",
+            {"validation": "validation", "test": "test"},
+            _pick(*pair.split("-")),
+        )
+        for year, pair in (("wmt14", "fr-en"), ("wmt16", "de-en"), ("wmt16", "ro-en"))
+    },
+    **{
+        task: (
+            f"super_glue/{'wsc.fixed' if task == 'wsc' else task}",
+            {"train": "train", "dev": "validation"},
+            _pick(*fields),
+        )
+        for task, fields in _SUPERGLUE_FIELDS.items()
+    },
     "multirc": ("super_glue/multirc", {"train": "train", "dev": "validation"}, _multirc),
     "squad_v2": ("squad/v2.0", {"train": "train", "dev": "validation"}, _squad),
 }
@@ -84,8 +101,10 @@ def export_split(task: str, split: str, tfds_data_dir: str, data_dir: str) -> pa
 
     builder = tfds.builder(name, data_dir=tfds_data_dir)
     if not builder.is_prepared():
-        raise FileNotFoundError(f"TFDS dataset {name} is not prepared under {tfds_data_dir}; "
-                                "prepare it there first (this tool never downloads)")
+        raise FileNotFoundError(
+            f"TFDS dataset {name} is not prepared under {tfds_data_dir}; "
+            "prepare it there first (this tool never downloads)"
+        )
     year, _, pair = task.partition(":")
     directory = f"{year}/{pair}" if pair else task
     out = pathlib.Path(data_dir) / directory / f"{split}.jsonl"

@@ -13,21 +13,37 @@ from alexatm_jax.tokenization import clm_prompt
 
 # ISO 639-1 code -> (name used in the prompt, Flores-101 code, Flores-200 code).
 FLORES_LANGUAGES: dict[str, tuple[str, str, str]] = {
-    "ar": ("Arabic", "ara", "arb_Arab"), "en": ("English", "eng", "eng_Latn"),
-    "fr": ("French", "fra", "fra_Latn"), "de": ("German", "deu", "deu_Latn"),
-    "hi": ("Hindi", "hin", "hin_Deva"), "it": ("Italian", "ita", "ita_Latn"),
-    "ja": ("Japanese", "jpn", "jpn_Jpan"), "mr": ("Marathi", "mar", "mar_Deva"),
-    "pt": ("Portuguese", "por", "por_Latn"), "es": ("Spanish", "spa", "spa_Latn"),
-    "ta": ("Tamil", "tam", "tam_Taml"), "te": ("Telugu", "tel", "tel_Telu"),
+    "ar": ("Arabic", "ara", "arb_Arab"),
+    "en": ("English", "eng", "eng_Latn"),
+    "fr": ("French", "fra", "fra_Latn"),
+    "de": ("German", "deu", "deu_Latn"),
+    "hi": ("Hindi", "hin", "hin_Deva"),
+    "it": ("Italian", "ita", "ita_Latn"),
+    "ja": ("Japanese", "jpn", "jpn_Jpan"),
+    "mr": ("Marathi", "mar", "mar_Deva"),
+    "pt": ("Portuguese", "por", "por_Latn"),
+    "es": ("Spanish", "spa", "spa_Latn"),
+    "ta": ("Tamil", "tam", "tam_Taml"),
+    "te": ("Telugu", "tel", "tel_Telu"),
 }
-WMT_LANGUAGES = {"en": "English", "fr": "French", "de": "German", "ro": "Romanian",
-                 "cs": "Czech", "hi": "Hindi", "ru": "Russian", "fi": "Finnish", "tr": "Turkish"}
+WMT_LANGUAGES = {
+    "en": "English",
+    "fr": "French",
+    "de": "German",
+    "ro": "Romanian",
+    "cs": "Czech",
+    "hi": "Hindi",
+    "ru": "Russian",
+    "fi": "Finnish",
+    "tr": "Turkish",
+}
 FLORES_DIRECTORIES = ("flores101", "flores200", "flores")
 FLORES_HUB = ("gsarti/flores_101", "facebook/flores", "openlanguagedata/flores_plus")
 
 
-def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
-                     limit: int | None = None) -> list[str]:
+def flores_sentences(
+    data_dir: str | pathlib.Path, split: str, language: str, limit: int | None = None
+) -> list[str]:
     """One language's sentences of a Flores split (`dev` or `devtest`), line-aligned across
     languages, from the first of (under `DATA_DIR/flores101`, `flores200` or `flores`):
 
@@ -45,8 +61,7 @@ def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
         folder = root / directory / split
         jsonl = folder / f"{language}.jsonl"
         if jsonl.is_file():
-            return [data.field(e, "sentence") for e in data.read_jsonl(jsonl, ("sentence",),
-                                                                      limit)]
+            return [data.field(e, "sentence") for e in data.read_jsonl(jsonl, ("sentence",), limit)]
         plain = folder / f"{code101}.{split}"
         if plain.is_file():
             lines = plain.read_text(encoding="utf-8").splitlines()
@@ -69,14 +84,18 @@ def flores_sentences(data_dir: str | pathlib.Path, split: str, language: str,
         columns = (f"sentence_{code101}", f"sentence_{code200}")
         if found is not None and found[0] and any(c in found[0][0] for c in columns):
             return _column(*found, columns, limit)
-    tried.append(f"a HuggingFace dataset of all languages (columns sentence_{code101} or "
-                 f"sentence_{code200}) in {root}/flores101/all/ or {root}/flores101/")
-    raise FileNotFoundError(f"no Flores {split} data for {language}: looked for "
-                            + "; ".join(tried) + f" and the datasets cache {hf_files.cache_root()}")
+    tried.append(
+        f"a HuggingFace dataset of all languages (columns sentence_{code101} or "
+        f"sentence_{code200}) in {root}/flores101/all/ or {root}/flores101/"
+    )
+    raise FileNotFoundError(
+        f"no Flores {split} data for {language}: looked for "
+        + "; ".join(tried)
+        + f" and the datasets cache {hf_files.cache_root()}"
+    )
 
 
-def _column(rows: list[dict], where: str, names: tuple[str, ...],
-            limit: int | None) -> list[str]:
+def _column(rows: list[dict], where: str, names: tuple[str, ...], limit: int | None) -> list[str]:
     """The first of the columns `names` present, of the first `limit` rows (checked strings)."""
     if not rows:
         raise DataError(f"{where} holds no rows")
@@ -100,19 +119,25 @@ class Translation(GenerationTask):
 
     def shot(self, source: str, translation: str) -> str:
         """One in-context example."""
-        return (f"Sentence:{self.GAP}{source}; Translation in {self.target_name}: "
-                f"{translation}; ")
+        return f"Sentence:{self.GAP}{source}; Translation in {self.target_name}: {translation}; "
 
     def query(self, source: str) -> str:
         """The prompt's last part, for `source`."""
         return f"Sentence:{self.GAP}{source}; Translation in {self.target_name}:"
 
-    def prompts(self, shot_pairs: list[tuple[str, str]], pairs: list[tuple[str, str]],
-                shots: int, where: str) -> list[GenerationItem]:
+    def prompts(
+        self,
+        shot_pairs: list[tuple[str, str]],
+        pairs: list[tuple[str, str]],
+        shots: int,
+        where: str,
+    ) -> list[GenerationItem]:
         """Items from the shot and evaluation (source, target) pairs."""
         if len(shot_pairs) < shots:
-            raise DataError(f"{where} has only {len(shot_pairs)} sentence pairs for shots; "
-                            f"{shots} shots were asked for")
+            raise DataError(
+                f"{where} has only {len(shot_pairs)} sentence pairs for shots; "
+                f"{shots} shots were asked for"
+            )
         prefix = "".join(self.shot(s, t) for s, t in shot_pairs[:shots])
         return [GenerationItem(clm_prompt(prefix + self.query(s)), (t,)) for s, t in pairs]
 
@@ -130,8 +155,9 @@ class Flores(Translation):
     def __init__(self, source: str, target: str):
         for code in (source, target):
             if code not in FLORES_LANGUAGES:
-                raise ValueError(f"unknown Flores language {code!r}; use two of "
-                                 f"{', '.join(FLORES_LANGUAGES)}")
+                raise ValueError(
+                    f"unknown Flores language {code!r}; use two of {', '.join(FLORES_LANGUAGES)}"
+                )
         if source == target:
             raise ValueError(f"flores101:{source}-{target} translates a language into itself")
         super().__init__(source, target, FLORES_LANGUAGES[target][0])
@@ -141,18 +167,25 @@ class Flores(Translation):
         sources_ = flores_sentences(data_dir, split, self.source, limit)
         targets = flores_sentences(data_dir, split, self.target, limit)
         if len(sources_) != len(targets):
-            raise DataError(f"Flores {split} data of {self.source} and {self.target} have "
-                            f"{len(sources_)} and {len(targets)} sentences; they must align")
+            raise DataError(
+                f"Flores {split} data of {self.source} and {self.target} have "
+                f"{len(sources_)} and {len(targets)} sentences; they must align"
+            )
         return list(zip(sources_, targets))
 
     def items(self, data_dir, split, tokenizer, shots, limit):
         shot_pairs = self._pairs(data_dir, "dev", shots) if shots else []
-        return self.prompts(shot_pairs, self._pairs(data_dir, split, limit), shots,
-                            f"the Flores dev split of {self.source}-{self.target}")
+        return self.prompts(
+            shot_pairs,
+            self._pairs(data_dir, split, limit),
+            shots,
+            f"the Flores dev split of {self.source}-{self.target}",
+        )
 
     def metrics(self, predictions, items):
-        return metrics.translation_scores(predictions, [i.references for i in items],
-                                          metrics.bleu_tokenizer())
+        return metrics.translation_scores(
+            predictions, [i.references for i in items], metrics.bleu_tokenizer()
+        )
 
 
 class WMT(Translation):
@@ -168,8 +201,9 @@ class WMT(Translation):
             raise ValueError(f"WMT tasks are {', '.join(self.YEARS)}, got {year!r}")
         for code in (source, target):
             if code not in WMT_LANGUAGES:
-                raise ValueError(f"unknown WMT language {code!r}; use two of "
-                                 f"{', '.join(WMT_LANGUAGES)}")
+                raise ValueError(
+                    f"unknown WMT language {code!r}; use two of {', '.join(WMT_LANGUAGES)}"
+                )
         if "en" not in (source, target) or source == target:
             raise ValueError(f"WMT pairs are <xx>-en or en-<xx>, got {source}-{target}")
         super().__init__(source, target, WMT_LANGUAGES[target])
@@ -183,12 +217,17 @@ class WMT(Translation):
 
     def items(self, data_dir, split, tokenizer, shots, limit):
         shot_pairs = self._pairs(data_dir, "validation", shots) if shots else []
-        return self.prompts(shot_pairs, self._pairs(data_dir, split, limit), shots,
-                            f"the {self.year} validation split of {self.source}-{self.target}")
+        return self.prompts(
+            shot_pairs,
+            self._pairs(data_dir, split, limit),
+            shots,
+            f"the {self.year} validation split of {self.source}-{self.target}",
+        )
 
     def metrics(self, predictions, items):
-        return metrics.translation_scores(predictions, [i.references for i in items], "13a",
-                                          plain_name=True)
+        return metrics.translation_scores(
+            predictions, [i.references for i in items], "13a", plain_name=True
+        )
 
 
 def translation_task(name: str) -> Translation | None:
@@ -197,7 +236,8 @@ def translation_task(name: str) -> Translation | None:
     if prefix not in ("flores101",) + WMT.YEARS or not pair:
         return None
     if pair.count("-") != 1:
-        raise ValueError(f"write translation tasks as {prefix}:<src>-<tgt>, e.g. {prefix}:fr-en; "
-                         f"got {name!r}")
+        raise ValueError(
+            f"write translation tasks as {prefix}:<src>-<tgt>, e.g. {prefix}:fr-en; got {name!r}"
+        )
     source, target = pair.split("-")
     return Flores(source, target) if prefix == "flores101" else WMT(prefix, source, target)

@@ -13,6 +13,13 @@ from alexatm_jax.model.params import (
 from alexatm_jax.model.transformer import AlexaTM
 
 __all__ = [
-    "AlexaTM", "ModelConfig", "MODEL_INPUT_FEATURES", "abstract_params", "count_params",
-    "init_params", "model_inputs", "param_logical_axes", "param_shapes",
+    "AlexaTM",
+    "ModelConfig",
+    "MODEL_INPUT_FEATURES",
+    "abstract_params",
+    "count_params",
+    "init_params",
+    "model_inputs",
+    "param_logical_axes",
+    "param_shapes",
 ]

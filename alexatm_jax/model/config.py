@@ -70,9 +70,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("vocab_size", "d_model", "num_encoder_layers", "num_decoder_layers",
-                     "num_encoder_heads", "num_decoder_heads", "encoder_ffn_dim",
-                     "decoder_ffn_dim", "max_positions", "type_vocab_size"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "num_encoder_heads",
+            "num_decoder_heads",
+            "encoder_ffn_dim",
+            "decoder_ffn_dim",
+            "max_positions",
+            "type_vocab_size",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for heads in (self.num_encoder_heads, self.num_decoder_heads):
@@ -82,22 +91,30 @@ class ModelConfig:
             problems.append(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
             problems.append(
-                f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention_impl!r}")
+                f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention_impl!r}"
+            )
         if self.dropout_rng_impl not in DROPOUT_RNG_IMPLS:
-            problems.append(f"dropout_rng_impl must be one of {DROPOUT_RNG_IMPLS}, "
-                            f"got {self.dropout_rng_impl!r}")
+            problems.append(
+                f"dropout_rng_impl must be one of {DROPOUT_RNG_IMPLS}, "
+                f"got {self.dropout_rng_impl!r}"
+            )
         for name in ("cotangent_barriers", "flat_dense"):
             if getattr(self, name) not in COTANGENT_BARRIERS:
-                problems.append(f"{name} must be one of {COTANGENT_BARRIERS}, "
-                                f"got {getattr(self, name)!r}")
+                problems.append(
+                    f"{name} must be one of {COTANGENT_BARRIERS}, got {getattr(self, name)!r}"
+                )
         if self.remat_policy not in REMAT_POLICIES:
-            problems.append(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+            problems.append(
+                f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
+            )
         for name in ("dropout_rate", "attention_dropout_rate", "activation_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.attention_impl != "einsum" and self.attention_dropout_rate > 0:
-            problems.append(f"attention_impl={self.attention_impl!r} has no attention-probability dropout: "
-                            "set attention_dropout_rate=0 or attention_impl='einsum'")
+            problems.append(
+                f"attention_impl={self.attention_impl!r} has no attention-probability dropout: "
+                "set attention_dropout_rate=0 or attention_impl='einsum'"
+            )
         if problems:
             raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
 
@@ -125,7 +142,9 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
+            raise ValueError(
+                f"Unknown ModelConfig fields {unknown}; known fields are {sorted(known)}"
+            )
         return cls(**values)
 
     def to_json(self) -> str:
@@ -137,7 +156,17 @@ class ModelConfig:
 
         Two configs with equal architectures can load each other's checkpoints.
         """
-        runtime = {"dropout_rate", "attention_dropout_rate", "activation_dropout_rate", "init_std",
-                   "dtype", "remat_policy", "attention_impl", "scan_layers", "dropout_rng_impl",
-                   "cotangent_barriers", "flat_dense"}
+        runtime = {
+            "dropout_rate",
+            "attention_dropout_rate",
+            "activation_dropout_rate",
+            "init_std",
+            "dtype",
+            "remat_policy",
+            "attention_impl",
+            "scan_layers",
+            "dropout_rng_impl",
+            "cotangent_barriers",
+            "flat_dense",
+        }
         return {k: v for k, v in self.to_dict().items() if k not in runtime}

@@ -34,7 +34,8 @@ PACKED = "threefry_packed"
 DRAW_BITS = 16
 # (block, blocks): the model runs on rows [block * n, (block + 1) * n) of a batch of blocks * n.
 _BATCH_BLOCK: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar(
-    "alexatm_dropout_batch_block", default=(0, 1))
+    "alexatm_dropout_batch_block", default=(0, 1)
+)
 
 
 @contextlib.contextmanager
@@ -76,8 +77,9 @@ def _flat_index(shape: tuple[int, ...]) -> jax.Array:
     return index
 
 
-def packed_keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float,
-                     row_offset: int = 0) -> jax.Array:
+def packed_keep_mask(
+    key: jax.Array, shape: tuple[int, ...], rate: float, row_offset: int = 0
+) -> jax.Array:
     """Boolean keep-mask of `shape` (P(keep) = 1 - round(rate * 2^16) / 2^16) from one
     Threefry-2x32 hash per four elements of the last axis. `row_offset` shifts the row counter
     (the flat index over the leading axes): rows [o, o + r) of a larger mask."""

@@ -51,8 +51,9 @@ def _materialize_cotangent_bwd(_, cotangent: Array) -> tuple[Array]:
     # whose predicate it cannot fold. The predicate is false only when the cotangent's first
     # element is NaN; the gradient is then non-finite anyway and comes out all NaN.
     first = cotangent.reshape(-1)[0]
-    return (jax.lax.cond(first == first, lambda g: g, lambda g: jnp.full_like(g, jnp.nan),
-                         cotangent),)
+    return (
+        jax.lax.cond(first == first, lambda g: g, lambda g: jnp.full_like(g, jnp.nan), cotangent),
+    )
 
 
 _materialize_cotangent.defvjp(_materialize_cotangent_fwd, _materialize_cotangent_bwd)
@@ -99,10 +100,18 @@ class LayerNorm(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         features = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           (features,), jnp.dtype(cfg.param_dtype))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                          (features,), jnp.dtype(cfg.param_dtype))
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (features,),
+            jnp.dtype(cfg.param_dtype),
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            (features,),
+            jnp.dtype(cfg.param_dtype),
+        )
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         if cfg.uncentered_layer_norm:
@@ -127,7 +136,7 @@ def matrix_product(x: Array, kernel: Array, num_in_axes: int, dtype: jnp.dtype) 
     sharding and a sharded heads/mlp axis carry over; GPU and TPU compilers canonicalise both
     forms to the same matmuls.
     """
-    lead, contracted = x.shape[:x.ndim - num_in_axes], x.shape[x.ndim - num_in_axes:]
+    lead, contracted = x.shape[: x.ndim - num_in_axes], x.shape[x.ndim - num_in_axes :]
     out_shape = kernel.shape[num_in_axes:]
     rows = x.reshape(math.prod(lead), math.prod(contracted)).astype(dtype)
     matrix = kernel.reshape(math.prod(contracted), math.prod(out_shape)).astype(dtype)
@@ -148,20 +157,30 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        in_shape = x.shape[-self.num_in_axes:]
+        in_shape = x.shape[-self.num_in_axes :]
         kernel = self.param(
-            "kernel", nn.with_logical_partitioning(dense_init(cfg), self.kernel_axes),
-            in_shape + self.out_shape, jnp.dtype(cfg.param_dtype))
+            "kernel",
+            nn.with_logical_partitioning(dense_init(cfg), self.kernel_axes),
+            in_shape + self.out_shape,
+            jnp.dtype(cfg.param_dtype),
+        )
         bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                 self.kernel_axes[self.num_in_axes:]),
-            self.out_shape, jnp.dtype(cfg.param_dtype))
+            "bias",
+            nn.with_logical_partitioning(
+                nn.initializers.zeros, self.kernel_axes[self.num_in_axes :]
+            ),
+            self.out_shape,
+            jnp.dtype(cfg.param_dtype),
+        )
         dtype = jnp.dtype(cfg.dtype)
         if cpu_only_option(cfg.flat_dense):
             return matrix_product(x, kernel, self.num_in_axes, dtype) + bias.astype(dtype)
         contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
-        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                                ((contract, tuple(range(self.num_in_axes))), ((), ())))
+        y = jax.lax.dot_general(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            ((contract, tuple(range(self.num_in_axes))), ((), ())),
+        )
         return y + bias.astype(dtype)
 
 
@@ -179,12 +198,14 @@ class MLP(nn.Module):
         h = activation_fn(cfg.activation)(h)
         h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
         h = Dropout(cfg.activation_dropout_rate, cfg.dropout_rng_impl)(
-            h, deterministic=self.deterministic)
+            h, deterministic=self.deterministic
+        )
         return Dense(cfg, (cfg.d_model,), ("mlp", "embed"), name="wo")(h)
 
 
-def _attention_weights_einsum(q: Array, k: Array, mask: Array | None, scale: float,
-                              equation: str = "bqhd,bkhd->bhqk") -> Array:
+def _attention_weights_einsum(
+    q: Array, k: Array, mask: Array | None, scale: float, equation: str = "bqhd,bkhd->bhqk"
+) -> Array:
     """Softmax((q k^T) * scale + mask) in float32, shape [batch, heads, q_len, kv_len].
 
     `equation` names the key layout (head-major decode caches use "bqhd,bhkd->bhqk").
@@ -220,12 +241,14 @@ class Attention(nn.Module):
     max_decode_length: int = 0
 
     @nn.compact
-    def __call__(self, inputs_q: Array, inputs_kv: Array,
-                 mask: Array | SegmentMask | None) -> Array:
+    def __call__(
+        self, inputs_q: Array, inputs_kv: Array, mask: Array | SegmentMask | None
+    ) -> Array:
         cfg = self.config
         head_dim = cfg.d_model // self.num_heads
-        proj = lambda name: Dense(cfg, (self.num_heads, head_dim), ("embed", "heads", "kv"),
-                                  name=name)
+        proj = lambda name: Dense(
+            cfg, (self.num_heads, head_dim), ("embed", "heads", "kv"), name=name
+        )
         qkv_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         if self.decode and not self.cache_kv and not self.is_initializing():
             # One decode step of self-attention: a single product with the stacked q/k/v
@@ -245,7 +268,7 @@ class Attention(nn.Module):
             if self.decode:
                 key, value, mask = self._append_to_cache(key, value)
 
-        scale = head_dim ** -0.5
+        scale = head_dim**-0.5
         dtype = jnp.dtype(cfg.dtype)
         if self.decode:
             weights = _attention_weights_einsum(query, key, mask, scale, "bqhd,bhkd->bhqk")
@@ -254,12 +277,14 @@ class Attention(nn.Module):
             out = splash_attention(query, key, value, mask, scale)
         elif cfg.attention_impl in ("dot_product", "cudnn"):
             implementation = "cudnn" if cfg.attention_impl == "cudnn" else None
-            out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale,
-                                               implementation=implementation)
+            out = jax.nn.dot_product_attention(
+                query, key, value, mask=mask, scale=scale, implementation=implementation
+            )
         else:
             weights = _attention_weights_einsum(query, key, mask, scale)
             weights = Dropout(cfg.attention_dropout_rate, cfg.dropout_rng_impl)(
-                weights, deterministic=self.deterministic)
+                weights, deterministic=self.deterministic
+            )
             out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), value)
         out = constrain(out.astype(dtype), qkv_axes)
         return Dense(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in_axes=2, name="out")(out)
@@ -292,9 +317,11 @@ class Attention(nn.Module):
         index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         start = index.value
         cached_key.value = jax.lax.dynamic_update_slice(
-            cached_key.value, jnp.swapaxes(key, 1, 2), (0, 0, start, 0))
+            cached_key.value, jnp.swapaxes(key, 1, 2), (0, 0, start, 0)
+        )
         cached_value.value = jax.lax.dynamic_update_slice(
-            cached_value.value, jnp.swapaxes(value, 1, 2), (0, 0, start, 0))
+            cached_value.value, jnp.swapaxes(value, 1, 2), (0, 0, start, 0)
+        )
         index.value = start + length
         query_pos = start + jnp.arange(length)
         key_pos = jnp.arange(self.max_decode_length)

@@ -96,7 +96,8 @@ def unscan_params(params: Params, *, consume: bool = False) -> Params:
         lengths = {leaf.shape[0] for leaf in flat.values()}
         if len(lengths) != 1:
             raise ValueError(
-                f"{name}/{SCANNED_LAYERS} leaves disagree on the layer count: {lengths}")
+                f"{name}/{SCANNED_LAYERS} leaves disagree on the layer count: {lengths}"
+            )
         num_layers = lengths.pop()
         per_layer: list[dict[tuple[str, ...], Any]] = [{} for _ in range(num_layers)]
         for key in list(flat):

@@ -32,13 +32,15 @@ def decoder_self_mask(decoder_segment_ids: Array | None, length: int) -> Array:
     return causal & _pair_mask(decoder_segment_ids, decoder_segment_ids)
 
 
-def cross_mask(decoder_segment_ids: Array | None, encoder_segment_ids: Array | None,
-               decoder_length: int) -> Array | None:
+def cross_mask(
+    decoder_segment_ids: Array | None, encoder_segment_ids: Array | None, decoder_length: int
+) -> Array | None:
     """Each decoder token attends to the encoder tokens of its own segment."""
     if encoder_segment_ids is None:
         return None
     if decoder_segment_ids is None:
         valid = encoder_segment_ids != 0
-        return jnp.broadcast_to(valid[:, None, None, :],
-                                (valid.shape[0], 1, decoder_length, valid.shape[1]))
+        return jnp.broadcast_to(
+            valid[:, None, None, :], (valid.shape[0], 1, decoder_length, valid.shape[1])
+        )
     return _pair_mask(decoder_segment_ids, encoder_segment_ids)

@@ -12,8 +12,13 @@ from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.transformer import AlexaTM
 
 MODEL_INPUT_FEATURES = (
-    "encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
-    "encoder_positions", "decoder_positions", "encoder_token_type_ids",
+    "encoder_input_tokens",
+    "decoder_input_tokens",
+    "encoder_segment_ids",
+    "decoder_segment_ids",
+    "encoder_positions",
+    "decoder_positions",
+    "encoder_token_type_ids",
 )
 Params = Any
 
@@ -56,8 +61,10 @@ def init_params(config: ModelConfig, rng: jax.Array) -> Params:
 
 def count_params(tree: Params) -> int:
     """Total number of scalars in a (possibly abstract) parameter tree."""
-    return sum(int(jnp.size(x)) if not hasattr(x, "shape") else int(_prod(x.shape))
-               for x in jax.tree_util.tree_leaves(tree))
+    return sum(
+        int(jnp.size(x)) if not hasattr(x, "shape") else int(_prod(x.shape))
+        for x in jax.tree_util.tree_leaves(tree)
+    )
 
 
 def _prod(shape: tuple[int, ...]) -> int:

@@ -63,11 +63,22 @@ def _kernel(heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool):
     head_mask = splash.CausalMask(shape) if causal else splash.FullMask(shape)
     bq, bkv = _block(q_len), _block(kv_len)
     # One fused backward kernel computes dq, dk and dv from a single pass over the blocks.
-    sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
-                              block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
-                              use_fused_bwd_kernel=True)
-    return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads), block_sizes=sizes,
-                                  head_shards=1, q_seq_shards=1, interpret=interpret)
+    sizes = splash.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bkv,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bkv,
+        use_fused_bwd_kernel=True,
+    )
+    return splash.make_splash_mha(
+        splash.MultiHeadMask([head_mask] * heads),
+        block_sizes=sizes,
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
 
 
 def _target_platform() -> str:
@@ -83,8 +94,9 @@ def _axes_size(mesh: jax.sharding.AbstractMesh, axes: str | tuple[str, ...] | No
     return math.prod(mesh.shape[name] for name in names)
 
 
-def _segment_operands(mask: SegmentMask, batch: int, q_len: int, kv_len: int,
-                      q_pad: int, kv_pad: int) -> tuple[Array, Array] | None:
+def _segment_operands(
+    mask: SegmentMask, batch: int, q_len: int, kv_len: int, q_pad: int, kv_pad: int
+) -> tuple[Array, Array] | None:
     """[batch, padded len] int32 query / key segment ids as the kernel matches them (equal ids
     attend), or None when nothing needs masking beyond the static mask."""
     if mask.q_segment_ids is None and mask.kv_segment_ids is None and not (q_pad or kv_pad):
@@ -98,12 +110,15 @@ def _segment_operands(mask: SegmentMask, batch: int, q_len: int, kv_len: int,
         kv = jnp.where(kv == -1, -1, 1)  # no query segments: every real key is attendable
     else:
         q = mask.q_segment_ids.astype(jnp.int32)
-    return (jnp.pad(q, ((0, 0), (0, q_pad)), constant_values=0),
-            jnp.pad(kv, ((0, 0), (0, kv_pad)), constant_values=-1))
+    return (
+        jnp.pad(q, ((0, 0), (0, q_pad)), constant_values=0),
+        jnp.pad(kv, ((0, 0), (0, kv_pad)), constant_values=-1),
+    )
 
 
-def splash_attention(query: Array, key: Array, value: Array, mask: SegmentMask,
-                     scale: float) -> Array:
+def splash_attention(
+    query: Array, key: Array, value: Array, mask: SegmentMask, scale: float
+) -> Array:
     """softmax(q k^T * scale, masked) v for [batch, len, heads, head_dim] operands, by the
     splash kernels; returns [batch, q_len, heads, head_dim] in the query's dtype."""
     from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
@@ -112,8 +127,7 @@ def splash_attention(query: Array, key: Array, value: Array, mask: SegmentMask,
     kv_len = key.shape[1]
     q_pad, kv_pad = _round_up(q_len, LANES) - q_len, _round_up(kv_len, LANES) - kv_len
     segments = _segment_operands(mask, batch, q_len, kv_len, q_pad, kv_pad)
-    head_major = lambda x, pad: jnp.pad(jnp.swapaxes(x, 1, 2),
-                                        ((0, 0), (0, 0), (0, pad), (0, 0)))
+    head_major = lambda x, pad: jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, pad), (0, 0)))
     q = head_major(query * jnp.asarray(scale, query.dtype), q_pad)
     k, v = head_major(key, kv_pad), head_major(value, kv_pad)
     interpret = _target_platform() != "tpu"
@@ -147,13 +161,16 @@ def splash_kernel_flops(config, batch: int, inputs_length: int, targets_length: 
     policy the forward again. Causal attention skips the kernel blocks above the diagonal.
     The TPU cost model does not cost Pallas kernels, so the planner adds these.
     """
+
     def units(q_len: int, kv_len: int, causal: bool) -> float:
         blocks = _round_up(q_len, LANES) // _block(_round_up(q_len, LANES))
         share = (blocks + 1) / (2 * blocks) if causal else 1.0
         return q_len * kv_len * share
 
     per_unit = 4 + 10 + (4 if config.remat_policy != "none" else 0)
-    per_sequence = (config.num_encoder_layers * units(inputs_length, inputs_length, False)
-                    + config.num_decoder_layers * (units(targets_length, targets_length, True)
-                                                   + units(targets_length, inputs_length, False)))
+    per_sequence = config.num_encoder_layers * units(
+        inputs_length, inputs_length, False
+    ) + config.num_decoder_layers * (
+        units(targets_length, targets_length, True) + units(targets_length, inputs_length, False)
+    )
     return float(per_unit * per_sequence * config.d_model * batch)

@@ -18,8 +18,20 @@ from alexatm_jax.training.state import (
 from alexatm_jax.training.step import make_eval_step, make_train_step
 
 __all__ = [
-    "OptimizerConfig", "PEAK_FLOPS", "TrainConfig", "TrainState", "abstract_train_state", "applied_learning_rate",
-    "create_train_state", "decay_mask", "learning_rate_schedule", "make_eval_step",
-    "make_optimizer", "make_train_step", "mfu", "peak_flops_per_device", "train_state_shardings",
+    "OptimizerConfig",
+    "PEAK_FLOPS",
+    "TrainConfig",
+    "TrainState",
+    "abstract_train_state",
+    "applied_learning_rate",
+    "create_train_state",
+    "decay_mask",
+    "learning_rate_schedule",
+    "make_eval_step",
+    "make_optimizer",
+    "make_train_step",
+    "mfu",
+    "peak_flops_per_device",
+    "train_state_shardings",
     "train_flops_per_step",
 ]

@@ -78,29 +78,37 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 def _with_stored_dtypes(abstract_state: Any, stored: dict[str, Any]) -> Any:
     """`abstract_state` with each leaf's dtype replaced by the dtype it was saved in (so the
     digests compare what was written; the caller casts afterwards)."""
+
     def leaf(path: tuple, spec: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
         dtype = getattr(stored.get(digests.dotted_name(path)), "dtype", None) or spec.dtype
         return jax.ShapeDtypeStruct(spec.shape, dtype, sharding=spec.sharding)
+
     return jax.tree_util.tree_map_with_path(leaf, abstract_state)
 
 
 def _layout_differences(saved: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
     problems = [f"missing in checkpoint: {k}" for k in sorted(set(expected) - set(saved))]
     problems += [f"not in configured state: {k}" for k in sorted(set(saved) - set(expected))]
-    problems += [f"{k}: checkpoint shape {saved[k]} vs configured {expected[k]}"
-                 for k in sorted(set(saved) & set(expected)) if saved[k] != expected[k]]
+    problems += [
+        f"{k}: checkpoint shape {saved[k]} vs configured {expected[k]}"
+        for k in sorted(set(saved) & set(expected))
+        if saved[k] != expected[k]
+    ]
     return problems
 
 
 def _manager_item_handlers() -> dict[str, ocp.CheckpointHandler]:
-    return {STATE_ITEM: ocp.StandardCheckpointHandler(),
-            PROGRESS_ITEM: ocp.JsonCheckpointHandler(),
-            DIGESTS_ITEM: ocp.JsonCheckpointHandler()}
+    return {
+        STATE_ITEM: ocp.StandardCheckpointHandler(),
+        PROGRESS_ITEM: ocp.JsonCheckpointHandler(),
+        DIGESTS_ITEM: ocp.JsonCheckpointHandler(),
+    }
 
 
 def _sync_processes(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -115,8 +123,9 @@ def read_digests(step_dir: str) -> dict | None:
     item = as_path(step_dir) / DIGESTS_ITEM
     if not item.exists():
         return None
-    return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-        item, args=ocp.args.JsonRestore()))
+    return dict(
+        ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(item, args=ocp.args.JsonRestore())
+    )
 
 
 @dataclasses.dataclass
@@ -144,13 +153,18 @@ class TrainingCheckpointer:
         self.protected_step: int | None = None
         self.quarantined: list[str] = []  # one line per checkpoint moved aside by this object
         self._saving_step: int | None = None
-        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-            ocp.checkpoint_managers.LatestN(n=keep), _KeepProtected(self)])
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+            [ocp.checkpoint_managers.LatestN(n=keep), _KeepProtected(self)]
+        )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
-            cleanup_tmp_directories=True)
+            preservation_policy=policy,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
         self._manager = ocp.CheckpointManager(
-            as_path(self.directory), item_handlers=_manager_item_handlers(), options=options)
+            as_path(self.directory), item_handlers=_manager_item_handlers(), options=options
+        )
 
     def steps(self) -> list[int]:
         """The steps of the finalized checkpoints, ascending."""
@@ -172,24 +186,32 @@ class TrainingCheckpointer:
         self._saving_step = step
         try:
             self._manager.save(
-                step, force=True,
-                args=ocp.args.Composite(**{
-                    STATE_ITEM: ocp.args.StandardSave(state),
-                    PROGRESS_ITEM: ocp.args.JsonSave(progress),
-                    DIGESTS_ITEM: ocp.args.JsonSave(record),
-                }))
+                step,
+                force=True,
+                args=ocp.args.Composite(
+                    **{
+                        STATE_ITEM: ocp.args.StandardSave(state),
+                        PROGRESS_ITEM: ocp.args.JsonSave(progress),
+                        DIGESTS_ITEM: ocp.args.JsonSave(record),
+                    }
+                ),
+            )
         except Exception as error:
             raise self._save_error(error) from error
 
     def _save_error(self, error: BaseException) -> CheckpointSaveError:
         step, self._saving_step = self._saving_step, None
         text = str(error)
-        reason = ("disk full: No space left on device" if "No space left on device" in text
-                  or "[Errno 28]" in text else _first_line(error))
+        reason = (
+            "disk full: No space left on device"
+            if "No space left on device" in text or "[Errno 28]" in text
+            else _first_line(error)
+        )
         on_disk = sorted(ocp.step.checkpoint_steps(as_path(self.directory)))
         return CheckpointSaveError(
             f"saving checkpoint step {step} in {self.directory} failed ({reason}); the previous "
-            f"checkpoints are intact: {on_disk or 'none'}")
+            f"checkpoints are intact: {on_disk or 'none'}"
+        )
 
     def poll(self) -> None:
         """Raise CheckpointSaveError if a background save has failed; never blocks on a save
@@ -209,7 +231,7 @@ class TrainingCheckpointer:
         expected = _leaf_shapes(abstract_state)
         candidates = list(reversed(self.steps()))
         for position, step in enumerate(candidates):
-            older = candidates[position + 1:]
+            older = candidates[position + 1 :]
             step_dir = os.path.join(self.directory, str(step))
             try:
                 metadata = digests.named_leaves(self._manager.item_metadata(step)[STATE_ITEM].tree)
@@ -221,10 +243,19 @@ class TrainingCheckpointer:
                 self._quarantine(step, _first_line(error), older)
                 continue
             problems = _layout_differences(saved, expected)
-            if problems and recorded is not None and _layout_differences(
-                    {k: tuple(v["shape"]) for k, v in recorded["arrays"].items()}, expected) == []:
-                self._quarantine(step, "its metadata contradicts its digest record ("
-                                 + "; ".join(problems[:3]) + ")", older)
+            if (
+                problems
+                and recorded is not None
+                and _layout_differences(
+                    {k: tuple(v["shape"]) for k, v in recorded["arrays"].items()}, expected
+                )
+                == []
+            ):
+                self._quarantine(
+                    step,
+                    "its metadata contradicts its digest record (" + "; ".join(problems[:3]) + ")",
+                    older,
+                )
                 continue
             if problems:
                 raise IncompatibleCheckpointError(
@@ -232,28 +263,43 @@ class TrainingCheckpointer:
                     f"state ({len(problems)} differences; first: {'; '.join(problems[:5])}). The "
                     "optimizer or model layout changed since it was written: restore the "
                     "original configuration, or start a new MODEL_DIR with train.init_from "
-                    "pointing at this run to reuse its parameters.")
+                    "pointing at this run to reuse its parameters."
+                )
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(**{
-                    STATE_ITEM: ocp.args.StandardRestore(
-                        _with_stored_dtypes(abstract_state, metadata)),
-                    PROGRESS_ITEM: ocp.args.JsonRestore(),
-                }))
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        **{
+                            STATE_ITEM: ocp.args.StandardRestore(
+                                _with_stored_dtypes(abstract_state, metadata)
+                            ),
+                            PROGRESS_ITEM: ocp.args.JsonRestore(),
+                        }
+                    ),
+                )
                 state, progress = restored[STATE_ITEM], dict(restored[PROGRESS_ITEM])
                 if recorded is not None:
-                    digests.compare(digests.tree_digests(state), recorded, step_dir,
-                                    **{PROGRESS_ITEM: progress})
-                state = jax.tree.map(lambda x, spec: x if x.dtype == spec.dtype
-                                     else x.astype(spec.dtype), state, abstract_state)
+                    digests.compare(
+                        digests.tree_digests(state), recorded, step_dir, **{PROGRESS_ITEM: progress}
+                    )
+                state = jax.tree.map(
+                    lambda x, spec: x if x.dtype == spec.dtype else x.astype(spec.dtype),
+                    state,
+                    abstract_state,
+                )
             except Exception as error:  # any read failure or mismatch: try an older one
                 restored = state = None
                 self._quarantine(step, _first_line(error), older)
                 continue
             if recorded is None:
-                logger.warning("checkpoint %s has no digests (it was written before checkpoints "
-                               "recorded them): restored unverified", step_dir)
-            return RestoredCheckpoint(step=step, state=state, progress=progress,
-                                      verified=recorded is not None)
+                logger.warning(
+                    "checkpoint %s has no digests (it was written before checkpoints "
+                    "recorded them): restored unverified",
+                    step_dir,
+                )
+            return RestoredCheckpoint(
+                step=step, state=state, progress=progress, verified=recorded is not None
+            )
         return None
 
     def _quarantine(self, step: int, reason: str, older: Sequence[int]) -> None:
@@ -261,10 +307,18 @@ class TrainingCheckpointer:
         source = os.path.join(self.directory, str(step))
         target_root = os.path.join(absolute(self.model_dir), UNREADABLE_CHECKPOINTS_DIR)
         target = os.path.join(target_root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        next_step = (f"falling back to the previous checkpoint (step {older[0]})" if older
-                     else "no older checkpoint is left")
-        logger.warning("checkpoint %s could not be restored (%s); moving it to %s; %s",
-                       source, reason, target, next_step)
+        next_step = (
+            f"falling back to the previous checkpoint (step {older[0]})"
+            if older
+            else "no older checkpoint is left"
+        )
+        logger.warning(
+            "checkpoint %s could not be restored (%s); moving it to %s; %s",
+            source,
+            reason,
+            target,
+            next_step,
+        )
         self.quarantined.append(f"step {step}: {reason}")
         if jax.process_index() == 0:
             as_path(target_root).mkdir(parents=True, exist_ok=True)
@@ -291,7 +345,10 @@ class TrainingCheckpointer:
 
 
 def restore_params_from_model_dir(
-    model_dir: str, step: int | None = None, *, shardings: Any = None,
+    model_dir: str,
+    step: int | None = None,
+    *,
+    shardings: Any = None,
 ) -> tuple[Any, ModelConfig, int]:
     """Read only the parameters of a training checkpoint in `model_dir`.
 
@@ -303,8 +360,11 @@ def restore_params_from_model_dir(
     """
     model_config = read_model_config(model_dir)
     checkpoints_dir = os.path.join(absolute(model_dir), CHECKPOINTS_DIR)
-    steps = (sorted(ocp.step.checkpoint_steps(as_path(checkpoints_dir)))
-             if as_path(checkpoints_dir).is_dir() else [])
+    steps = (
+        sorted(ocp.step.checkpoint_steps(as_path(checkpoints_dir)))
+        if as_path(checkpoints_dir).is_dir()
+        else []
+    )
     if not steps:
         raise FileNotFoundError(f"no finalized checkpoint under {checkpoints_dir}")
     if step is None:
@@ -315,15 +375,22 @@ def restore_params_from_model_dir(
     if shardings is None:
         device = jax.local_devices()[0]
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(device), shapes)
-    target = {"params": jax.tree.map(
-        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        shapes, shardings)}
+    target = {
+        "params": jax.tree.map(
+            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+            shapes,
+            shardings,
+        )
+    }
     step_dir = os.path.join(checkpoints_dir, str(step))
     restored = ocp.PyTreeCheckpointer().restore(
         as_path(step_dir) / STATE_ITEM,
         args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        ),
+    )
     verify_params(step_dir, restored)
     return restored["params"], model_config, step
 
@@ -336,10 +403,14 @@ def verify_params(step_dir: str, restored: dict) -> bool:
         recorded = read_digests(step_dir)
     except Exception as error:
         raise digests.DigestMismatchError(
-            f"{step_dir}: its digest record is unreadable ({_first_line(error)})") from error
+            f"{step_dir}: its digest record is unreadable ({_first_line(error)})"
+        ) from error
     if recorded is None:
-        logger.warning("checkpoint %s has no digests (it was written before checkpoints recorded "
-                       "them): its parameters are loaded unverified", step_dir)
+        logger.warning(
+            "checkpoint %s has no digests (it was written before checkpoints recorded "
+            "them): its parameters are loaded unverified",
+            step_dir,
+        )
         return False
     digests.compare(digests.tree_digests(restored), recorded, step_dir, partial=True)
     return True

@@ -56,7 +56,8 @@ class TrainConfig:
     model_dir: str = ""
     mixture: str = "alexatm_pretrain_local"
     sequence_length: Mapping[str, int] = dataclasses.field(
-        default_factory=lambda: dict(DEFAULT_SEQUENCE_LENGTH))
+        default_factory=lambda: dict(DEFAULT_SEQUENCE_LENGTH)
+    )
     mesh_config: MeshConfig = MeshConfig()
     rules: Any = "fsdp"
     optimizer_config: OptimizerConfig = OptimizerConfig()
@@ -93,8 +94,9 @@ class TrainConfig:
         if {"inputs", "targets"} <= set(lengths):
             lengths = {name: int(value) for name, value in lengths.items()}
         object.__setattr__(self, "sequence_length", lengths)
-        object.__setattr__(self, "inject_nonfinite_steps",
-                           tuple(int(step) for step in self.inject_nonfinite_steps))
+        object.__setattr__(
+            self, "inject_nonfinite_steps", tuple(int(step) for step in self.inject_nonfinite_steps)
+        )
         object.__setattr__(self, "init_from_prefixes", tuple(self.init_from_prefixes))
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -108,8 +110,11 @@ class TrainConfig:
 
     def with_depths(self, depths: Depths) -> "TrainConfig":
         """This run with another number of encoder and decoder layers (for planning)."""
-        return self.replace(model_config=self.model_config.replace(
-            num_encoder_layers=depths[0], num_decoder_layers=depths[1]))
+        return self.replace(
+            model_config=self.model_config.replace(
+                num_encoder_layers=depths[0], num_decoder_layers=depths[1]
+            )
+        )
 
     @property
     def positions_per_step(self) -> int:
@@ -126,30 +131,51 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         """Every value out of range, as messages naming the field (empty when all are fine)."""
-        problems = [f"{name} must be >= 1, got {getattr(self, name)}" for name in (
-            "train_steps", "batch_size", "checkpoint_period", "keep_checkpoints", "log_every",
-            "grad_accum_steps") if int(getattr(self, name)) < 1]
-        problems += [f"{name} must be >= 0 (0 disables evaluation), got {getattr(self, name)}"
-                     for name in ("eval_period", "eval_steps") if int(getattr(self, name)) < 0]
+        problems = [
+            f"{name} must be >= 1, got {getattr(self, name)}"
+            for name in (
+                "train_steps",
+                "batch_size",
+                "checkpoint_period",
+                "keep_checkpoints",
+                "log_every",
+                "grad_accum_steps",
+            )
+            if int(getattr(self, name)) < 1
+        ]
+        problems += [
+            f"{name} must be >= 0 (0 disables evaluation), got {getattr(self, name)}"
+            for name in ("eval_period", "eval_steps")
+            if int(getattr(self, name)) < 0
+        ]
         if self.max_skipped_steps < 0 or self.skipped_window < 1:
-            problems.append(f"max_skipped_steps must be >= 0 and skipped_window >= 1, got "
-                            f"{self.max_skipped_steps} and {self.skipped_window}")
+            problems.append(
+                f"max_skipped_steps must be >= 0 and skipped_window >= 1, got "
+                f"{self.max_skipped_steps} and {self.skipped_window}"
+            )
         if not 0.0 <= float(self.max_skipped_fraction) <= 1.0:
-            problems.append(f"max_skipped_fraction must be in [0, 1], got "
-                            f"{self.max_skipped_fraction}")
+            problems.append(
+                f"max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}"
+            )
         if any(step < 1 for step in self.inject_nonfinite_steps):
-            problems.append(f"inject_nonfinite_steps are 1-based steps, got "
-                            f"{self.inject_nonfinite_steps}")
-        for name, allowed in (("on_unreadable", ON_UNREADABLE), ("nan_policy", NAN_POLICIES),
-                              ("data_resume", DATA_RESUME_MODES), ("data_source", DATA_SOURCES)):
+            problems.append(
+                f"inject_nonfinite_steps are 1-based steps, got {self.inject_nonfinite_steps}"
+            )
+        for name, allowed in (
+            ("on_unreadable", ON_UNREADABLE),
+            ("nan_policy", NAN_POLICIES),
+            ("data_resume", DATA_RESUME_MODES),
+            ("data_source", DATA_SOURCES),
+        ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if {"inputs", "targets"} - set(self.sequence_length):
-            problems.append(f"sequence_length needs keys 'inputs' and 'targets', got "
-                            f"{dict(self.sequence_length)}")
+            problems.append(
+                f"sequence_length needs keys 'inputs' and 'targets', got "
+                f"{dict(self.sequence_length)}"
+            )
         if self.parallel_branches is not None and self.parallel_branches < 1:
-            problems.append(f"parallel_branches must be >= 1 or None, got "
-                            f"{self.parallel_branches}")
+            problems.append(f"parallel_branches must be >= 1 or None, got {self.parallel_branches}")
         return problems
 
     def batch_layout_problem(self, num_batch_shards: int) -> str | None:
@@ -157,7 +183,9 @@ class TrainConfig:
         devices' rows (None when it can)."""
         micro, rest = divmod(self.batch_size, self.grad_accum_steps)
         if rest or micro % num_batch_shards:
-            return (f"batch_size={self.batch_size} must be a multiple of grad_accum_steps="
-                    f"{self.grad_accum_steps} x the {num_batch_shards} batch shards; choose a "
-                    f"multiple of {self.grad_accum_steps * num_batch_shards} (--gin.BATCH_SIZE=...)")
+            return (
+                f"batch_size={self.batch_size} must be a multiple of grad_accum_steps="
+                f"{self.grad_accum_steps} x the {num_batch_shards} batch shards; choose a "
+                f"multiple of {self.grad_accum_steps * num_batch_shards} (--gin.BATCH_SIZE=...)"
+            )
         return None

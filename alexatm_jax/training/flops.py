@@ -33,27 +33,34 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 }
 
 
-def forward_flops_per_example(config: ModelConfig, input_length: int,
-                              target_length: int) -> float:
+def forward_flops_per_example(config: ModelConfig, input_length: int, target_length: int) -> float:
     """Model FLOPs of one forward pass over one [input_length] -> [target_length] example."""
     d, s, t = config.d_model, input_length, target_length
     encoder_layer = 8 * s * d * d + 4 * s * config.encoder_ffn_dim * d + 4 * s * s * d
-    decoder_layer = (8 * t * d * d + 4 * t * d * d + 4 * s * d * d
-                     + 4 * t * config.decoder_ffn_dim * d
-                     + 2 * t * (t + 1) * d + 4 * t * s * d)
+    decoder_layer = (
+        8 * t * d * d
+        + 4 * t * d * d
+        + 4 * s * d * d
+        + 4 * t * config.decoder_ffn_dim * d
+        + 2 * t * (t + 1) * d
+        + 4 * t * s * d
+    )
     head = 2 * t * d * config.vocab_size
-    return float(config.num_encoder_layers * encoder_layer
-                 + config.num_decoder_layers * decoder_layer + head)
+    return float(
+        config.num_encoder_layers * encoder_layer + config.num_decoder_layers * decoder_layer + head
+    )
 
 
-def train_flops_per_step(config: ModelConfig, global_batch: int, input_length: int,
-                         target_length: int) -> float:
+def train_flops_per_step(
+    config: ModelConfig, global_batch: int, input_length: int, target_length: int
+) -> float:
     """Model FLOPs of one training step (forward + backward) over the global batch."""
     return 3.0 * global_batch * forward_flops_per_example(config, input_length, target_length)
 
 
-def peak_flops_per_device(device_kind: str, dtype: str = "bfloat16",
-                          cpu_peak_flops: float | None = None) -> float | None:
+def peak_flops_per_device(
+    device_kind: str, dtype: str = "bfloat16", cpu_peak_flops: float | None = None
+) -> float | None:
     """Peak dense FLOP/s of one device of `device_kind` (jax's `device.device_kind`).
 
     CPUs have no table entry: pass `cpu_peak_flops` (e.g. cores x GHz x FLOPs/cycle) for them.
@@ -69,8 +76,9 @@ def peak_flops_per_device(device_kind: str, dtype: str = "bfloat16",
     return None
 
 
-def mfu(flops_per_step: float, step_time_s: float, num_devices: int,
-        peak_flops_per_device: float) -> float:
+def mfu(
+    flops_per_step: float, step_time_s: float, num_devices: int, peak_flops_per_device: float
+) -> float:
     """Model FLOPs utilisation in [0, 1]: achieved model FLOP/s over the devices' peak."""
     if step_time_s <= 0 or num_devices < 1 or peak_flops_per_device <= 0:
         raise ValueError("step_time_s, num_devices and peak_flops_per_device must be positive")

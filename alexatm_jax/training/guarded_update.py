@@ -15,8 +15,13 @@ def _keep_float_state(new: jax.Array, old: jax.Array) -> jax.Array:
     return new if jnp.issubdtype(new.dtype, jnp.integer) else old
 
 
-def guarded_update(optimizer: optax.GradientTransformation, grads: Any, params: Any,
-                   opt_state: Any, finite: jax.Array | None) -> tuple[Any, Any, jax.Array]:
+def guarded_update(
+    optimizer: optax.GradientTransformation,
+    grads: Any,
+    params: Any,
+    opt_state: Any,
+    finite: jax.Array | None,
+) -> tuple[Any, Any, jax.Array]:
     """(params, opt_state, learning rate of this update) after applying `grads`.
 
     With `finite` (a boolean scalar) False the update is skipped: parameters and floating-point
@@ -29,6 +34,7 @@ def guarded_update(optimizer: optax.GradientTransformation, grads: Any, params: 
     three fusions that each recomputed it. The branch that applies the update updates the
     buffers in place.
     """
+
     def apply(operands: tuple[Any, Any, Any]) -> tuple[Any, Any, jax.Array]:
         grads, params, opt_state = operands
         updates, new_state = optimizer.update(grads, opt_state, params)

@@ -12,8 +12,9 @@ from alexatm_jax.model.layers import constrain
 LOGIT_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 
-def _statistics_from_logits(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                            z_loss: float) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
+def _statistics_from_logits(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float
+) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
     """(statistics, log-normaliser [batch, len], weights as float32) of float32 logits.
 
     `correct_tokens` counts targets whose logit is the row's maximum (argmax == target, ties
@@ -22,8 +23,9 @@ def _statistics_from_logits(logits: jax.Array, targets: jax.Array, weights: jax.
     weights = weights.astype(jnp.float32)
     row_max = jnp.max(logits, axis=-1)
     log_normalizer = row_max + jnp.log(jnp.sum(jnp.exp(logits - row_max[..., None]), axis=-1))
-    target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32),
-                                        axis=-1)[..., 0]
+    target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[
+        ..., 0
+    ]
     correct = (target_logits >= row_max).astype(jnp.float32)
     stats = {
         "loss_sum": jnp.sum((log_normalizer - target_logits) * weights),
@@ -34,8 +36,9 @@ def _statistics_from_logits(logits: jax.Array, targets: jax.Array, weights: jax.
     return stats, jax.lax.stop_gradient(log_normalizer), weights
 
 
-def token_statistics(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                     z_loss: float = 0.0) -> dict[str, jax.Array]:
+def token_statistics(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float = 0.0
+) -> dict[str, jax.Array]:
     """Weighted sums over all tokens (float32 scalars), for normalising later.
 
     logits [batch, len, vocab] (any float dtype, computed in float32), targets [batch, len] ids,
@@ -47,11 +50,13 @@ def token_statistics(logits: jax.Array, targets: jax.Array, weights: jax.Array,
     return stats
 
 
-def _head_logits(hidden: jax.Array, kernel: jax.Array, bias: jax.Array,
-                 vocab_major: bool) -> jax.Array:
+def _head_logits(
+    hidden: jax.Array, kernel: jax.Array, bias: jax.Array, vocab_major: bool
+) -> jax.Array:
     equation = "bld,vd->blv" if vocab_major else "bld,dv->blv"
-    logits = jnp.einsum(equation, hidden, kernel.astype(hidden.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+        equation, hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32
+    )
     return constrain(logits + bias.astype(jnp.float32), LOGIT_AXES)
 
 
@@ -63,8 +68,12 @@ def _column_sum(x: jax.Array) -> jax.Array:
     rounding the float32 operand to bfloat16 passes.
     """
     rows = x.reshape(-1, x.shape[-1])
-    return jnp.matmul(jnp.ones((rows.shape[0],), rows.dtype), rows,
-                      precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    return jnp.matmul(
+        jnp.ones((rows.shape[0],), rows.dtype),
+        rows,
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -82,23 +91,25 @@ def _fused_head_fwd(hidden, kernel, bias, targets, weights, z_loss, vocab_major)
     scale = weights32 * (1.0 + 2.0 * z_loss * log_normalizer) if z_loss else weights32
     vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     probs = jnp.exp(logits - log_normalizer[..., None])
-    d_logits = (probs * scale[..., None]
-                - jnp.where(vocab_ids == targets[..., None].astype(jnp.int32),
-                            weights32[..., None], 0.0))
+    d_logits = probs * scale[..., None] - jnp.where(
+        vocab_ids == targets[..., None].astype(jnp.int32), weights32[..., None], 0.0
+    )
     d_logits = constrain(d_logits, LOGIT_AXES).astype(hidden.dtype)
     k = kernel.astype(hidden.dtype)
     if vocab_major:
         d_hidden = jnp.einsum("blv,vd->bld", d_logits, k)
         # [embed, vocab] then transposed: XLA:CPU would otherwise transpose the (much larger)
         # [tokens, vocab] d_logits for the product.
-        d_kernel = jnp.einsum("bld,blv->dv", hidden, d_logits,
-                              preferred_element_type=jnp.float32).T
+        d_kernel = jnp.einsum("bld,blv->dv", hidden, d_logits, preferred_element_type=jnp.float32).T
     else:
         d_hidden = jnp.einsum("blv,dv->bld", d_logits, k)
         d_kernel = jnp.einsum("bld,blv->dv", hidden, d_logits, preferred_element_type=jnp.float32)
     d_bias = _column_sum(d_logits)
-    grads = (d_hidden.astype(hidden.dtype), d_kernel.astype(kernel.dtype),
-             d_bias.astype(bias.dtype))
+    grads = (
+        d_hidden.astype(hidden.dtype),
+        d_kernel.astype(kernel.dtype),
+        d_bias.astype(bias.dtype),
+    )
     return stats, grads
 
 
@@ -108,16 +119,28 @@ def _fused_head_bwd(z_loss, vocab_major, grads, cotangents):
     # both terms always carry the same cotangent in the train step.
     g = cotangents["loss_sum"]
     d_hidden, d_kernel, d_bias = grads
-    return (d_hidden * g.astype(d_hidden.dtype), d_kernel * g.astype(d_kernel.dtype),
-            d_bias * g.astype(d_bias.dtype), None, None)
+    return (
+        d_hidden * g.astype(d_hidden.dtype),
+        d_kernel * g.astype(d_kernel.dtype),
+        d_bias * g.astype(d_bias.dtype),
+        None,
+        None,
+    )
 
 
 _fused_head.defvjp(_fused_head_fwd, _fused_head_bwd)
 
 
-def fused_head_statistics(hidden: jax.Array, kernel: jax.Array, bias: jax.Array,
-                          targets: jax.Array, weights: jax.Array, z_loss: float = 0.0, *,
-                          vocab_major: bool = False) -> dict[str, jax.Array]:
+def fused_head_statistics(
+    hidden: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    z_loss: float = 0.0,
+    *,
+    vocab_major: bool = False,
+) -> dict[str, jax.Array]:
     """`token_statistics` of the LM head's logits, fused with the head for training.
 
     hidden [batch, len, embed] (compute dtype), kernel [embed, vocab] or, with

@@ -58,8 +58,10 @@ def rotate_run_logs(model_dir: str) -> list[str]:
     so a run that starts again from step 0 keeps the old history. Returns the new names."""
     suffix = time.strftime("before-%Y%m%d-%H%M%S")
     rotated = []
-    for name, new_name in ((METRICS_FILE, f"metrics.{suffix}.jsonl"),
-                           (TENSORBOARD_DIR, f"{TENSORBOARD_DIR}.{suffix}")):
+    for name, new_name in (
+        (METRICS_FILE, f"metrics.{suffix}.jsonl"),
+        (TENSORBOARD_DIR, f"{TENSORBOARD_DIR}.{suffix}"),
+    ):
         path = as_path(model_dir) / name
         if path.exists():
             path.rename(path.parent / new_name)
@@ -102,6 +104,7 @@ class MetricsWriter:
         truncate_metrics_after(local_jsonl, resume_step)
         self._jsonl = open(local_jsonl, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
+
         self._summary = SummaryWriter(local_tensorboard, purge_step=resume_step + 1)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:

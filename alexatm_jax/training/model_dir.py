@@ -1,14 +1,14 @@
 """The layout of a training MODEL_DIR and the guard against resuming a different architecture.
 
-    MODEL_DIR/
-      model_config.json        ModelConfig of the run (its architecture is checked on every launch)
-      config.gin               operative gin config of the latest launch
-      sharding_table.txt       parameter shapes and shardings of the latest launch
-      tokenizer/               the SentencePiece model the data pipeline used (SeqIO runs)
-      metrics.jsonl            one JSON record per logged step
-      tensorboard/             TensorBoard event files
-      checkpoints/<step>/      Orbax checkpoints: `state` (TrainState) and `progress` (JSON)
-      checkpoints_unreadable/  checkpoints that failed to restore, moved aside (never deleted)
+MODEL_DIR/
+  model_config.json        ModelConfig of the run (its architecture is checked on every launch)
+  config.gin               operative gin config of the latest launch
+  sharding_table.txt       parameter shapes and shardings of the latest launch
+  tokenizer/               the SentencePiece model the data pipeline used (SeqIO runs)
+  metrics.jsonl            one JSON record per logged step
+  tensorboard/             TensorBoard event files
+  checkpoints/<step>/      Orbax checkpoints: `state` (TrainState) and `progress` (JSON)
+  checkpoints_unreadable/  checkpoints that failed to restore, moved aside (never deleted)
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ def read_model_config(model_dir: str) -> ModelConfig:
 
 def _describe_differences(saved: dict, configured: dict) -> str:
     keys = sorted(set(saved) | set(configured))
-    return ", ".join(f"{k}: saved {saved.get(k)!r} vs configured {configured.get(k)!r}"
-                     for k in keys if saved.get(k) != configured.get(k))
+    return ", ".join(
+        f"{k}: saved {saved.get(k)!r} vs configured {configured.get(k)!r}"
+        for k in keys
+        if saved.get(k) != configured.get(k)
+    )
 
 
 def check_architecture(model_dir: str, model_config: ModelConfig) -> None:
@@ -70,7 +73,8 @@ def check_architecture(model_dir: str, model_config: ModelConfig) -> None:
         "Refusing to resume from it. To train this configuration, choose a new MODEL_DIR "
         "(--model_dir or --gin.MODEL_DIR=...); to start from that run's weights in a compatible "
         f"model, use a new MODEL_DIR with --gin.train.init_from='{model_dir}'; to continue that "
-        "run, use the gin model file it was started with (see its config.gin).")
+        "run, use the gin model file it was started with (see its config.gin)."
+    )
 
 
 def write_model_config(model_dir: str, model_config: ModelConfig) -> str:

@@ -41,9 +41,16 @@ class SkippedSteps:
     is called to name the last good checkpoint in the error message.
     """
 
-    def __init__(self, *, max_consecutive: int, max_fraction: float, window: int,
-                 progress: Mapping[str, Any], describe_last_good: Callable[[], str],
-                 stop_at_first: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        max_consecutive: int,
+        max_fraction: float,
+        window: int,
+        progress: Mapping[str, Any],
+        describe_last_good: Callable[[], str],
+        stop_at_first: bool = False,
+    ) -> None:
         self.stop_at_first = stop_at_first
         self.max_consecutive = 0 if stop_at_first else max_consecutive
         self.max_in_window = 0 if stop_at_first else math.floor(max_fraction * window)
@@ -56,8 +63,11 @@ class SkippedSteps:
 
     def progress(self) -> dict[str, Any]:
         """The JSON fields to store in a checkpoint's progress (call after `flush()`)."""
-        return {"skipped_steps": self.total, "first_skipped_step": self.first_step,
-                "recent_skipped_steps": list(self.recent)}
+        return {
+            "skipped_steps": self.total,
+            "first_skipped_step": self.first_step,
+            "recent_skipped_steps": list(self.recent),
+        }
 
     def push(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
         """Queue step `step`'s metrics; reads (and acts on) the steps queued before it."""
@@ -91,24 +101,37 @@ class SkippedSteps:
         logger.warning(
             "step %d: non-finite loss (%s) or gradient norm (%s): update skipped (%d in a row, "
             "%d of the last %d steps, %d in the run; limits: %d in a row, %d per %d steps)",
-            step, float(metrics["loss"]), float(metrics["grad_norm"]), consecutive,
-            len(self.recent), self.window, self.total, self.max_consecutive,
-            self.max_in_window, self.window)
+            step,
+            float(metrics["loss"]),
+            float(metrics["grad_norm"]),
+            consecutive,
+            len(self.recent),
+            self.window,
+            self.total,
+            self.max_consecutive,
+            self.max_in_window,
+            self.window,
+        )
         if consecutive > self.max_consecutive or len(self.recent) > self.max_in_window:
-            which = ("the loss or gradient norm is not finite (nan_policy='stop')"
-                     if self.stop_at_first else
-                     f"{consecutive} consecutive non-finite steps (limit "
-                     f"train.max_skipped_steps={self.max_consecutive})"
-                     if consecutive > self.max_consecutive else
-                     f"{len(self.recent)} non-finite steps in the last {self.window} (limit "
-                     f"train.max_skipped_fraction x train.skipped_window = {self.max_in_window})")
+            which = (
+                "the loss or gradient norm is not finite (nan_policy='stop')"
+                if self.stop_at_first
+                else f"{consecutive} consecutive non-finite steps (limit "
+                f"train.max_skipped_steps={self.max_consecutive})"
+                if consecutive > self.max_consecutive
+                else f"{len(self.recent)} non-finite steps in the last {self.window} (limit "
+                f"train.max_skipped_fraction x train.skipped_window = {self.max_in_window})"
+            )
             raise NonFiniteLossError(
                 f"step {step}: {which}; the run stops without saving this state. "
-                f"{self._describe_last_good()}")
+                f"{self._describe_last_good()}"
+            )
 
     def summary(self) -> str:
         """One line for the end of the run ('' when nothing was skipped)."""
         if not self.total:
             return ""
-        return (f"Skipped {self.total} non-finite step(s) in the run (first at step "
-                f"{self.first_step}; {len(self.recent)} in the last {self.window} steps)")
+        return (
+            f"Skipped {self.total} non-finite step(s) in the run (first at step "
+            f"{self.first_step}; {len(self.recent)} in the last {self.window} steps)"
+        )

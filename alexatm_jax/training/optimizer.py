@@ -63,8 +63,10 @@ class OptimizerConfig:
         if self.weight_decay < 0 or self.clip_norm < 0 or self.eps <= 0:
             problems.append("weight_decay and clip_norm must be >= 0 and eps > 0")
         if bool(self.freeze_prefixes) != (self.freeze_steps > 0):
-            problems.append("freeze_prefixes and freeze_steps go together: set both (e.g. "
-                            "('encoder', 'token_embedder') and 100000) or neither")
+            problems.append(
+                "freeze_prefixes and freeze_steps go together: set both (e.g. "
+                "('encoder', 'token_embedder') and 100000) or neither"
+            )
         if problems:
             raise ValueError("Invalid OptimizerConfig: " + "; ".join(problems))
 
@@ -77,8 +79,9 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> Schedule:
     """
     if total_steps <= cfg.warmup_steps:
         raise ValueError(f"total_steps={total_steps} must exceed warmup_steps={cfg.warmup_steps}")
-    decay = optax.linear_schedule(cfg.learning_rate, cfg.end_learning_rate,
-                                  total_steps - cfg.warmup_steps)
+    decay = optax.linear_schedule(
+        cfg.learning_rate, cfg.end_learning_rate, total_steps - cfg.warmup_steps
+    )
     if cfg.warmup_steps == 0:
         return decay
     warmup = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
@@ -88,7 +91,8 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> Schedule:
 def decay_mask(params: Any) -> Any:
     """Tree of bools: True where weight decay applies (not biases, LayerNorm scales/biases)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: _leaf_name(path) not in NO_DECAY_NAMES, params)
+        lambda path, _: _leaf_name(path) not in NO_DECAY_NAMES, params
+    )
 
 
 def path_string(path: tuple[Any, ...]) -> str:
@@ -131,11 +135,16 @@ def scale_by_recorded_schedule(schedule: Schedule) -> optax.GradientTransformati
 
 def applied_learning_rate(opt_state: Any) -> jax.Array:
     """The learning rate of the latest update, read from the state (0 before the first)."""
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
-        x, LearningRateState)) if isinstance(x, LearningRateState)]
+    found = [
+        x
+        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, LearningRateState))
+        if isinstance(x, LearningRateState)
+    ]
     if len(found) != 1:
-        raise ValueError("optimizer state was not built by make_optimizer: expected one "
-                         f"LearningRateState, found {len(found)}")
+        raise ValueError(
+            "optimizer state was not built by make_optimizer: expected one "
+            f"LearningRateState, found {len(found)}"
+        )
     return found[0].learning_rate
 
 
@@ -146,8 +155,9 @@ class HeldState(NamedTuple):
     inner_state: Any
 
 
-def hold_for_steps(inner: optax.GradientTransformation,
-                   num_steps: int) -> optax.GradientTransformation:
+def hold_for_steps(
+    inner: optax.GradientTransformation, num_steps: int
+) -> optax.GradientTransformation:
     """`inner`, except that the first `num_steps` calls give zero updates and keep its state."""
 
     def init(params: Any) -> HeldState:
@@ -172,8 +182,9 @@ class StepCountState(NamedTuple):
     count: jax.Array
 
 
-def zero_gradients_for_steps(is_frozen: Callable[[Any], Any],
-                             num_steps: int) -> optax.GradientTransformation:
+def zero_gradients_for_steps(
+    is_frozen: Callable[[Any], Any], num_steps: int
+) -> optax.GradientTransformation:
     """Zero the leaves where `is_frozen(params)` is True during the first `num_steps` calls."""
 
     def init(params: Any) -> StepCountState:
@@ -185,7 +196,8 @@ def zero_gradients_for_steps(is_frozen: Callable[[Any], Any],
         keep = state.count >= num_steps
         frozen = is_frozen(updates)
         updates = jax.tree.map(
-            lambda u, f: jnp.where(keep, u, jnp.zeros_like(u)) if f else u, updates, frozen)
+            lambda u, f: jnp.where(keep, u, jnp.zeros_like(u)) if f else u, updates, frozen
+        )
         return updates, StepCountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init, update)
@@ -197,33 +209,41 @@ def freeze_labels(prefixes: tuple[str, ...]) -> Callable[[Any], Any]:
     def labels(params: Any) -> Any:
         tree = jax.tree_util.tree_map_with_path(
             lambda path, _: FROZEN if matches_prefix(path_string(path), prefixes) else TRAINABLE,
-            params)
+            params,
+        )
         paths = [path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         unused = [p for p in prefixes if not any(matches_prefix(x, (p,)) for x in paths)]
         if unused:
             top = sorted({x.split("/")[0] for x in paths})
-            raise ValueError(f"freeze_prefixes {unused} match no parameter; top-level "
-                             f"parameter names are {top}")
+            raise ValueError(
+                f"freeze_prefixes {unused} match no parameter; top-level parameter names are {top}"
+            )
         return tree
 
     return labels
 
 
-def _update_rule(cfg: OptimizerConfig, schedule: Schedule,
-                 record_learning_rate: bool) -> optax.GradientTransformation:
+def _update_rule(
+    cfg: OptimizerConfig, schedule: Schedule, record_learning_rate: bool
+) -> optax.GradientTransformation:
     if cfg.name == "adamw":
         direction = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     else:
         direction = optax.chain(
             optax.scale_by_factored_rms(
                 decay_rate=cfg.adafactor_decay_rate,
-                min_dim_size_to_factor=cfg.adafactor_min_dim_size_to_factor),
-            optax.clip_by_block_rms(cfg.adafactor_clipping_threshold))
+                min_dim_size_to_factor=cfg.adafactor_min_dim_size_to_factor,
+            ),
+            optax.clip_by_block_rms(cfg.adafactor_clipping_threshold),
+        )
     steps = [direction]
     if cfg.weight_decay:
         steps.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
-    steps.append(scale_by_recorded_schedule(schedule) if record_learning_rate
-                 else optax.scale_by_schedule(lambda count: -schedule(count)))
+    steps.append(
+        scale_by_recorded_schedule(schedule)
+        if record_learning_rate
+        else optax.scale_by_schedule(lambda count: -schedule(count))
+    )
     return optax.chain(*steps)
 
 
@@ -237,9 +257,13 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     thawed_schedule = lambda count: schedule(count + cfg.freeze_steps)
     groups = {
         TRAINABLE: _update_rule(cfg, schedule, record_learning_rate=True),
-        FROZEN: hold_for_steps(_update_rule(cfg, thawed_schedule, record_learning_rate=False),
-                               cfg.freeze_steps),
+        FROZEN: hold_for_steps(
+            _update_rule(cfg, thawed_schedule, record_learning_rate=False), cfg.freeze_steps
+        ),
     }
     is_frozen = lambda tree: jax.tree.map(lambda label: label == FROZEN, labels(tree))
-    return optax.chain(zero_gradients_for_steps(is_frozen, cfg.freeze_steps), *clip,
-                       optax.multi_transform(groups, labels))
+    return optax.chain(
+        zero_gradients_for_steps(is_frozen, cfg.freeze_steps),
+        *clip,
+        optax.multi_transform(groups, labels),
+    )

@@ -58,5 +58,6 @@ class StopRequest:
         if jax.process_count() == 1:
             return local
         from jax.experimental import multihost_utils
+
         flags = multihost_utils.process_allgather(np.asarray([local], dtype=np.int32))
         return bool(np.asarray(flags).any())

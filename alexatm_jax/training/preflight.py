@@ -32,8 +32,10 @@ def checked_vocabulary(model_config: ModelConfig, vocab_path: str | None) -> str
     if size > model_config.vocab_size:
         raise InvalidTrainArguments(
             f"the vocabulary {path} has {size} pieces but ModelConfig.vocab_size is "
-            f"{model_config.vocab_size}: set the model's VOCAB_SIZE macro to at least {size}")
+            f"{model_config.vocab_size}: set the model's VOCAB_SIZE macro to at least {size}"
+        )
     return path
+
 
 def check_model_dir(model_dir: str) -> None:
     """Refuse a local MODEL_DIR that is not a directory or cannot be written (checked without
@@ -43,48 +45,70 @@ def check_model_dir(model_dir: str) -> None:
     existing = model_dir
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    where = (f"MODEL_DIR {model_dir}" if existing == model_dir
-             else f"{existing} (on the way to MODEL_DIR {model_dir})")
+    where = (
+        f"MODEL_DIR {model_dir}"
+        if existing == model_dir
+        else f"{existing} (on the way to MODEL_DIR {model_dir})"
+    )
     if not os.path.isdir(existing):
-        raise InvalidTrainArguments(f"{where} exists and is not a directory: choose another "
-                                    "--model_dir")
+        raise InvalidTrainArguments(
+            f"{where} exists and is not a directory: choose another --model_dir"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidTrainArguments(f"{where} is not writable (read-only file system or "
-                                    "permissions): choose another --model_dir")
+        raise InvalidTrainArguments(
+            f"{where} is not writable (read-only file system or "
+            "permissions): choose another --model_dir"
+        )
 
-def check_data(data_source: str, mixture: str, data_dir: str | None,
-                vocab_path: str | None) -> None:
+
+def check_data(
+    data_source: str, mixture: str, data_dir: str | None, vocab_path: str | None
+) -> None:
     """Refuse a missing/empty DATA_DIR or an unknown mixture before MODEL_DIR is touched."""
     if data_source != "seqio":
         return
     from alexatm_jax.data.seqio_batches import check_dataset
+
     try:
         check_dataset(mixture=mixture, data_dir=data_dir, vocab_path=vocab_path)
     except (OSError, ValueError) as error:
         raise InvalidTrainArguments(f"the training data cannot be read: {error}") from error
 
-def check_unreadable(model_dir: str, checkpointer: TrainingCheckpointer,
-                      on_unreadable: str) -> None:
+
+def check_unreadable(
+    model_dir: str, checkpointer: TrainingCheckpointer, on_unreadable: str
+) -> None:
     """No checkpoint could be restored: stop (NoReadableCheckpointError) if this MODEL_DIR held
     a run whose checkpoints are all unreadable, unless on_unreadable='restart' (then rotate its
     metrics aside). A MODEL_DIR that never had a checkpoint starts fresh."""
     quarantined = list(checkpointer.quarantined)
     unreadable_dir = as_path(model_dir) / UNREADABLE_CHECKPOINTS_DIR
-    earlier = (sorted((p.name for p in unreadable_dir.iterdir()),
-                      key=lambda name: (len(name.split("-")[0]), name))
-               if unreadable_dir.is_dir() else [])
+    earlier = (
+        sorted(
+            (p.name for p in unreadable_dir.iterdir()),
+            key=lambda name: (len(name.split("-")[0]), name),
+        )
+        if unreadable_dir.is_dir()
+        else []
+    )
     if not quarantined and not earlier:
         return
-    found = ("; ".join(quarantined) if quarantined else
-             f"no checkpoint left; {UNREADABLE_CHECKPOINTS_DIR}/ holds {', '.join(earlier)}")
+    found = (
+        "; ".join(quarantined)
+        if quarantined
+        else f"no checkpoint left; {UNREADABLE_CHECKPOINTS_DIR}/ holds {', '.join(earlier)}"
+    )
     if on_unreadable == "stop":
         raise NoReadableCheckpointError(
             f"MODEL_DIR {model_dir} has no readable checkpoint ({found}); unreadable ones are in "
             f"{unreadable_dir}. Refusing to start this run again from step 0. Restore a good "
             f"checkpoint into {checkpointer.directory}, use another --model_dir, or pass "
             "--gin.train.on_unreadable=\"'restart'\" to start afresh here (the old metrics are "
-            "kept, renamed).")
+            "kept, renamed)."
+        )
     rotated = rotate_run_logs(model_dir) if jax.process_index() == 0 else []
-    say(f"No readable checkpoint in {model_dir} ({found}); starting again from step 0 as "
-         f"on_unreadable='restart' asks" + (f"; kept the old logs as {', '.join(rotated)}"
-                                             if rotated else ""))
+    say(
+        f"No readable checkpoint in {model_dir} ({found}); starting again from step 0 as "
+        f"on_unreadable='restart' asks"
+        + (f"; kept the old logs as {', '.join(rotated)}" if rotated else "")
+    )

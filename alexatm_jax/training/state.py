@@ -31,21 +31,25 @@ def training_model_config(model_config: ModelConfig) -> ModelConfig:
     return model_config.replace(param_dtype="float32")
 
 
-def _init_state(model_config: ModelConfig, optimizer: optax.GradientTransformation,
-                rng: jax.Array) -> TrainState:
+def _init_state(
+    model_config: ModelConfig, optimizer: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
     params = init_params(training_model_config(model_config), rng)
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
+    return TrainState(
+        step=jnp.zeros([], jnp.int32), params=params, opt_state=optimizer.init(params)
+    )
 
 
-def abstract_train_state(model_config: ModelConfig,
-                         optimizer: optax.GradientTransformation) -> TrainState:
+def abstract_train_state(
+    model_config: ModelConfig, optimizer: optax.GradientTransformation
+) -> TrainState:
     """TrainState of ShapeDtypeStructs (nothing allocated); the restore target for checkpoints."""
     return jax.eval_shape(lambda: _init_state(model_config, optimizer, jax.random.key(0)))
 
 
-def boxed_abstract_train_state(model_config: ModelConfig, optimizer: optax.GradientTransformation
-                               ) -> TrainState:
+def boxed_abstract_train_state(
+    model_config: ModelConfig, optimizer: optax.GradientTransformation
+) -> TrainState:
     """`abstract_train_state` with every array in a flax `Partitioned` box naming its logical
     axes: parameters as the model declares them, optimizer statistics as the parameter they
     belong to (optax keeps the boxes of the parameters it is initialised on), counters unboxed.
@@ -55,24 +59,33 @@ def boxed_abstract_train_state(model_config: ModelConfig, optimizer: optax.Gradi
     is not its parameter's (Adafactor's size-1 placeholders) is unboxed, i.e. replicated.
     """
     boxed_params = abstract_params(training_model_config(model_config))
-    boxed = jax.eval_shape(lambda: TrainState(step=jnp.zeros([], jnp.int32), params=boxed_params,
-                                              opt_state=optimizer.init(boxed_params)))
+    boxed = jax.eval_shape(
+        lambda: TrainState(
+            step=jnp.zeros([], jnp.int32),
+            params=boxed_params,
+            opt_state=optimizer.init(boxed_params),
+        )
+    )
 
     def fix_factored(node: Any) -> Any:
         if not isinstance(node, optax.FactoredState):
             return node
-        rename = lambda tree, row: jax.tree.map(lambda p, v: _factored_names(p, v, row=row),
-                                                boxed_params, tree, is_leaf=_is_box)
-        return node._replace(v_row=rename(node.v_row, True), v_col=rename(node.v_col, False),
-                             v=rename(node.v, None))
+        rename = lambda tree, row: jax.tree.map(
+            lambda p, v: _factored_names(p, v, row=row), boxed_params, tree, is_leaf=_is_box
+        )
+        return node._replace(
+            v_row=rename(node.v_row, True), v_col=rename(node.v_col, False), v=rename(node.v, None)
+        )
 
-    opt_state = jax.tree.map(fix_factored, boxed.opt_state,
-                             is_leaf=lambda x: isinstance(x, optax.FactoredState))
+    opt_state = jax.tree.map(
+        fix_factored, boxed.opt_state, is_leaf=lambda x: isinstance(x, optax.FactoredState)
+    )
     return jax.tree.map(_unbox_if_misnamed, boxed.replace(opt_state=opt_state), is_leaf=_is_box)
 
 
-def train_state_shardings(model_config: ModelConfig, optimizer: optax.GradientTransformation,
-                          partitioner: Partitioner) -> TrainState:
+def train_state_shardings(
+    model_config: ModelConfig, optimizer: optax.GradientTransformation, partitioner: Partitioner
+) -> TrainState:
     """TrainState of NamedShardings, all from logical axes by the partitioner's rules
     (`boxed_abstract_train_state`); counters and other scalars replicated."""
     return partitioner.logical_shardings(boxed_abstract_train_state(model_config, optimizer))
@@ -99,7 +112,7 @@ def _factored_names(param: Any, statistic: Any, *, row: bool | None) -> Any:
     dropped = int(order[-1] if row else order[-2])
     if tuple(np.delete(shape, dropped)) != got:
         return statistic.value
-    return statistic.replace(names=param.names[:dropped] + param.names[dropped + 1:])
+    return statistic.replace(names=param.names[:dropped] + param.names[dropped + 1 :])
 
 
 def _unbox_if_misnamed(leaf: Any) -> Any:
@@ -110,10 +123,15 @@ def _unbox_if_misnamed(leaf: Any) -> Any:
     return leaf
 
 
-def create_train_state(model_config: ModelConfig, optimizer: optax.GradientTransformation,
-                       partitioner: Partitioner, rng: jax.Array) -> TrainState:
+def create_train_state(
+    model_config: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    partitioner: Partitioner,
+    rng: jax.Array,
+) -> TrainState:
     """A freshly initialised TrainState, created directly in its shardings (never gathered)."""
     shardings = train_state_shardings(model_config, optimizer, partitioner)
-    init = partitioner.partition(lambda key: _init_state(model_config, optimizer, key),
-                                 out_shardings=shardings)
+    init = partitioner.partition(
+        lambda key: _init_state(model_config, optimizer, key), out_shardings=shardings
+    )
     return init(rng)

@@ -24,13 +24,21 @@ from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.guarded_update import guarded_update
 from alexatm_jax.training.loss import fused_head_statistics, token_statistics
 from alexatm_jax.training.optimizer import FROZEN, freeze_labels, make_optimizer
-from alexatm_jax.training.state import (TrainState, abstract_train_state, train_state_shardings,
-                                        training_model_config)
+from alexatm_jax.training.state import (
+    TrainState,
+    abstract_train_state,
+    train_state_shardings,
+    training_model_config,
+)
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-REQUIRED_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                     "decoder_loss_weights")
+REQUIRED_FEATURES = (
+    "encoder_input_tokens",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+)
 
 
 def _check_batch(batch: Batch) -> None:
@@ -42,11 +50,13 @@ def _check_batch(batch: Batch) -> None:
 def _microbatches(batch: Batch, num: int, sharding: NamedSharding) -> Batch:
     """[B, ...] -> [num, B/num, ...] where microbatch i holds rows i, i+num, ... so that every
     device keeps contributing rows to every microbatch."""
+
     def split(x: jax.Array) -> jax.Array:
         x = x.reshape((x.shape[0] // num, num) + x.shape[1:])
         x = jnp.swapaxes(x, 0, 1)
         spec = PartitionSpec(None, *sharding.spec)
         return jax.lax.with_sharding_constraint(x, NamedSharding(sharding.mesh, spec))
+
     return {name: split(x) for name, x in batch.items()}
 
 
@@ -89,16 +99,22 @@ def make_train_step(config: TrainConfig, partitioner: Partitioner) -> Partitione
         if config.inject_nonfinite_steps:
             poison = jnp.where(
                 jnp.isin(state.step + 1, jnp.asarray(config.inject_nonfinite_steps)),
-                jnp.float32(jnp.nan), jnp.float32(0.0))
+                jnp.float32(jnp.nan),
+                jnp.float32(0.0),
+            )
             grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
             stats = dict(stats, loss_sum=stats["loss_sum"] + poison)
         grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
-        return _apply_update(optimizer, state, grads, stats, denominator, num_tokens,
-                             with_z_loss=bool(config.z_loss))
+        return _apply_update(
+            optimizer, state, grads, stats, denominator, num_tokens, with_z_loss=bool(config.z_loss)
+        )
 
     return partitioner.partition(
-        train_step, in_shardings=(state_shardings, batch_sharding, partitioner.replicated),
-        out_shardings=(state_shardings, partitioner.replicated), donate_argnums=(0,))
+        train_step,
+        in_shardings=(state_shardings, batch_sharding, partitioner.replicated),
+        out_shardings=(state_shardings, partitioner.replicated),
+        donate_argnums=(0,),
+    )
 
 
 def _checked_batch_rows(config: TrainConfig, batch: Batch, partitioner: Partitioner) -> int:
@@ -107,24 +123,30 @@ def _checked_batch_rows(config: TrainConfig, batch: Batch, partitioner: Partitio
     global_batch = batch["decoder_target_tokens"].shape[0]
     accum = config.grad_accum_steps
     if global_batch % accum:
-        raise ValueError(f"global batch {global_batch} is not divisible by "
-                         f"grad_accum_steps={accum}")
+        raise ValueError(
+            f"global batch {global_batch} is not divisible by grad_accum_steps={accum}"
+        )
     if (global_batch // accum) % partitioner.num_batch_shards:
         raise ValueError(
             f"a microbatch of {global_batch // accum} rows cannot be split over the "
             f"{partitioner.num_batch_shards} batch shards; use a global batch that is a "
-            f"multiple of grad_accum_steps x {partitioner.num_batch_shards}")
+            f"multiple of grad_accum_steps x {partitioner.num_batch_shards}"
+        )
     return global_batch // accum
 
 
 def _checked_branches(config: TrainConfig, batch: Batch, partitioner: Partitioner) -> int:
     """The number of gradient branches per microbatch (`parallel_branches`, resolved)."""
     rows = _checked_batch_rows(config, batch, partitioner)
-    branches = (config.parallel_branches if config.parallel_branches is not None
-                else auto_parallel_branches(rows, partitioner))
+    branches = (
+        config.parallel_branches
+        if config.parallel_branches is not None
+        else auto_parallel_branches(rows, partitioner)
+    )
     if branches < 1 or rows % branches:
-        raise ValueError(f"parallel_branches={branches} must be >= 1 and divide the "
-                         f"{rows} rows of a microbatch")
+        raise ValueError(
+            f"parallel_branches={branches} must be >= 1 and divide the {rows} rows of a microbatch"
+        )
     return branches
 
 
@@ -137,23 +159,32 @@ def _micro_objective(config: TrainConfig) -> Callable[..., Any]:
         rngs = {"dropout": key}
         targets, weights = micro["decoder_target_tokens"], micro["decoder_loss_weights"]
         if config.fused_head:
-            hidden, kernel, bias = model.apply({"params": params}, **model_inputs(micro),
-                                               deterministic=False, rngs=rngs,
-                                               method=AlexaTM.hidden_and_head)
-            stats = fused_head_statistics(hidden, kernel, bias, targets, weights, config.z_loss,
-                                          vocab_major=vocab_major)
+            hidden, kernel, bias = model.apply(
+                {"params": params},
+                **model_inputs(micro),
+                deterministic=False,
+                rngs=rngs,
+                method=AlexaTM.hidden_and_head,
+            )
+            stats = fused_head_statistics(
+                hidden, kernel, bias, targets, weights, config.z_loss, vocab_major=vocab_major
+            )
         else:
-            logits = model.apply({"params": params}, **model_inputs(micro), deterministic=False,
-                                 rngs=rngs)
+            logits = model.apply(
+                {"params": params}, **model_inputs(micro), deterministic=False, rngs=rngs
+            )
             stats = token_statistics(logits, targets, weights, config.z_loss)
         return (stats["loss_sum"] + stats["z_loss_sum"]) / denominator, stats
 
     return objective
 
 
-def _gradient_function(config: TrainConfig, optimizer: optax.GradientTransformation,
-                       params_shardings: Any, batch_sharding: NamedSharding
-                       ) -> Callable[..., tuple[Any, Metrics]]:
+def _gradient_function(
+    config: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    params_shardings: Any,
+    batch_sharding: NamedSharding,
+) -> Callable[..., tuple[Any, Metrics]]:
     """gradients(params, batch, key, denominator, step, branches) -> (grads, summed stats):
     microbatches accumulated by a scan, each split into `branches` independent branches, and
     no gradient into frozen subtrees while step < freeze_steps."""
@@ -178,12 +209,17 @@ def _gradient_function(config: TrainConfig, optimizer: optax.GradientTransformat
 
         def accumulate(carry, xs):
             index, micro_batch = xs
-            grads, stats = grad_fn(params, micro_batch, jax.random.fold_in(key, index),
-                                   denominator, branches)
+            grads, stats = grad_fn(
+                params, micro_batch, jax.random.fold_in(key, index), denominator, branches
+            )
             return jax.tree.map(jnp.add, carry, (grads, stats)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-            single_grad_fn, params, jax.tree.map(lambda x: x[0], micro), key, denominator))
+        zeros = jax.tree.map(
+            jnp.zeros_like,
+            jax.eval_shape(
+                single_grad_fn, params, jax.tree.map(lambda x: x[0], micro), key, denominator
+            ),
+        )
         zeros = (jax.lax.with_sharding_constraint(zeros[0], params_shardings), zeros[1])
         total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum, dtype=jnp.int32), micro))
         return total
@@ -191,32 +227,45 @@ def _gradient_function(config: TrainConfig, optimizer: optax.GradientTransformat
     freeze = config.optimizer_config
     if not (freeze.freeze_prefixes and freeze.freeze_steps > 0):
         return lambda params, batch, key, denominator, step, branches: gradients(
-            params, batch, key, denominator, branches)
+            params, batch, key, denominator, branches
+        )
     abstract = abstract_train_state(config.model_config, optimizer)
-    frozen_mask = jax.tree.map(lambda label: label == FROZEN,
-                               freeze_labels(freeze.freeze_prefixes)(abstract.params))
+    frozen_mask = jax.tree.map(
+        lambda label: label == FROZEN, freeze_labels(freeze.freeze_prefixes)(abstract.params)
+    )
 
     def gradients_maybe_frozen(params, batch, key, denominator, step, branches):
-        stopped = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
-                               params, frozen_mask)
-        return jax.lax.cond(step < freeze.freeze_steps,
-                            lambda: gradients(stopped, batch, key, denominator, branches),
-                            lambda: gradients(params, batch, key, denominator, branches))
+        stopped = jax.tree.map(
+            lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_mask
+        )
+        return jax.lax.cond(
+            step < freeze.freeze_steps,
+            lambda: gradients(stopped, batch, key, denominator, branches),
+            lambda: gradients(params, batch, key, denominator, branches),
+        )
 
     return gradients_maybe_frozen
 
 
-def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads: Any,
-                  stats: Metrics, denominator: jax.Array, num_tokens: jax.Array, *,
-                  with_z_loss: bool) -> tuple[TrainState, Metrics]:
+def _apply_update(
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    grads: Any,
+    stats: Metrics,
+    denominator: jax.Array,
+    num_tokens: jax.Array,
+    *,
+    with_z_loss: bool,
+) -> tuple[TrainState, Metrics]:
     """The optimizer update, skipped (params and float statistics kept, counters advanced:
     `guarded_update`) when the objective or the gradient norm is not finite; and the step's
     float32 metrics."""
     grad_norm = optax.global_norm(grads)
     objective = (stats["loss_sum"] + stats["z_loss_sum"]) / denominator
     finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
-    params, opt_state, learning_rate = guarded_update(optimizer, grads, state.params,
-                                                      state.opt_state, finite)
+    params, opt_state, learning_rate = guarded_update(
+        optimizer, grads, state.params, state.opt_state, finite
+    )
     metrics = {
         "loss": stats["loss_sum"] / denominator,
         "accuracy": stats["correct_tokens"] / denominator,
@@ -250,10 +299,9 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
-
-
-def make_eval_step(model_config: ModelConfig,
-                   partitioner: Partitioner) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(
+    model_config: ModelConfig, partitioner: Partitioner
+) -> Callable[[Any, Batch], Metrics]:
     """eval_step(params, batch) -> metrics (float32 scalars) without dropout.
 
     `loss_sum` (nats), `num_target_tokens` and `correct_tokens` add up across batches;
@@ -265,8 +313,9 @@ def make_eval_step(model_config: ModelConfig,
     def eval_step(params: Any, batch: Batch) -> Metrics:
         _check_batch(batch)
         logits = model.apply({"params": params}, **model_inputs(batch), deterministic=True)
-        stats = token_statistics(logits, batch["decoder_target_tokens"],
-                                 batch["decoder_loss_weights"])
+        stats = token_statistics(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        )
         denominator = jnp.maximum(stats["num_target_tokens"], 1.0)
         return {
             "loss_sum": stats["loss_sum"],
@@ -276,6 +325,8 @@ def make_eval_step(model_config: ModelConfig,
             "accuracy": stats["correct_tokens"] / denominator,
         }
 
-    return partitioner.partition(eval_step,
-                                 in_shardings=(params_shardings, partitioner.batch_sharding(1)),
-                                 out_shardings=partitioner.replicated)
+    return partitioner.partition(
+        eval_step,
+        in_shardings=(params_shardings, partitioner.batch_sharding(1)),
+        out_shardings=partitioner.replicated,
+    )

@@ -20,8 +20,14 @@ class ThroughputMeter:
     (padding included, as the FLOPs do); target tokens count only real (weighted) targets.
     """
 
-    def __init__(self, *, positions_per_step: int, flops_per_step: float, num_devices: int,
-                 peak_flops_per_device: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        positions_per_step: int,
+        flops_per_step: float,
+        num_devices: int,
+        peak_flops_per_device: float | None,
+    ) -> None:
         self.positions_per_step = positions_per_step
         self.flops_per_step = flops_per_step
         self.num_devices = num_devices
@@ -53,7 +59,8 @@ class ThroughputMeter:
             "target_tokens_per_s": float(self._target_tokens) / elapsed,
         }
         if self.peak_flops_per_device:
-            out["mfu"] = mfu(self.flops_per_step, step_time, self.num_devices,
-                             self.peak_flops_per_device)
+            out["mfu"] = mfu(
+                self.flops_per_step, step_time, self.num_devices, self.peak_flops_per_device
+            )
         self.restart()
         return out

@@ -49,17 +49,31 @@ from alexatm_jax.training.console import say
 from alexatm_jax.training.flops import peak_flops_per_device as lookup_peak_flops
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.metrics_writer import MetricsWriter
-from alexatm_jax.training.model_dir import (GIN_CONFIG_FILE, SHARDING_TABLE_FILE, TOKENIZER_DIR,
-                                            check_architecture, write_model_config,
-                                            write_text_file)
+from alexatm_jax.training.model_dir import (
+    GIN_CONFIG_FILE,
+    SHARDING_TABLE_FILE,
+    TOKENIZER_DIR,
+    check_architecture,
+    write_model_config,
+    write_text_file,
+)
 from alexatm_jax.training.nonfinite import NonFiniteLossError, SkippedSteps
 from alexatm_jax.training.optimizer import make_optimizer
 from alexatm_jax.training.preemption import StopRequest
-from alexatm_jax.training.preflight import (NoReadableCheckpointError, check_data,
-                                            check_model_dir, check_unreadable,
-                                            checked_vocabulary)
-from alexatm_jax.training.state import (TrainState, abstract_train_state, create_train_state,
-                                        train_state_shardings, training_model_config)
+from alexatm_jax.training.preflight import (
+    NoReadableCheckpointError,
+    check_data,
+    check_model_dir,
+    check_unreadable,
+    checked_vocabulary,
+)
+from alexatm_jax.training.state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    train_state_shardings,
+    training_model_config,
+)
 from alexatm_jax.training.step import make_eval_step, make_train_step
 from alexatm_jax.training.throughput import ThroughputMeter
 from alexatm_jax.training.warm_start import warm_start_params
@@ -67,8 +81,14 @@ from alexatm_jax.training.warm_start import warm_start_params
 DATA_METRIC_PREFIX = "data/"
 
 logger = logging.getLogger(__name__)
-__all__ = ["InvalidTrainArguments", "NoReadableCheckpointError", "NonFiniteLossError",
-           "TrainConfig", "TrainResult", "train"]
+__all__ = [
+    "InvalidTrainArguments",
+    "NoReadableCheckpointError",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "train",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,15 +125,18 @@ def train(config: TrainConfig) -> TrainResult:
                 run.meter.add_step(metrics["num_target_tokens"])
                 run.bar.update(1)
                 evaluate = run.eval_step is not None and step % config.eval_period == 0
-                if (step % config.log_every == 0 or step == config.train_steps
-                        or step == run.start_step + 1 or evaluate):
+                if (
+                    step % config.log_every == 0
+                    or step == config.train_steps
+                    or step == run.start_step + 1
+                    or evaluate
+                ):
                     run.log(step, metrics, evaluate)
                 stop_now = stop_request.should_stop()
                 if step % config.checkpoint_period == 0 or step == config.train_steps or stop_now:
                     run.save(step)
                 if stop_now:
-                    run.stopped_by = (stop_request.signal_name
-                                      or "a stop request on another process")
+                    run.stopped_by = stop_request.signal_name or "a stop request on another process"
                     break
             run.skipped.flush()
         run.checkpointer.wait_until_finished()
@@ -158,39 +181,63 @@ class _Run:
         model_dir, vocab_file = _preflight(config)
         partitioner, optimizer, target = _layout(config)
         # The launch is sound: from here on MODEL_DIR is written.
-        checkpointer = TrainingCheckpointer(model_dir, keep=config.keep_checkpoints,
-                                            async_save=config.async_checkpointing)
+        checkpointer = TrainingCheckpointer(
+            model_dir, keep=config.keep_checkpoints, async_save=config.async_checkpointing
+        )
         init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
         state, progress, last_saved = _restore_or_initialise(
-            config, model_dir, checkpointer, target, partitioner, optimizer, init_key)
+            config, model_dir, checkpointer, target, partitioner, optimizer, init_key
+        )
         if jax.process_index() == 0:
             _record_run(config, model_dir, vocab_file, partitioner, target)
         start_step = int(state.step)
         batches_for = _batch_reader(config, partitioner)
-        writer = MetricsWriter(model_dir, enabled=jax.process_index() == 0,
-                               resume_step=start_step)
+        writer = MetricsWriter(model_dir, enabled=jax.process_index() == 0, resume_step=start_step)
         writer.write_text("config/gin", gin.operative_config_str(), start_step)
         saved_steps = checkpointer.steps()
         run = cls(
-            config=config, model_dir=model_dir, partitioner=partitioner,
-            checkpointer=checkpointer, state=state, start_step=start_step,
+            config=config,
+            model_dir=model_dir,
+            partitioner=partitioner,
+            checkpointer=checkpointer,
+            state=state,
+            start_step=start_step,
             train_batches=batches_for("train", progress.get("data_iterator")),
-            batches_for=batches_for, train_step=make_train_step(config, partitioner),
-            eval_step=(make_eval_step(config.model_config, partitioner)
-                       if config.eval_period and config.eval_steps else None),
+            batches_for=batches_for,
+            train_step=make_train_step(config, partitioner),
+            eval_step=(
+                make_eval_step(config.model_config, partitioner)
+                if config.eval_period and config.eval_steps
+                else None
+            ),
             # Replicated over the whole mesh by jit: device_put cannot target the devices of
             # other processes in a multi-process run (every process holds the same key).
-            dropout_key=partitioner.partition(lambda key: key, out_shardings=(
-                partitioner.replicated))(dropout_key),
-            meter=_throughput_meter(config), writer=writer,
-            bar=tqdm(total=config.train_steps, initial=start_step, desc="train", unit="step",
-                     disable=not (jax.process_index() == 0 and config.progress_bar),
-                     dynamic_ncols=True),
-            skipped=None, saved_steps=saved_steps, last_saved=last_saved, step=start_step)
+            dropout_key=partitioner.partition(
+                lambda key: key, out_shardings=(partitioner.replicated)
+            )(dropout_key),
+            meter=_throughput_meter(config),
+            writer=writer,
+            bar=tqdm(
+                total=config.train_steps,
+                initial=start_step,
+                desc="train",
+                unit="step",
+                disable=not (jax.process_index() == 0 and config.progress_bar),
+                dynamic_ncols=True,
+            ),
+            skipped=None,
+            saved_steps=saved_steps,
+            last_saved=last_saved,
+            step=start_step,
+        )
         run.skipped = SkippedSteps(
-            max_consecutive=config.max_skipped_steps, max_fraction=config.max_skipped_fraction,
-            window=config.skipped_window, progress=progress,
-            describe_last_good=run.describe_last_good, stop_at_first=config.nan_policy == "stop")
+            max_consecutive=config.max_skipped_steps,
+            max_fraction=config.max_skipped_fraction,
+            window=config.skipped_window,
+            progress=progress,
+            describe_last_good=run.describe_last_good,
+            stop_at_first=config.nan_policy == "stop",
+        )
         if run.skipped.first_step is not None:
             checkpointer.protect(run.last_good_checkpoint())
         return run
@@ -224,7 +271,7 @@ class _Run:
 
     def data_metrics(self, when: str) -> dict[str, float]:
         """The input pipeline's counters as metrics, warning about those that grew."""
-        previous = {k[len(DATA_METRIC_PREFIX):]: v for k, v in self.data_counts.items()}
+        previous = {k[len(DATA_METRIC_PREFIX) :]: v for k, v in self.data_counts.items()}
         report = getattr(self.train_batches.source, "pipeline_report", None)
         self.data_counts = _report_data(report() if report else None, previous, when)
         return self.data_counts
@@ -234,8 +281,11 @@ class _Run:
         self.skipped.flush()
         if self.skipped.first_step is not None and self.checkpointer.protected_step is None:
             self.checkpointer.protect(self.last_good_checkpoint())
-        self.checkpointer.save(step, self.state, {"data_iterator": self.train_batches.state(),
-                                                  **self.skipped.progress()})
+        self.checkpointer.save(
+            step,
+            self.state,
+            {"data_iterator": self.train_batches.state(), **self.skipped.progress()},
+        )
         self.saved_steps.append(step)
         self.writer.sync()  # a remote MODEL_DIR gets the staged metrics/TensorBoard files
         self.last_saved = step
@@ -250,11 +300,15 @@ class _Run:
         """Where the last good checkpoint is, for the error that stops a diverging run."""
         good, first = self.last_good_checkpoint(), self.skipped.first_step
         if good is None:
-            return (f"No checkpoint was saved before the first non-finite step ({first}); "
-                    f"checkpoints in {self.checkpointer.directory}: "
-                    f"{self.checkpointer.steps() or 'none'}")
-        return (f"Last good checkpoint: step {good} in {self.checkpointer.directory} (the newest "
-                f"saved before the first non-finite step, {first})")
+            return (
+                f"No checkpoint was saved before the first non-finite step ({first}); "
+                f"checkpoints in {self.checkpointer.directory}: "
+                f"{self.checkpointer.steps() or 'none'}"
+            )
+        return (
+            f"Last good checkpoint: step {good} in {self.checkpointer.directory} (the newest "
+            f"saved before the first non-finite step, {first})"
+        )
 
     def close(self, *, quietly: bool) -> None:
         """Close the progress bar, the checkpointer and the metrics writer."""
@@ -270,12 +324,19 @@ class _Run:
             say(f"Stopped by {self.stopped_by} after step {self.step}; checkpoint saved.")
         if self.skipped.summary():
             say(self.skipped.summary())
-        say(f"Model dir: {self.model_dir}\n  checkpoints: {self.checkpointer.directory} (latest "
+        say(
+            f"Model dir: {self.model_dir}\n  checkpoints: {self.checkpointer.directory} (latest "
             f"step {self.last_saved})\n  metrics: {self.writer.jsonl_path}\n  TensorBoard: "
-            f"tensorboard --logdir {self.writer.tensorboard_dir}")
-        return TrainResult(model_dir=self.model_dir, final_step=self.step,
-                           last_checkpoint_step=self.last_saved, stopped_by_signal=self.stopped_by,
-                           last_metrics=self.last_record, skipped_steps=self.skipped.total)
+            f"tensorboard --logdir {self.writer.tensorboard_dir}"
+        )
+        return TrainResult(
+            model_dir=self.model_dir,
+            final_step=self.step,
+            last_checkpoint_step=self.last_saved,
+            stopped_by_signal=self.stopped_by,
+            last_metrics=self.last_record,
+            skipped_steps=self.skipped.total,
+        )
 
 
 def _preflight(config: TrainConfig) -> tuple[str, str | None]:
@@ -285,8 +346,11 @@ def _preflight(config: TrainConfig) -> tuple[str, str | None]:
     model_dir = absolute(config.model_dir)
     check_model_dir(model_dir)
     check_architecture(model_dir, config.model_config)
-    vocab_file = (checked_vocabulary(config.model_config, config.vocab_path)
-                  if config.data_source == "seqio" else None)
+    vocab_file = (
+        checked_vocabulary(config.model_config, config.vocab_path)
+        if config.data_source == "seqio"
+        else None
+    )
     check_data(config.data_source, config.mixture, config.data_dir, config.vocab_path)
     return model_dir, vocab_file
 
@@ -298,8 +362,11 @@ def _layout(config: TrainConfig) -> tuple[Partitioner, Any, TrainState]:
         partitioner = Partitioner(config.mesh_config, config.rules)
         optimizer = make_optimizer(config.optimizer_config, config.train_steps)
         shardings = train_state_shardings(config.model_config, optimizer, partitioner)
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract_train_state(config.model_config, optimizer), shardings)
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_train_state(config.model_config, optimizer),
+            shardings,
+        )
         partitioner.data_shard_info()
         per_host_batch_size(config.batch_size, partitioner)
         problem = config.batch_layout_problem(partitioner.num_batch_shards)
@@ -310,36 +377,57 @@ def _layout(config: TrainConfig) -> tuple[Partitioner, Any, TrainState]:
     return partitioner, optimizer, target
 
 
-def _restore_or_initialise(config: TrainConfig, model_dir: str,
-                           checkpointer: TrainingCheckpointer, target: TrainState,
-                           partitioner: Partitioner, optimizer: Any, init_key: jax.Array
-                           ) -> tuple[TrainState, dict[str, Any], int | None]:
+def _restore_or_initialise(
+    config: TrainConfig,
+    model_dir: str,
+    checkpointer: TrainingCheckpointer,
+    target: TrainState,
+    partitioner: Partitioner,
+    optimizer: Any,
+    init_key: jax.Array,
+) -> tuple[TrainState, dict[str, Any], int | None]:
     """(state, progress, restored step or None): resume MODEL_DIR's latest readable checkpoint,
     else a fresh state (warm-started from `init_from` when set)."""
     restored = checkpointer.restore_latest(target)
     if restored is not None:
-        say(f"Resuming from checkpoint step {restored.step} in {checkpointer.directory}"
+        say(
+            f"Resuming from checkpoint step {restored.step} in {checkpointer.directory}"
             + ("" if restored.verified else " (unverified: written before digests)")
-            + (f" (init_from={config.init_from} ignored: it only applies to a new run)"
-               if config.init_from else ""))
+            + (
+                f" (init_from={config.init_from} ignored: it only applies to a new run)"
+                if config.init_from
+                else ""
+            )
+        )
         return restored.state, restored.progress, restored.step
     check_unreadable(model_dir, checkpointer, config.on_unreadable)
     state = create_train_state(config.model_config, optimizer, partitioner, init_key)
     if config.init_from:
         try:
-            params, copied = warm_start_params(state.params, config.model_config,
-                                               config.init_from, config.init_from_prefixes)
+            params, copied = warm_start_params(
+                state.params, config.model_config, config.init_from, config.init_from_prefixes
+            )
         except (FileNotFoundError, ValueError) as error:
             raise InvalidTrainArguments(f"init_from: {error}") from error
         state = state.replace(params=params)
-        say(f"Initialised {len(copied)} parameter arrays from {config.init_from}"
-            + (f" (prefixes {list(config.init_from_prefixes)})"
-               if config.init_from_prefixes else ""))
+        say(
+            f"Initialised {len(copied)} parameter arrays from {config.init_from}"
+            + (
+                f" (prefixes {list(config.init_from_prefixes)})"
+                if config.init_from_prefixes
+                else ""
+            )
+        )
     return state, {}, None
 
 
-def _record_run(config: TrainConfig, model_dir: str, vocab_file: str | None,
-                partitioner: Partitioner, target: TrainState) -> None:
+def _record_run(
+    config: TrainConfig,
+    model_dir: str,
+    vocab_file: str | None,
+    partitioner: Partitioner,
+    target: TrainState,
+) -> None:
     """Write the model config, tokenizer, operative gin config and sharding table to MODEL_DIR
     and print the table."""
     write_model_config(model_dir, config.model_config)
@@ -348,10 +436,13 @@ def _record_run(config: TrainConfig, model_dir: str, vocab_file: str | None,
     write_text_file(model_dir, GIN_CONFIG_FILE, gin.operative_config_str())
     table = partitioner.sharding_table(
         abstract_params(training_model_config(config.model_config)),
-        jax.tree.map(lambda x: x.sharding, target.params))
+        jax.tree.map(lambda x: x.sharding, target.params),
+    )
     write_text_file(model_dir, SHARDING_TABLE_FILE, table + "\n")
-    say(f"{partitioner}; devices: {jax.device_count()} x {jax.devices()[0].device_kind}, "
-        f"{jax.process_count()} process(es)\n{table}")
+    say(
+        f"{partitioner}; devices: {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"{jax.process_count()} process(es)\n{table}"
+    )
 
 
 def _batch_reader(config: TrainConfig, partitioner: Partitioner) -> Any:
@@ -362,13 +453,23 @@ def _batch_reader(config: TrainConfig, partitioner: Partitioner) -> Any:
 
     def batches_for(split: str, resume: Mapping[str, Any] | None) -> GlobalBatches:
         source = make_host_source(
-            config.data_source, mixture=config.mixture, split=split,
-            sequence_length=config.sequence_length, seed=config.seed, shard_index=shard_index,
-            num_shards=num_shards, per_host_batch_size=host_batch,
+            config.data_source,
+            mixture=config.mixture,
+            split=split,
+            sequence_length=config.sequence_length,
+            seed=config.seed,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            per_host_batch_size=host_batch,
             vocab_size=model_config.vocab_size,
             decoder_start_token_id=model_config.decoder_start_token_id,
-            data_dir=config.data_dir, vocab_path=config.vocab_path, pack=config.pack,
-            repeat=True, resume_state=resume, resume_mode=config.data_resume)
+            data_dir=config.data_dir,
+            vocab_path=config.vocab_path,
+            pack=config.pack,
+            repeat=True,
+            resume_state=resume,
+            resume_mode=config.data_resume,
+        )
         return GlobalBatches(source, partitioner)
 
     return batches_for
@@ -378,30 +479,41 @@ def _throughput_meter(config: TrainConfig) -> ThroughputMeter:
     """Tokens/s and MFU of the run (MFU only where the chip's peak FLOP/s is known)."""
     model_config, lengths = config.model_config, config.sequence_length
     peak = config.peak_flops_per_device or lookup_peak_flops(
-        jax.devices()[0].device_kind,
-        "bfloat16" if model_config.dtype == "bfloat16" else "float32")
+        jax.devices()[0].device_kind, "bfloat16" if model_config.dtype == "bfloat16" else "float32"
+    )
     return ThroughputMeter(
         positions_per_step=config.positions_per_step,
-        flops_per_step=train_flops_per_step(model_config, config.batch_size, lengths["inputs"],
-                                            lengths["targets"]),
-        num_devices=jax.device_count(), peak_flops_per_device=peak)
+        flops_per_step=train_flops_per_step(
+            model_config, config.batch_size, lengths["inputs"], lengths["targets"]
+        ),
+        num_devices=jax.device_count(),
+        peak_flops_per_device=peak,
+    )
 
 
-def _report_data(report: tuple[dict[str, int], dict[str, str]] | None,
-                 previous: Mapping[str, int], when: str) -> dict[str, float]:
+def _report_data(
+    report: tuple[dict[str, int], dict[str, str]] | None, previous: Mapping[str, int], when: str
+) -> dict[str, float]:
     """Warn about input-pipeline counters that grew since `previous` (naming skipped files);
     returns the counters as metrics ({} for a source without counters)."""
     if report is None:
         return {}
     counts, bad_files = report
-    grown = {name: value for name, value in counts.items()
-             if name != "documents" and value > previous.get(name, 0)}
+    grown = {
+        name: value
+        for name, value in counts.items()
+        if name != "documents" and value > previous.get(name, 0)
+    }
     if grown:
-        logger.warning("data pipeline %s: %s (distinct bad records, each counted once however "
-                       "often it is re-read; see docs/data.md#bad-input)%s", when,
-                       ", ".join(f"{name}={value}" for name, value in grown.items()),
-                       "".join(f"\n  skipped {path}: {why}" for path, why in bad_files.items())
-                       if "bad_files" in grown else "")
+        logger.warning(
+            "data pipeline %s: %s (distinct bad records, each counted once however "
+            "often it is re-read; see docs/data.md#bad-input)%s",
+            when,
+            ", ".join(f"{name}={value}" for name, value in grown.items()),
+            "".join(f"\n  skipped {path}: {why}" for path, why in bad_files.items())
+            if "bad_files" in grown
+            else "",
+        )
     return {DATA_METRIC_PREFIX + name: float(value) for name, value in counts.items()}
 
 
@@ -430,8 +542,10 @@ def _evaluate(eval_step: Any, params: Any, batches: list[dict[str, jax.Array]]) 
         tokens += metrics["num_target_tokens"]
     totals = _fetch({"loss_sum": loss_sum, "correct": correct, "tokens": tokens})
     denominator = max(totals["tokens"], 1.0)
-    return {"eval_loss": totals["loss_sum"] / denominator,
-            "eval_accuracy": totals["correct"] / denominator}
+    return {
+        "eval_loss": totals["loss_sum"] / denominator,
+        "eval_accuracy": totals["correct"] / denominator,
+    }
 
 
 def _close(resource: Any, *, quietly: bool) -> None:

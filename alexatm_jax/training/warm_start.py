@@ -41,11 +41,13 @@ def load_source_params(path: str) -> tuple[ModelConfig, Any]:
     raise FileNotFoundError(
         f"init_from={path!r} is neither an alexatm-jax model checkpoint (no alexatm_checkpoint.json)"
         " nor a training MODEL_DIR (no model_config.json + checkpoints/)"
-        + ("" if os.path.exists(path) else ": the path does not exist"))
+        + ("" if os.path.exists(path) else ": the path does not exist")
+    )
 
 
-def warm_start_params(params: Any, model_config: ModelConfig, init_from: str,
-                      prefixes: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
+def warm_start_params(
+    params: Any, model_config: ModelConfig, init_from: str, prefixes: tuple[str, ...] = ()
+) -> tuple[Any, list[str]]:
     """`params` (the fresh, sharded parameters) with leaves replaced from `init_from`.
 
     Every leaf is replaced when `prefixes` is empty, else only those under a prefix. Raises
@@ -58,20 +60,26 @@ def warm_start_params(params: Any, model_config: ModelConfig, init_from: str,
     selected = [p for p in target if not prefixes or _matches(p, prefixes)]
     if prefixes and not selected:
         tops = sorted({p[0] for p in target})
-        raise ValueError(f"init_from_prefixes {list(prefixes)} match no parameter; top-level "
-                         f"names are {tops}")
+        raise ValueError(
+            f"init_from_prefixes {list(prefixes)} match no parameter; top-level names are {tops}"
+        )
     missing = ["/".join(p) for p in selected if p not in source]
-    wrong = [f"{'/'.join(p)}: source {source[p].shape} vs configured {target[p].shape}"
-             for p in selected if p in source and source[p].shape != target[p].shape]
+    wrong = [
+        f"{'/'.join(p)}: source {source[p].shape} vs configured {target[p].shape}"
+        for p in selected
+        if p in source and source[p].shape != target[p].shape
+    ]
     if missing or wrong:
         raise ValueError(
             f"init_from={init_from} does not fit the configured model "
             f"(source vocab_size={source_config.vocab_size}, d_model={source_config.d_model}): "
             + "; ".join((["missing: " + ", ".join(missing[:5])] if missing else []) + wrong[:5])
-            + ". Restrict the copy with train.init_from_prefixes or configure a matching model.")
+            + ". Restrict the copy with train.init_from_prefixes or configure a matching model."
+        )
     for path in selected:
         leaf = target[path]
         value = np.asarray(source[path], dtype=leaf.dtype)
-        target[path] = jax.make_array_from_callback(value.shape, leaf.sharding,
-                                                    lambda index, v=value: v[index])
+        target[path] = jax.make_array_from_callback(
+            value.shape, leaf.sharding, lambda index, v=value: v[index]
+        )
     return traverse_util.unflatten_dict(target), ["/".join(p) for p in selected]
