@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo lint test test-all clean
 
 install: $(STAMP)
 
@@ -22,10 +22,15 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/alexatm-demo
 
-test: $(STAMP)
+# ruff (pinned in the `test` extra) checks style and formatting before the tests run.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: $(STAMP)
+test-all: lint
 	$(PY) -m pytest -q tests
 
 clean:

@@ -28,12 +28,12 @@ import os
 import pathlib
 import re
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gin
-from gin import config_parser
-
 from alexatm_jax.model.config import ModelConfig
+from gin import config_parser
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_SEARCH_PATHS = (REPO_ROOT, REPO_ROOT / "gin")

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -193,7 +194,7 @@ class Partitioner:
         return f"Partitioner(mesh=({shape}), rules={self.rules_name})"
 
     @contextlib.contextmanager
-    def activate(self) -> Iterator["Partitioner"]:
+    def activate(self) -> Iterator[Partitioner]:
         """Context in which the mesh is set (`jax.set_mesh`) and the logical rules are active.
 
         Flax's logical constraints are silent no-ops without both. Functions made by
@@ -208,7 +209,7 @@ class Partitioner:
         in_shardings: Any = None,
         out_shardings: Any = None,
         donate_argnums: int | Sequence[int] = (),
-    ) -> "PartitionedFunction":
+    ) -> PartitionedFunction:
         """`fn` jitted with these shardings (None: jit infers them); calling, tracing,
         lowering and shape evaluation all run under this partitioner's mesh and rules."""
         shardings = {

@@ -35,7 +35,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -46,8 +47,8 @@ from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import count_params, param_shapes
 from alexatm_jax.model.splash import splash_kernel_flops
 from alexatm_jax.partitioning import BATCH_MESH_AXES, Partitioner
-from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.config import TrainConfig
+from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.optimizer import make_optimizer
 from alexatm_jax.training.state import (
     abstract_train_state,

@@ -63,7 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def eval_layout_from_gin(files: list[str]) -> tuple[Any, Any, int]:
     """(ModelConfig, Partitioner arguments (MeshConfig, rules), BATCH_SIZE) of the eval gin."""
     import gin
-
     from alexatm_jax import gin_registry
     from alexatm_jax.partitioning import MeshConfig
 

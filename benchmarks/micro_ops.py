@@ -20,7 +20,7 @@ import pathlib
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from machine_load import LoadMonitor  # noqa: E402
 
 from alexatm_jax.decoding.logits_processing import first_argmax  # noqa: E402
 from alexatm_jax.model.dropout import keep_mask  # noqa: E402
-from machine_load import LoadMonitor  # noqa: E402
 
 Case = tuple[Callable, Callable, tuple]  # (ours, alternative, arguments)
 

@@ -217,6 +217,7 @@ class OurTrainer:
         branches: int | None = None,
     ) -> None:
         import jax
+
         from alexatm_jax.partitioning import MeshConfig, Partitioner
         from alexatm_jax.training import (
             OptimizerConfig,
@@ -257,8 +258,9 @@ class ReferenceTrainer:
     """The PyTorch reference (alexa_teacher_models) with torch.optim.AdamW, same batch."""
 
     def __init__(self, cfg, host_batch: dict[str, np.ndarray]) -> None:
-        import torch
         import alexa_teacher_models as atm
+        import torch
+
         from alexatm_jax.conversion.hf_names import model_config_to_hf_config
 
         torch.set_num_threads(os.cpu_count())
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_cpu_devices > 1:  # before the first JAX computation
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
     from tqdm import tqdm
+
     from alexatm_jax.model import count_params, param_shapes
     from alexatm_jax.training.flops import mfu, peak_flops_per_device, train_flops_per_step
 

@@ -17,9 +17,9 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
-import gin
 import seqio
 
+import gin
 from tasks import corpus_files, languages
 from tasks.counters import COUNTERS, ScopedCounters
 from tasks.decontamination import contamination_check

@@ -12,10 +12,10 @@ import dataclasses
 import functools
 import os
 
-import gin
 import sentencepiece as spm
 import seqio
 
+import gin
 from tasks import demo_files
 
 CLM_PIECE = "[CLM]"

@@ -11,11 +11,11 @@ import json
 import sys
 from typing import Any
 
-from alexatm_jax.model.config import ModelConfig
+from tiny_config import TINY_MODEL_CONFIG
+
 from alexatm_jax.partitioning import MeshConfig
 from alexatm_jax.training.optimizer import OptimizerConfig
 from alexatm_jax.training.trainer import TrainConfig, TrainResult, train
-from tiny_config import TINY_MODEL_CONFIG
 
 TINY = TINY_MODEL_CONFIG
 TRAIN_STEPS = 12

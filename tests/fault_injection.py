@@ -13,7 +13,7 @@ import glob
 import os
 import shutil
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def flip(path: str, offset: int | None = None, mask: int = 0x01, count: int = 1) -> int:

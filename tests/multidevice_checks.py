@@ -18,7 +18,7 @@ NUM_DEVICES = 8
 STEPS = 5
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_multidevice_checks() -> dict:
     """Run this file in a fresh interpreter with 8 CPU devices; its JSON result as a dict."""
     env = dict(

@@ -16,7 +16,7 @@ import sys
 NUM_DEVICES = 8
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_multidevice_decoding() -> dict:
     """This file's JSON result, computed in a subprocess with 8 CPU devices."""
     env = dict(
@@ -39,13 +39,13 @@ def run_multidevice_decoding() -> dict:
 def _main() -> dict:
     import jax
     import numpy as np
+    from tiny_config import tiny_model_config
 
     from alexatm_jax.decoding import DecodeOptions
     from alexatm_jax.decoding.engine import InferenceEngine
     from alexatm_jax.model import init_params
     from alexatm_jax.model.layout import scan_params
     from alexatm_jax.partitioning import MeshConfig, Partitioner
-    from tiny_config import tiny_model_config
 
     assert len(jax.devices()) == NUM_DEVICES, jax.devices()
     config = tiny_model_config(

@@ -11,7 +11,7 @@ from alexatm_jax.model import ModelConfig, param_shapes
 from alexatm_jax.model.layout import scan_params
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unscanned_shapes(config: ModelConfig) -> dict:
     """Flat path -> ShapeDtypeStruct of config's parameters in the unscanned layout."""
     return traverse_util.flatten_dict(param_shapes(config.replace(scan_layers=False)))

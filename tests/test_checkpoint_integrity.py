@@ -18,6 +18,8 @@ import ml_dtypes
 import numpy as np
 import optax
 import pytest
+from fault_injection import flip, largest_data_file, simulate_full_disk_in_json_writes
+from tiny_config import tiny_model_config
 
 import alexatm_jax
 from alexatm_jax.checkpoints import digests, save_model_checkpoint
@@ -31,8 +33,6 @@ from alexatm_jax.training.checkpointing import (
 )
 from alexatm_jax.training.model_dir import write_model_config
 from alexatm_jax.training.state import TrainState
-from fault_injection import flip, largest_data_file, simulate_full_disk_in_json_writes
-from tiny_config import tiny_model_config
 
 # Orbax's reader thread complains about its closed event loop after a failed read.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

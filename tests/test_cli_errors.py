@@ -14,6 +14,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from inference_helpers import train_tiny_sentencepiece
 
 from alexatm_jax.checkpoints import save_model_checkpoint
 from alexatm_jax.cli import convert as convert_cli
@@ -26,7 +27,6 @@ from alexatm_jax.conversion.jax_to_hf import export_checkpoint_to_hf
 from alexatm_jax.gin_registry import GinConfigError
 from alexatm_jax.model import init_params
 from alexatm_jax.tokenization import Tokenizer
-from inference_helpers import train_tiny_sentencepiece
 
 SMOKE = "--gin_file=gin/experiments/smoke_cpu.gin"
 

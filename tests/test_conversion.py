@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 from alexa_teacher_models import AlexaTMSeq2SeqForConditionalGeneration
+from alexatm_reference import max_abs_diff_on_real_positions, padded_batch, reference_logits
 from flax import traverse_util
+from random_params import random_params
+from tiny_config import tiny_model_config
 
 import alexatm_jax
 from alexatm_jax.checkpoints import restore_model_checkpoint, save_model_checkpoint
@@ -19,11 +22,7 @@ from alexatm_jax.conversion import hf_files
 from alexatm_jax.conversion.hf_names import model_config_to_hf_config
 from alexatm_jax.conversion.hf_to_jax import convert_hf_to_checkpoint
 from alexatm_jax.conversion.jax_to_hf import export_checkpoint_to_hf, hf_tensors, parse_size
-from alexatm_jax.conversion.safetensors_stream import SafetensorsFile, TensorSpec
-from alexatm_jax.conversion.safetensors_stream import write_safetensors
-from alexatm_reference import max_abs_diff_on_real_positions, padded_batch, reference_logits
-from random_params import random_params
-from tiny_config import tiny_model_config
+from alexatm_jax.conversion.safetensors_stream import SafetensorsFile, TensorSpec, write_safetensors
 
 # transformers 4.30.2 warns about its own use of a deprecated argument in every forward.
 pytestmark = pytest.mark.filterwarnings("ignore:The `device` argument is deprecated")

@@ -10,7 +10,6 @@ import logging
 import os
 import pathlib
 
-import pytest
 import tensorflow as tf
 
 from tasks import counters as names

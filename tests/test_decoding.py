@@ -14,6 +14,7 @@ pytest.importorskip("alexa_teacher_models")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from inference_helpers import convert_reference, padded_prompts, reference_model  # noqa: E402
 
 from alexatm_jax.decoding import (  # noqa: E402
     DecodeOptions,
@@ -24,7 +25,6 @@ from alexatm_jax.decoding import (  # noqa: E402
 )
 from alexatm_jax.decoding.engine import InferenceEngine, pad_rows  # noqa: E402
 from alexatm_jax.model.layout import scan_params  # noqa: E402
-from inference_helpers import convert_reference, padded_prompts, reference_model  # noqa: E402
 
 STEPS = 10
 LENGTHS = [9, 4, 7, 12, 3, 6]

@@ -3,9 +3,8 @@ it), and every link between the pages resolves. The checker itself is tested on 
 
 from pathlib import Path
 
-import pytest
-
 import doc_commands
+import pytest
 from doc_commands import Invocation, extract, link_problems, problems
 
 DOCS = doc_commands.doc_files()

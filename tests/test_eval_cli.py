@@ -8,6 +8,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from inference_helpers import train_tiny_sentencepiece
 from rouge_score import rouge_scorer
 
 from alexatm_jax.checkpoints import save_model_checkpoint
@@ -18,7 +19,6 @@ from alexatm_jax.decoding.loading import load_text_model
 from alexatm_jax.decoding.options import DecodeOptions
 from alexatm_jax.model import init_params
 from alexatm_jax.tokenization import Tokenizer
-from inference_helpers import train_tiny_sentencepiece
 
 PROMPTS = [
     "The weather today",

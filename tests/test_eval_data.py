@@ -4,19 +4,16 @@ input (file, line and field named)."""
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 import pytest
 import sacrebleu
+from hf_layouts import cache, parquet, save_to_disk
+from inference_helpers import train_tiny_sentencepiece
 from rouge_score import rouge_scorer
+from test_eval_prompts import StubModel, write_jsonl
 
 from alexatm_jax.evaluation import evaluate, get_task, write_results
 from alexatm_jax.evaluation.data import DataError
 from alexatm_jax.tokenization import Tokenizer
-from hf_layouts import cache, parquet, save_to_disk
-from inference_helpers import train_tiny_sentencepiece
-from test_eval_prompts import StubModel, write_jsonl
 
 SQUAD_HF = [
     {

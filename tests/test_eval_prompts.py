@@ -9,6 +9,7 @@ import pathlib
 
 import pytest
 import sacrebleu
+from inference_helpers import train_tiny_sentencepiece
 from rouge_score import rouge_scorer
 
 from alexatm_jax.decoding.engine import TargetScore
@@ -17,7 +18,6 @@ from alexatm_jax.evaluation import evaluate, get_task, write_results
 from alexatm_jax.evaluation import metrics as eval_metrics
 from alexatm_jax.evaluation.text_processing import split_sentences
 from alexatm_jax.tokenization import Tokenizer
-from inference_helpers import train_tiny_sentencepiece
 
 LONG_WORDS = " ".join(["word"] * 200)
 SENTENCES = [f"Sentence number {i} is here." for i in range(40)]

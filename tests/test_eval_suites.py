@@ -11,16 +11,16 @@ import jax
 import numpy as np
 import pytest
 import sacrebleu
+from hf_layouts import parquet, save_to_disk
+from inference_helpers import sample_lines, train_tiny_sentencepiece
 
 from alexatm_jax.checkpoints import save_model_checkpoint
 from alexatm_jax.cli import evaluate as eval_cli
 from alexatm_jax.evaluation import summary as eval_summary
-from alexatm_jax.evaluation.suites import FLORES_PAIRS, SUITES, task_directory
+from alexatm_jax.evaluation.suites import FLORES_PAIRS, SUITES
 from alexatm_jax.evaluation.translation_tasks import FLORES_LANGUAGES
 from alexatm_jax.model import init_params
 from alexatm_jax.tokenization import Tokenizer
-from hf_layouts import parquet, save_to_disk
-from inference_helpers import sample_lines, train_tiny_sentencepiece
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import gin
 import jax
 import pytest
 
+import gin
 from alexatm_jax import gin_registry
 from alexatm_jax.cli.plan import train_config_from_gin
 from alexatm_jax.model.params import param_shapes

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import gin
 import pytest
 
+import gin
 from alexatm_jax import gin_registry
 from alexatm_jax.model import ModelConfig
 

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from random_params import random_params
+from tiny_config import tiny_model_config
 
 from alexatm_jax.model import AlexaTM, ModelConfig, param_logical_axes, param_shapes
 from alexatm_jax.model.layout import (
@@ -16,8 +18,6 @@ from alexatm_jax.model.layout import (
     split_layer_path,
     unscan_params,
 )
-from random_params import random_params
-from tiny_config import tiny_model_config
 
 CONFIG = tiny_model_config(
     vocab_size=50,

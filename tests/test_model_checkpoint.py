@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
+from random_params import random_params
+from tiny_config import tiny_model_config
 
 import alexatm_jax
 from alexatm_jax import api
@@ -21,8 +23,6 @@ from alexatm_jax.checkpoints import (
 )
 from alexatm_jax.model import ModelConfig, param_shapes
 from alexatm_jax.model.layout import is_scanned, unscan_params
-from random_params import random_params
-from tiny_config import tiny_model_config
 
 CONFIG = tiny_model_config(
     vocab_size=40,

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import alexatm_jax
-from alexatm_jax.conversion.hf_to_jax import convert_hf_to_checkpoint
-from alexatm_jax.model.layout import is_scanned
 from alexatm_reference import (
     max_abs_diff_on_real_positions,
     padded_batch,
@@ -20,6 +16,10 @@ from alexatm_reference import (
     reference_config,
     reference_logits,
 )
+
+import alexatm_jax
+from alexatm_jax.conversion.hf_to_jax import convert_hf_to_checkpoint
+from alexatm_jax.model.layout import is_scanned
 
 # transformers 4.30.2 warns about its own use of a deprecated argument in every forward.
 pytestmark = pytest.mark.filterwarnings("ignore:The `device` argument is deprecated")

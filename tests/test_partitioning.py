@@ -5,8 +5,10 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
+from multidevice_checks import run_multidevice_checks
+from tiny_config import tiny_model_config
 
-from alexatm_jax.model import ModelConfig, abstract_params
+from alexatm_jax.model import abstract_params
 from alexatm_jax.partitioning import (
     BATCH_MESH_AXES,
     RULE_SETS,
@@ -14,8 +16,6 @@ from alexatm_jax.partitioning import (
     Partitioner,
     resolve_rules,
 )
-from multidevice_checks import run_multidevice_checks
-from tiny_config import tiny_model_config
 
 TINY = tiny_model_config(encoder_ffn_dim=48, decoder_ffn_dim=48, max_positions=16, dropout_rate=0.1)
 

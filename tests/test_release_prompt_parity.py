@@ -13,16 +13,17 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("alexa_teacher_models")
 
-from alexatm_jax.cli import convert as convert_cli  # noqa: E402
-from alexatm_jax.cli import generate as generate_cli  # noqa: E402
-from alexatm_jax.cli import score as score_cli  # noqa: E402
-from alexatm_jax.tokenization import Tokenizer  # noqa: E402
 from inference_helpers import (  # noqa: E402
     reference_model,
     release_tokenizer,
     sample_lines,
     train_release_sentencepiece_12,
 )
+
+from alexatm_jax.cli import convert as convert_cli  # noqa: E402
+from alexatm_jax.cli import generate as generate_cli  # noqa: E402
+from alexatm_jax.cli import score as score_cli  # noqa: E402
+from alexatm_jax.tokenization import Tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:The `device` argument is deprecated")
 STEPS = 6

@@ -5,12 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_config import tiny_model_config
 
 from alexatm_jax.model.config import REMAT_POLICIES
 from alexatm_jax.model.params import init_params
 from alexatm_jax.model.transformer import AlexaTM
 from alexatm_jax.planning import matmul_flops
-from tiny_config import tiny_model_config
 
 CONFIG = tiny_model_config(
     vocab_size=128, num_encoder_layers=2, num_decoder_layers=2, max_positions=64, scan_layers=True

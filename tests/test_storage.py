@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from tiny_config import TINY_MODEL_CONFIG
 
 from alexatm_jax import storage
 from alexatm_jax.cli.train import parse_args
-from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.partitioning import MeshConfig
 from alexatm_jax.training import metrics_writer
 from alexatm_jax.training.metrics_writer import MetricsWriter, read_metrics
 from alexatm_jax.training.trainer import TrainConfig, train
-from tiny_config import TINY_MODEL_CONFIG
 
 TINY = TINY_MODEL_CONFIG
 

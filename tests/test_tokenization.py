@@ -4,9 +4,9 @@ the way the pretraining pipeline does."""
 from __future__ import annotations
 
 import pytest
+from inference_helpers import train_tiny_sentencepiece
 
 from alexatm_jax.tokenization import Tokenizer, clm_prompt
-from inference_helpers import train_tiny_sentencepiece
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from inference_helpers import release_tokenizer, sample_lines, train_release_sentencepiece_12
 
 from alexatm_jax.tokenization import Tokenizer
-from inference_helpers import release_tokenizer, sample_lines, train_release_sentencepiece_12
 
 EDGE_CASES = [
     "",
@@ -44,7 +44,7 @@ def texts_in_12_languages() -> list[str]:
     spaces, and in the paper's XSum and Flores templates."""
     rng = random.Random(0)
     texts = []
-    for lang, lines in sample_lines(per_language=200).items():
+    for lines in sample_lines(per_language=200).values():
         for line in rng.sample(lines, 8):
             cut = rng.randint(0, len(line))
             texts += [

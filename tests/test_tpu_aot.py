@@ -23,15 +23,15 @@ from alexatm_jax.cli import plan as plan_cli
 from alexatm_jax.decoding import model_steps
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import init_params
-from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.partitioning import MeshConfig, Partitioner
 from alexatm_jax.planning import (
     DoesNotFit,
     compile_train_executable,
     compile_train_step,
-    timing_depths,
     timing_config,
+    timing_depths,
 )
+from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
 from alexatm_jax.training.state import train_state_shardings
 

@@ -2,20 +2,19 @@
 come from logical axes, and functions partitioned by the Partitioner."""
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 from jax.sharding import PartitionSpec
+from tiny_config import TINY_MODEL_CONFIG
 
+import gin
 from alexatm_jax import gin_registry
-from alexatm_jax.model import ModelConfig
 from alexatm_jax.partitioning import BATCH_MESH_AXES, MeshConfig, Partitioner
 from alexatm_jax.training.config import InvalidTrainArguments, TrainConfig
 from alexatm_jax.training.optimizer import OptimizerConfig, make_optimizer
 from alexatm_jax.training.state import boxed_abstract_train_state
-from tiny_config import TINY_MODEL_CONFIG
 
 TINY = TINY_MODEL_CONFIG
 RUN_FILES = ["gin/models/tiny.gin", "gin/runs/pretrain.gin", "gin/meshes/cpu_1.gin"]

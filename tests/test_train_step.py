@@ -6,8 +6,10 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from multidevice_checks import run_multidevice_checks
+from tiny_config import tiny_model_config
 
-from alexatm_jax.model import AlexaTM, ModelConfig, param_shapes
+from alexatm_jax.model import AlexaTM, param_shapes
 from alexatm_jax.partitioning import MeshConfig, Partitioner
 from alexatm_jax.training import (
     OptimizerConfig,
@@ -18,12 +20,10 @@ from alexatm_jax.training import (
     make_optimizer,
     make_train_step,
 )
+from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.flops import forward_flops_per_example, mfu, peak_flops_per_device
 from alexatm_jax.training.loss import token_statistics
-from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.optimizer import FROZEN, HeldState, path_string
-from multidevice_checks import run_multidevice_checks
-from tiny_config import tiny_model_config
 
 TINY = tiny_model_config(encoder_ffn_dim=48, decoder_ffn_dim=48, max_positions=16)
 TOTAL_STEPS = 20

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tiny_config import tiny_model_config
 
-from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import init_params, param_shapes
 from alexatm_jax.training.checkpointing import (
     IncompatibleCheckpointError,
@@ -27,7 +27,6 @@ from alexatm_jax.training.model_dir import (
 )
 from alexatm_jax.training.state import TrainState
 from alexatm_jax.training.warm_start import warm_start_params
-from tiny_config import tiny_model_config
 
 TINY = tiny_model_config(dropout_rate=0.1)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-import gin
 import numpy as np
 import pytest
+
+import gin
 
 tasks = pytest.importorskip("tasks")
 

@@ -17,15 +17,6 @@ import time
 
 import jax
 import pytest
-
-from alexatm_jax.training.checkpointing import CheckpointSaveError
-from alexatm_jax.training.model_dir import ArchitectureMismatchError
-from alexatm_jax.training.optimizer import OptimizerConfig, learning_rate_schedule
-from alexatm_jax.training.trainer import (
-    InvalidTrainArguments,
-    NoReadableCheckpointError,
-    NonFiniteLossError,
-)
 from fault_harness import TINY, TRAIN_STEPS, run
 from fault_injection import (
     flip,
@@ -35,6 +26,15 @@ from fault_injection import (
     simulate_full_disk_in_json_writes,
     tmpfs,
     used_bytes,
+)
+
+from alexatm_jax.training.checkpointing import CheckpointSaveError
+from alexatm_jax.training.model_dir import ArchitectureMismatchError
+from alexatm_jax.training.optimizer import OptimizerConfig, learning_rate_schedule
+from alexatm_jax.training.trainer import (
+    InvalidTrainArguments,
+    NonFiniteLossError,
+    NoReadableCheckpointError,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

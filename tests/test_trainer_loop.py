@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from tiny_config import TINY_MODEL_CONFIG
 
-from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.partitioning import MeshConfig
 from alexatm_jax.training.optimizer import OptimizerConfig
 from alexatm_jax.training.trainer import NonFiniteLossError, TrainConfig, train
-from tiny_config import TINY_MODEL_CONFIG
 
 TINY = TINY_MODEL_CONFIG
 # Adam moves every parameter by ~lr on the first step: 1e30 makes the next loss non-finite.

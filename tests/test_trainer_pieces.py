@@ -6,10 +6,10 @@ import json
 import math
 import pathlib
 
-import gin
 import numpy as np
 import pytest
 
+import gin
 from alexatm_jax import gin_registry
 from alexatm_jax.cli import train as train_cli
 from alexatm_jax.data.synthetic import SyntheticHostBatches

@@ -10,7 +10,7 @@ import contextlib
 import os
 import pathlib
 import shutil
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:

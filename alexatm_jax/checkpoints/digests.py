@@ -26,7 +26,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +121,7 @@ def _device_digests(arrays: list[jax.Array]) -> list[jax.Array]:
     return _jitted_digests(None)(arrays)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_digests(out_shardings: tuple | None) -> Any:
     def digest_all(arrays: list[jax.Array]) -> list[jax.Array]:
         return [_digest_on_device(a) for a in arrays]
@@ -194,8 +195,9 @@ def tree_digests(tree: Any) -> dict[str, dict[str, Any]]:
     """{dotted name: {"shape", "dtype", "digest"}} for every array leaf of `tree`.
 
     jax.Array leaves are digested on their devices by one jitted program (compiled once per tree
-    of shapes and shardings); numpy leaves on the host. In a multi-process job every process must call this together for
-    the global arrays (each reduction spans the hosts), and every process gets the same result.
+    of shapes and shardings); numpy leaves on the host. In a multi-process job every process must
+    call this together for the global arrays (each reduction spans the hosts), and every process
+    gets the same result.
     """
     leaves = named_leaves(tree)
     on_devices = [name for name, leaf in leaves.items() if isinstance(leaf, jax.Array)]

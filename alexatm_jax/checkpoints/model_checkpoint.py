@@ -22,7 +22,8 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -33,8 +34,13 @@ from jax.sharding import NamedSharding, PartitionSpec, Sharding
 from alexatm_jax.checkpoints import digests
 from alexatm_jax.checkpoints.atomic_dir import atomic_directory
 from alexatm_jax.model.config import ModelConfig
-from alexatm_jax.model.layout import LAYER_STACKS, SCANNED_LAYERS, convert_layout, is_scanned
-from alexatm_jax.model.layout import split_layer_path
+from alexatm_jax.model.layout import (
+    LAYER_STACKS,
+    SCANNED_LAYERS,
+    convert_layout,
+    is_scanned,
+    split_layer_path,
+)
 from alexatm_jax.model.params import param_shapes
 
 MARKER_FILE = "alexatm_checkpoint.json"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
 

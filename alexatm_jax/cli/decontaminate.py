@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `alexatm-decontaminate`; returns the exit status (alexatm_jax.cli.errors: 2 for bad
-    arguments, 1 with one line for a failure, --log_level DEBUG for its traceback)."""
+    """Entry point of `alexatm-decontaminate`; returns the exit status (alexatm_jax.cli.errors:
+    2 for bad arguments, 1 with one line for a failure, --log_level DEBUG for its traceback)."""
     return run_command("alexatm-decontaminate", lambda: _main(argv) or 0)
 
 

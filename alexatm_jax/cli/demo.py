@@ -19,7 +19,7 @@ import shutil
 import sys
 import textwrap
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from alexatm_jax.cli.gin_flags import gin_bindings
 

@@ -18,7 +18,7 @@ import errno
 import logging
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

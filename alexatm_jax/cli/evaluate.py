@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from alexatm_jax.cli import inference_arguments as common
 from alexatm_jax.evaluation import data, harness, metrics, suites, tfds_export

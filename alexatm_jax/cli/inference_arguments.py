@@ -134,9 +134,8 @@ def partitioner_for(args: argparse.Namespace):
 
 def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TextModel:
     """The TextModel for the model arguments; load errors exit with their message."""
-    from alexatm_jax.decoding.loading import load_text_model
-
     from alexatm_jax.checkpoints.digests import DigestMismatchError
+    from alexatm_jax.decoding.loading import load_text_model
 
     overrides = {k: getattr(args, k) for k in ("dtype", "param_dtype") if getattr(args, k)}
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def verify(path: str) -> int:
     """Print one line per checkpoint under `path`; 1 if any is corrupt, else 0."""
-    from alexatm_jax.checkpoints.verify import CORRUPT, verify as verify_checkpoints
+    from alexatm_jax.checkpoints.verify import CORRUPT
+    from alexatm_jax.checkpoints.verify import verify as verify_checkpoints
 
     try:
         verdicts = verify_checkpoints(path)

@@ -158,7 +158,6 @@ def _main(argv: list[str] | None) -> None:
     _validate(args, parser)
 
     import gin
-
     import tasks  # noqa: F401  (registers the gin configurables that the bindings name)
 
     if args.gin_file or args.gin_param:

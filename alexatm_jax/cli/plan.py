@@ -21,7 +21,8 @@ import json
 import os
 import pathlib
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from alexatm_jax.cli.gin_flags import gin_bindings
 from alexatm_jax.cli.plan_report import format_text, report
@@ -211,7 +212,7 @@ def parse_gin_config(
             raise
 
 
-def train_config_from_gin() -> "TrainConfig":
+def train_config_from_gin() -> TrainConfig:
     """The TrainConfig of the parsed gin configuration."""
     from alexatm_jax import gin_registry
 
@@ -243,7 +244,7 @@ def target_devices(args: argparse.Namespace) -> list[Any] | None:
     return topology_devices(args.target)
 
 
-def adapt_job_to_target(job: "TrainConfig", args: argparse.Namespace) -> "TrainConfig":
+def adapt_job_to_target(job: TrainConfig, args: argparse.Namespace) -> TrainConfig:
     """cuDNN attention needs the cuDNN library to compile; without it a GPU plan uses XLA's
     attention, and the report says so."""
     from alexatm_jax.gpu_topology import GpuTarget, cudnn_problem
@@ -265,8 +266,8 @@ def adapt_job_to_target(job: "TrainConfig", args: argparse.Namespace) -> "TrainC
 
 
 def run_plan(
-    job: "TrainConfig", devices: list[Any] | None, args: argparse.Namespace
-) -> tuple["Plan", "StepTimeEstimate | None"]:
+    job: TrainConfig, devices: list[Any] | None, args: argparse.Namespace
+) -> tuple[Plan, StepTimeEstimate | None]:
     """The plan and, for a TPU target, the cost model's step time, with a progress bar."""
     from tqdm import tqdm
 

@@ -35,7 +35,7 @@ SCAN_FLOPS_NOTE = (
 
 
 def report(
-    plan: "Plan", args: argparse.Namespace, estimate: "StepTimeEstimate | None" = None
+    plan: Plan, args: argparse.Namespace, estimate: StepTimeEstimate | None = None
 ) -> dict[str, Any]:
     """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, provenance notes."""
     job, cfg = plan.config, plan.config.model_config
@@ -82,7 +82,7 @@ def report(
     return result
 
 
-def _compile_sources(plan: "Plan") -> tuple[str, str]:
+def _compile_sources(plan: Plan) -> tuple[str, str]:
     """Where the compiled and the traced figures come from: (compiled source, traced source)."""
     depths = [list(d) for d in plan.compiled_depths]
     source = (
@@ -98,7 +98,7 @@ def _compile_sources(plan: "Plan") -> tuple[str, str]:
     return source, traced_source
 
 
-def _model_report(plan: "Plan") -> dict[str, Any]:
+def _model_report(plan: Plan) -> dict[str, Any]:
     """The model's size, depth and compute settings."""
     cfg = plan.config.model_config
     return {
@@ -115,7 +115,7 @@ def _model_report(plan: "Plan") -> dict[str, Any]:
     }
 
 
-def _batch_report(plan: "Plan") -> dict[str, Any]:
+def _batch_report(plan: Plan) -> dict[str, Any]:
     """The global batch: sequences, lengths, positions and target tokens per step."""
     job = plan.config
     return {
@@ -128,7 +128,7 @@ def _batch_report(plan: "Plan") -> dict[str, Any]:
     }
 
 
-def _memory_report(plan: "Plan", args: argparse.Namespace, source: str) -> dict[str, Any]:
+def _memory_report(plan: Plan, args: argparse.Namespace, source: str) -> dict[str, Any]:
     """Bytes per device, analytic and compiled, and whether they fit --device_memory_gib."""
     compiled = plan.compiled
     compiler = {"tpu": "the TPU compiler (libtpu)", "gpu": "XLA:GPU"}.get(plan.platform, "XLA:CPU")
@@ -152,7 +152,7 @@ def _memory_report(plan: "Plan", args: argparse.Namespace, source: str) -> dict[
     return memory
 
 
-def _flops_report(plan: "Plan", source: str, traced_source: str) -> dict[str, Any]:
+def _flops_report(plan: Plan, source: str, traced_source: str) -> dict[str, Any]:
     """FLOPs per step: analytic model FLOPs, traced matmul FLOPs and XLA's cost analysis."""
     compiled = plan.compiled
     return {
@@ -166,7 +166,7 @@ def _flops_report(plan: "Plan", source: str, traced_source: str) -> dict[str, An
     }
 
 
-def _assumed_mfu_step_time(plan: "Plan", peak_tflops: float, mfu: float) -> dict[str, Any]:
+def _assumed_mfu_step_time(plan: Plan, peak_tflops: float, mfu: float) -> dict[str, Any]:
     """Step time in seconds from the model FLOPs at `peak_tflops` per device and an assumed MFU."""
     seconds = plan.step_time_s(peak_tflops * 1e12, mfu)
     return {
@@ -179,7 +179,7 @@ def _assumed_mfu_step_time(plan: "Plan", peak_tflops: float, mfu: float) -> dict
     }
 
 
-def _attention_notes(plan: "Plan") -> list[str]:
+def _attention_notes(plan: Plan) -> list[str]:
     from alexatm_jax.planning import planned_model_config
 
     impl = plan.config.model_config.attention_impl
@@ -198,7 +198,7 @@ def _attention_notes(plan: "Plan") -> list[str]:
 
 
 def cost_model_step_time(
-    plan: "Plan", estimate: "StepTimeEstimate", peak_tflops: float
+    plan: Plan, estimate: StepTimeEstimate, peak_tflops: float
 ) -> dict[str, Any]:
     """The TPU cost model's step time, the MFU it implies and how it was derived."""
     job = plan.config

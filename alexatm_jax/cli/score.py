@@ -12,7 +12,7 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from alexatm_jax.cli import inference_arguments as common
 from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command

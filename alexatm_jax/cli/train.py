@@ -19,7 +19,7 @@ import glob
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from alexatm_jax.cli.errors import (
     UsageError,

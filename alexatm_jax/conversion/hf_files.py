@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import ml_dtypes
 import numpy as np

@@ -8,7 +8,8 @@ heads split out ([embed, heads, head_dim] for q/k/v, [heads, head_dim, embed] fo
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -14,7 +14,7 @@ import json
 import os
 import struct
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import ml_dtypes
 import numpy as np
@@ -99,7 +99,7 @@ class SafetensorsFile:
         """Drop the memory map (views handed out keep it alive until they are freed)."""
         self._buffer = None
 
-    def __enter__(self) -> "SafetensorsFile":
+    def __enter__(self) -> SafetensorsFile:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -26,7 +26,8 @@ examples so that at least the beginning is not repeated.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -4,8 +4,8 @@ Per input, K live beams and up to K finished hypotheses are kept. Each step scor
 extensions of the live beams by total log-probability and takes the best 2K: those ending in EOS
 and ranked within the first K compete for the finished slots with score sum(log p) /
 norm(length) (see `length_normalizer`); the best K not ending in EOS become the new live beams,
-and the KV cache rows follow their source beams. An input is done when it has K finished hypotheses and no live beam can still beat the worst
-of them (their log-probability can only fall; the bound takes the most favourable length). At the
+and the KV cache rows follow their source beams. An input is done when it has K finished
+hypotheses and no live beam can still beat the worst of them (their log-probability can only fall; the bound takes the most favourable length). At the
 end, inputs that are not done also rank their live beams, normalised at their current length.
 With one beam and length_penalty 0 this is exactly greedy search.
 """

@@ -79,7 +79,7 @@ class DecodeOptions:
         if problems:
             raise ValueError("Invalid DecodeOptions: " + "; ".join(problems))
 
-    def replace(self, **changes) -> "DecodeOptions":
+    def replace(self, **changes) -> DecodeOptions:
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from alexatm_jax.decoding.engine import InferenceEngine, TargetScore, truncate_at_stop
 from alexatm_jax.decoding.options import DecodeOptions

@@ -16,7 +16,8 @@ The templates are ours (the paper does not publish them); see each builder below
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from alexatm_jax.evaluation import data, metrics, sources
 from alexatm_jax.evaluation.data import DataError

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from alexatm_jax.evaluation import hf_files
 
@@ -105,7 +106,7 @@ class Source:
         """`split` and its HuggingFace names."""
         return [split] + list(dict(self.hf_splits).get(split, ()))
 
-    def with_language(self, subdirectory: str, config: str, language: str) -> "Source":
+    def with_language(self, subdirectory: str, config: str, language: str) -> Source:
         """The source of one language config: `<directory>/<subdirectory>`, rows + `language`."""
         convert = self.convert
         return dataclasses.replace(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from alexatm_jax.evaluation import data, metrics, sources
 from alexatm_jax.evaluation.data import DataError

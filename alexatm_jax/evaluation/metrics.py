@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import string
-from typing import Sequence
+from collections.abc import Sequence
 
 # English: rouge-score's default tokenizer (lower-cased [a-z0-9] words) with the Porter stemmer.
 # Other languages: lower-cased Unicode words, no stemmer (the default tokenizer would drop every

@@ -16,7 +16,7 @@ dataset (Hub name, config, split names, row schema) each task reads:
 from __future__ import annotations
 
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from alexatm_jax.evaluation import data, hf_files
 from alexatm_jax.evaluation.data import DataError, Example, Source

@@ -23,7 +23,7 @@ import contextlib
 import contextvars
 import functools
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax

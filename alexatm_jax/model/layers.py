@@ -7,7 +7,7 @@ names too. Only the partitioner maps those names onto mesh axes.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

@@ -8,7 +8,8 @@ The same holds for `decoder`. Leaves may be numpy or jax arrays; numpy stays num
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

@@ -15,8 +15,8 @@ does for the other implementations. Lengths that are not a multiple of the kerne
 blocks are padded (queries with segment 0, keys with -1) and the padding is sliced off.
 
 Sharding. A Pallas call is opaque to XLA's partitioner, so under a mesh the kernel runs inside
-`shard_map`: batch and heads are split as the logical rules split ('activation_batch', 'activation_heads'); length and
-head_dim stay whole on every device.
+`shard_map`: batch and heads are split as the logical rules split ('activation_batch',
+'activation_heads'); length and head_dim stay whole on every device.
 """
 
 from __future__ import annotations

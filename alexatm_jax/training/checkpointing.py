@@ -30,7 +30,8 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -132,7 +133,7 @@ def read_digests(step_dir: str) -> dict | None:
 class _KeepProtected:
     """Orbax preservation policy: never delete the step the checkpointer protects."""
 
-    checkpointer: "TrainingCheckpointer"
+    checkpointer: TrainingCheckpointer
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
         return [info.step == self.checkpointer.protected_step for info in checkpoints]

@@ -9,7 +9,8 @@ before anything is built.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.partitioning import MeshConfig
@@ -99,7 +100,7 @@ class TrainConfig:
         )
         object.__setattr__(self, "init_from_prefixes", tuple(self.init_from_prefixes))
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes` applied."""
         return dataclasses.replace(self, **changes)
 
@@ -108,7 +109,7 @@ class TrainConfig:
         """(encoder layers, decoder layers)."""
         return self.model_config.num_encoder_layers, self.model_config.num_decoder_layers
 
-    def with_depths(self, depths: Depths) -> "TrainConfig":
+    def with_depths(self, depths: Depths) -> TrainConfig:
         """This run with another number of encoder and decoder layers (for planning)."""
         return self.replace(
             model_config=self.model_config.replace(

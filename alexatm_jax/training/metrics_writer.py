@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from alexatm_jax.storage import as_path, copy_file, is_remote
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 

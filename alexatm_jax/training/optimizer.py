@@ -17,7 +17,8 @@ updates up to ~6x too large with b2=0.999); their learning rate follows the glob
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

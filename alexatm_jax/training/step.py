@@ -8,7 +8,8 @@ optionally *_segment_ids / *_positions / encoder_token_type_ids), sharded on the
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

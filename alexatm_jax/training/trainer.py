@@ -31,13 +31,14 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
+import gin
 from alexatm_jax.data.global_batches import GlobalBatches, per_host_batch_size
 from alexatm_jax.data.sources import make_host_source
 from alexatm_jax.model.params import abstract_params
@@ -175,7 +176,7 @@ class _Run:
     step: int = 0
 
     @classmethod
-    def start(cls, config: TrainConfig) -> "_Run":
+    def start(cls, config: TrainConfig) -> _Run:
         """Check the launch, then restore or initialise the state, open the data, the metrics
         and the progress bar, and build (not yet compile) the steps."""
         model_dir, vocab_file = _preflight(config)
