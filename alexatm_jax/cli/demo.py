@@ -262,6 +262,24 @@ def evaluate_denoising(
     return accuracy, examples
 
 
+def _print_continuation(model, examples, max_new_tokens: int, clm_share: float) -> None:
+    """A `[CLM]` continuation of the first half of a held-out chunk (English when there is one),
+    with the note that it stays weak."""
+    from alexatm_jax.decoding import DecodeOptions
+
+    source = next((e for e in examples if e.language == "en"), examples[0])
+    words = model.tokenizer.decode(source.target_ids).split()
+    clm_prompt = "[CLM] " + " ".join(words[: max(1, len(words) // 2)])  # the first half
+    (clm,) = model.generate([clm_prompt], DecodeOptions(max_new_tokens=max_new_tokens))
+    print(_wrapped("[CLM] prompt", clm_prompt[len("[CLM] ") :]))
+    print(_wrapped("continuation", clm.text))
+    print(
+        f"  (Continuation is the causal-LM objective, {100 * clm_share:.0f}% of the demo's "
+        "mixture: a few minutes\n   of training teach the model the corpus's words, not "
+        "coherent text.)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `alexatm-demo`; returns the exit code."""
     args, bindings = parse_args(argv)
@@ -315,25 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     print("[4/4] Greedy denoising of held-out documents (deleted spans restored?)", flush=True)
-    from alexatm_jax.decoding import DecodeOptions
     from alexatm_jax.decoding.loading import load_text_model
 
     model = load_text_model(args.model_dir, tokenizer_path=vocab, batch_size=16)
     accuracy, examples = evaluate_denoising(
         model, sequence_length, args.eval_examples, args.examples
     )
-    source = next((e for e in examples if e.language == "en"), examples[0])
-    words = model.tokenizer.decode(source.target_ids).split()
-    clm_prompt = "[CLM] " + " ".join(words[: max(1, len(words) // 2)])  # the first half
-    (clm,) = model.generate([clm_prompt], DecodeOptions(max_new_tokens=args.max_new_tokens))
-    print(_wrapped("[CLM] prompt", clm_prompt[len("[CLM] ") :]))
-    print(_wrapped("continuation", clm.text))
-    clm_share = tasks.MixtureConfig().clm_share
-    print(
-        f"  (Continuation is the causal-LM objective, {100 * clm_share:.0f}% of the demo's "
-        "mixture: a few minutes\n   of training teach the model the corpus's words, not "
-        "coherent text.)"
-    )
+    _print_continuation(model, examples, args.max_new_tokens, tasks.MixtureConfig().clm_share)
     print(
         f"\nDone in {time.perf_counter() - started:.0f} s; held-out reconstruction accuracy "
         f"{100 * accuracy:.1f}%.\n"

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(pip install -e '.[tpu-aot]'). Or h100-NODESxGPUS (e.g. h100-16x8): "
         "XLA:GPU, memory only, needs the CUDA plugin ('.[gpu-aot]')",
     )
+    _add_estimate_arguments(parser)
+    return parser
+
+
+def _add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the step-time estimate, the memory verdict and the report's output."""
     parser.add_argument(
         "--timing_layers",
         type=int,
@@ -129,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to print on stdout (default text)",
     )
     parser.add_argument("--json_out", default=None, help="also write the JSON report here")
-    return parser
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

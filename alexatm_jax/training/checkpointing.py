@@ -267,29 +267,10 @@ class TrainingCheckpointer:
                     "pointing at this run to reuse its parameters."
                 )
             try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        **{
-                            STATE_ITEM: ocp.args.StandardRestore(
-                                _with_stored_dtypes(abstract_state, metadata)
-                            ),
-                            PROGRESS_ITEM: ocp.args.JsonRestore(),
-                        }
-                    ),
-                )
-                state, progress = restored[STATE_ITEM], dict(restored[PROGRESS_ITEM])
-                if recorded is not None:
-                    digests.compare(
-                        digests.tree_digests(state), recorded, step_dir, **{PROGRESS_ITEM: progress}
-                    )
-                state = jax.tree.map(
-                    lambda x, spec: x if x.dtype == spec.dtype else x.astype(spec.dtype),
-                    state,
-                    abstract_state,
+                state, progress = self._restore_verified(
+                    step, step_dir, abstract_state, metadata, recorded
                 )
             except Exception as error:  # any read failure or mismatch: try an older one
-                restored = state = None
                 self._quarantine(step, _first_line(error), older)
                 continue
             if recorded is None:
@@ -302,6 +283,34 @@ class TrainingCheckpointer:
                 step=step, state=state, progress=progress, verified=recorded is not None
             )
         return None
+
+    def _restore_verified(
+        self, step: int, step_dir: str, abstract_state: Any, metadata: Any, recorded: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """(state in `abstract_state`'s dtypes, progress) of checkpoint `step`, compared with its
+        digest record when it has one; raises on any read failure or mismatch."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardRestore(
+                        _with_stored_dtypes(abstract_state, metadata)
+                    ),
+                    PROGRESS_ITEM: ocp.args.JsonRestore(),
+                }
+            ),
+        )
+        state, progress = restored[STATE_ITEM], dict(restored[PROGRESS_ITEM])
+        if recorded is not None:
+            digests.compare(
+                digests.tree_digests(state), recorded, step_dir, **{PROGRESS_ITEM: progress}
+            )
+        state = jax.tree.map(
+            lambda x, spec: x if x.dtype == spec.dtype else x.astype(spec.dtype),
+            state,
+            abstract_state,
+        )
+        return state, progress
 
     def _quarantine(self, step: int, reason: str, older: Sequence[int]) -> None:
         """Move checkpoint `step` out of the managed directory (so the step can be saved again)."""
