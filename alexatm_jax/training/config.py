@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from alexatm_jax.data.sources import DATA_SOURCES
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.partitioning import MeshConfig
 from alexatm_jax.training.optimizer import OptimizerConfig
@@ -19,7 +20,6 @@ from alexatm_jax.training.optimizer import OptimizerConfig
 NAN_POLICIES = ("skip", "stop")
 DATA_RESUME_MODES = ("exact", "reseed")
 ON_UNREADABLE = ("stop", "restart")
-DATA_SOURCES = ("seqio", "synthetic")
 DEFAULT_SEQUENCE_LENGTH = {"inputs": 1024, "targets": 1024}
 Depths = tuple[int, int]
 
