@@ -1,13 +1,18 @@
 """alexatm-jax: pretrain, evaluate and serve AlexaTM-style encoder-decoder LLMs in JAX.
 
 `alexatm_jax.load(path, **config_overrides)` returns a `LoadedModel` (imported on first use,
-so `import alexatm_jax` stays cheap).
+so `import alexatm_jax` stays cheap). Importing the package makes glibc keep freed host memory
+for reuse (`alexatm_jax.host`; `ALEXATM_JAX_HOST_MALLOC=system` turns that off).
 """
 
 from typing import Any
 
+from alexatm_jax.host import retain_freed_memory
+
 __version__ = "0.1.0"
 __all__ = ["LoadedModel", "load"]
+
+retain_freed_memory()
 
 
 def __getattr__(name: str) -> Any:

@@ -294,7 +294,7 @@ def planned_model_config(config: ModelConfig, platform: str) -> ModelConfig:
         config = config.replace(
             **{
                 name: "off"
-                for name in ("cotangent_barriers", "flat_dense")
+                for name in ("cotangent_barriers", "flat_dense", "split_attention_heads")
                 if getattr(config, name) == "auto"
             }
         )

@@ -11,6 +11,13 @@ same batch, torch.optim.AdamW, model.train(), same dropout, all cores) and print
 ours / reference. All trainers are timed in alternating rounds so that load from other
 processes hits them alike.
 
+The reference runs in worker processes of its own, so that its host memory allocator is not
+ours. `import alexatm_jax` makes glibc keep freed memory for reuse (alexatm_jax/host.py), which
+spares our step, and PyTorch's too, the page faults of re-mapping freed memory at every step.
+`--reference_malloc` picks the reference's allocator: "system" (glibc's defaults, as PyTorch
+ships: the headline ratio), "retain" (the same setting as ours) or "both" (the default: each in
+its own worker, timed in the same rounds).
+
 "ours" is the project's default train step on one device. `--variant NAME:KEY=VALUE,...` adds
 more of our trainers to the same rounds, e.g. to measure what one setting is worth:
 
@@ -111,7 +118,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="peak FLOP/s of this CPU, for an MFU figure on CPU",
     )
+    parser.add_argument(
+        "--reference_malloc",
+        choices=("system", "retain", "both"),
+        default="both",
+        help="host allocator of the reference's worker process: glibc's defaults (system), "
+        "alexatm_jax's (retain) or one worker of each (both, the default)",
+    )
     parser.add_argument("--output_json", default=None, help="also write the results here")
+    parser.add_argument("--reference_worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("batch", "input_len", "target_len", "steps", "rounds"):
         if getattr(args, name) < 1:
@@ -134,8 +149,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     """'name:key=value,key=value' -> (name, {key: value})."""
     name, _, spec = text.partition(":")
-    if not name or name in ("ours", "reference"):
-        raise ValueError(f"--variant {text!r}: needs a NAME other than ours/reference")
+    if not name or name in ("ours", "reference", "reference_retain"):
+        raise ValueError(
+            f"--variant {text!r}: needs a NAME other than ours/reference/reference_retain"
+        )
     settings = {}
     for item in filter(None, spec.split(",")):
         key, sep, value = item.partition("=")
@@ -310,25 +327,92 @@ class ReferenceTrainer:
         return float(loss.detach())
 
 
+def timed_step(trainer) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one step of an in-process trainer."""
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer.step()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def reference_worker(args: argparse.Namespace) -> int:
+    """`--reference_worker`: builds the reference, prints {"compile_s": ...}, then answers each
+    line on stdin with one step's {"wall": s, "cpu": s} (this process's CPU time)."""
+    cfg = load_model_config(args)
+    trainer = ReferenceTrainer(
+        cfg, synthetic_batch(cfg, args.batch, args.input_len, args.target_len)
+    )
+    print(json.dumps({"compile_s": trainer.compile_s}), flush=True)
+    for _ in sys.stdin:
+        wall, cpu = timed_step(trainer)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+    return 0
+
+
+class ReferenceProcess:
+    """The reference in a worker process (this script with --reference_worker) whose
+    ALEXATM_JAX_HOST_MALLOC is `malloc`; `timed_step()` runs one step there."""
+
+    num_devices = 1
+
+    def __init__(self, argv: list[str], malloc: str) -> None:
+        import subprocess
+
+        env = dict(os.environ, ALEXATM_JAX_HOST_MALLOC=malloc, JAX_PLATFORMS="cpu")
+        self.process = subprocess.Popen(
+            [sys.executable, str(pathlib.Path(__file__).resolve()), *argv, "--reference_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.compile_s = self._reply()["compile_s"]
+
+    def _reply(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"the reference worker exited with status {self.process.wait()}")
+
+    def timed_step(self) -> tuple[float, float]:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        reply = self._reply()
+        return reply["wall"], reply["cpu"]
+
+    def step(self) -> None:
+        self.timed_step()
+
+    def close(self) -> None:
+        """Ends the worker and waits for it, so its CPU time counts as this run's own."""
+        self.process.stdin.close()
+        self.process.wait()
+
+
 def time_steps(trainer, steps: int) -> list[tuple[float, float]]:
-    """(wall seconds, process CPU seconds) of each of `steps` consecutive steps."""
-    times = []
-    for _ in range(steps):
-        start, cpu = time.perf_counter(), time.process_time()
-        trainer.step()
-        times.append((time.perf_counter() - start, time.process_time() - cpu))
-    return times
+    """(wall seconds, CPU seconds) of each of `steps` consecutive steps."""
+    if isinstance(trainer, ReferenceProcess):
+        return [trainer.timed_step() for _ in range(steps)]
+    return [timed_step(trainer) for _ in range(steps)]
+
+
+REFERENCE_NAMES = {"system": "reference", "retain": "reference_retain"}
+REFERENCE_MALLOC = {name: malloc for malloc, name in REFERENCE_NAMES.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reference_worker:
+        return reference_worker(args)
     monitor = LoadMonitor()
     import jax
+
+    import alexatm_jax  # noqa: F401  sets the host allocator before JAX runs anything
 
     if args.num_cpu_devices > 1:  # before the first JAX computation
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
     from tqdm import tqdm
 
+    from alexatm_jax.host import host_malloc_mode
     from alexatm_jax.model import count_params, param_shapes
     from alexatm_jax.training.flops import mfu, peak_flops_per_device, train_flops_per_step
 
@@ -354,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         trainers[name] = OurTrainer(variant_cfg, host_batch, args.rules, **options)
         variant_settings[name] = settings
     if run_reference:
-        trainers["reference"] = ReferenceTrainer(cfg, host_batch)
+        worker_argv = list(argv if argv is not None else sys.argv[1:])
+        for malloc in ("system", "retain"):
+            if args.reference_malloc in (malloc, "both"):
+                trainers[REFERENCE_NAMES[malloc]] = ReferenceProcess(worker_argv, malloc)
     for name, trainer in trainers.items():
         print(f"{name}: first step (compile/warm-up) {trainer.compile_s:.1f}s", flush=True)
         for _ in range(args.warmup):
@@ -367,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
                 for seconds in time_steps(trainer, args.steps):
                     times[name].append(seconds)
                     bar.update(1)
+    for trainer in trainers.values():
+        if isinstance(trainer, ReferenceProcess):
+            trainer.close()
     load = monitor.finish(cores_used=os.cpu_count())
 
     tokens_per_step = args.batch * (args.input_len + args.target_len)
@@ -382,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "flops_per_step": flops_per_step,
         "peak_flops_per_device": peak,
         "variants": variant_settings,
+        "host_malloc": {name: REFERENCE_MALLOC.get(name, host_malloc_mode()) for name in trainers},
         "machine_load": load,
     }
     for name, pairs in times.items():
@@ -397,13 +488,15 @@ def main(argv: list[str] | None = None) -> int:
             "all_cpu_times_s": [cpu for _, cpu in pairs],
         }
         if peak:
-            num_devices = trainers[name].num_devices if name != "reference" else 1
+            num_devices = trainers[name].num_devices
             entry["mfu"] = mfu(flops_per_step, median, num_devices, peak)
         results[name] = entry
         mfu_text = f", MFU {entry['mfu'] * 100:.1f}%" if "mfu" in entry else ""
-        devices_text = f" [{trainers[name].num_devices} device(s)]" if name != "reference" else ""
+        devices_text = (
+            "" if name in REFERENCE_NAMES.values() else f" [{trainers[name].num_devices} device(s)]"
+        )
         print(
-            f"{name:>12}: {median:.3f} s/step, {cpu_median:.2f} CPU-s/step, "
+            f"{name:>16}: {median:.3f} s/step, {cpu_median:.2f} CPU-s/step, "
             f"{entry['tokens_per_s']:.0f} tokens/s, "
             f"{entry['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu_text}{devices_text}"
         )
@@ -411,10 +504,15 @@ def main(argv: list[str] | None = None) -> int:
         if name != "ours":
             ratio = results["ours"]["tokens_per_s"] / results[name]["tokens_per_s"]
             print(f"ours / {name} tokens/s: {ratio:.2f}x")
-            if name == "reference":
-                results["ratio_ours_over_reference"] = ratio
+            if name in REFERENCE_NAMES.values():
+                results[f"ratio_ours_over_{name}"] = ratio
             else:
                 results[name]["ratio_ours_over_this"] = ratio
+    print(
+        "host allocator (alexatm_jax/host.py): "
+        + ", ".join(f"{name} {malloc}" for name, malloc in results["host_malloc"].items())
+        + " (system: glibc's defaults, as PyTorch ships)"
+    )
     print(LoadMonitor.describe(load))
     if args.output_json:
         pathlib.Path(args.output_json).write_text(json.dumps(results, indent=2))

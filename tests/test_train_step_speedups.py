@@ -1,7 +1,8 @@
 """The CPU train-step speed-ups change no numbers: the LM head fused with the loss, the
 backward-pass cotangent barriers, the packed Threefry dropout masks, the parallel gradient
-branches, 2-D dense products, the skippable optimizer update; plus the benchmarks' load
-record."""
+branches, 2-D dense products and side-by-side attention projections, the attention core's
+backward pass and head groups, the skippable optimizer update; plus the benchmarks' load
+record and reference workers."""
 
 import os
 import sys
@@ -227,6 +228,35 @@ def test_benchmark_load_record_marks_a_busy_machine(monkeypatch, repo_root):
     sys.modules.pop("machine_load", None)
 
 
+def test_train_step_benchmark_times_the_reference_under_both_allocators(repo_root, tmp_path):
+    """benchmarks/train_step.py (tiny settings, via quiet_tables.py --smoke): the reference runs
+    in two worker processes, glibc's defaults and ours, and the JSON says which is which."""
+    import json
+    import subprocess
+
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "benchmarks" / "quiet_tables.py"),
+            "--smoke",
+            "--only",
+            "train",
+            "--out_dir",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=repo_root,
+    )
+    result = json.loads((tmp_path / "train_step.json").read_text())
+    assert result["host_malloc"]["reference"] == "system"
+    assert result["host_malloc"]["reference_retain"] == "retain"
+    for name in ("reference", "reference_retain"):
+        assert result[f"ratio_ours_over_{name}"] > 0
+        assert len(result[name]["all_step_times_s"]) == len(result["ours"]["all_step_times_s"])
+        assert all(cpu > 0 for cpu in result[name]["all_cpu_times_s"])  # the worker's CPU time
+
+
 @pytest.mark.parametrize("num_in_axes", [1, 2])
 def test_matrix_product_equals_dot_general_with_its_gradients(num_in_axes):
     rng = np.random.default_rng(0)
@@ -298,3 +328,53 @@ def test_flat_dense_and_dot_general_give_the_same_model():
             )
         )
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_attention_core_gives_autodiffs_output_and_gradients(groups):
+    """The hand-written backward (rowsum(dO * O) for the softmax term) and the head groups
+    change no number beyond rounding, fully masked query rows included."""
+    from alexatm_jax.model.attention_core import attention, attention_probabilities
+
+    keys = jax.random.split(jax.random.key(3), 5)
+    q = jax.random.normal(keys[0], (2, 5, 4, 8))  # [batch, q_len, heads, head_dim]
+    k, v = (jax.random.normal(keys[i], (2, 6, 4, 8)) for i in (1, 2))
+    mask = jax.random.bernoulli(keys[3], 0.7, (2, 1, 5, 6)).at[0, 0, 2].set(False)
+    cotangent = jax.random.normal(keys[4], (2, 5, 4, 8))
+
+    def plain(q, k, v):
+        weights = attention_probabilities(q, k, mask, 0.3)
+        return jnp.sum(jnp.einsum("bhqk,bkhd->bqhd", weights, v) * cotangent)
+
+    def core(q, k, v):
+        return jnp.sum(attention(q, k, v, mask, 0.3, groups) * cotangent)
+
+    np.testing.assert_allclose(core(q, k, v), plain(q, k, v), rtol=1e-6)
+    _assert_trees_close(jax.grad(core, (0, 1, 2))(q, k, v), jax.grad(plain, (0, 1, 2))(q, k, v))
+
+
+def test_head_groups_divide_the_heads_up_to_the_cores(monkeypatch):
+    from alexatm_jax.model import attention_core
+
+    monkeypatch.setattr(attention_core, "available_cores", lambda: 4)
+    assert attention_core.head_groups(8, split=True) == 4
+    assert attention_core.head_groups(6, split=True) == 3
+    assert attention_core.head_groups(2, split=True) == 2
+    assert attention_core.head_groups(8, split=False) == 1
+
+
+def test_side_by_side_projections_give_the_same_gradients():
+    """flat_dense 'on' also computes q/k/v (k/v for cross-attention) as one product."""
+    batch, _, _ = _inputs(4)
+    grads = []
+    for mode in ("on", "off"):
+        config = SMALL.replace(flat_dense=mode, split_attention_heads=mode)
+        params = init_params(config, jax.random.key(0))
+        out = lambda p, config=config: jnp.sum(
+            AlexaTM(config).apply(
+                {"params": p}, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+            )
+            ** 2
+        )
+        grads.append(jax.grad(out)(params))
+    _assert_trees_close(grads[0], grads[1])

@@ -22,7 +22,8 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_mlp", "save_mlp
 # jax.random.bernoulli with a key of that PRNG implementation.
 DROPOUT_RNG_IMPLS = ("threefry_packed", "threefry2x32", "rbg", "unsafe_rbg")
 # CPU-only program shapes (cotangent barriers at every residual-stream sublayer input; Dense
-# products as one 2-D matmul): "auto" = on when JAX runs on CPU, "on", "off".
+# products as one 2-D matmul; attention in one head group per core, model/attention_core.py):
+# "auto" = on when JAX runs on CPU, "on", "off".
 COTANGENT_BARRIERS = ("auto", "on", "off")
 FLAT_DENSE = COTANGENT_BARRIERS
 
@@ -63,6 +64,7 @@ class ModelConfig:
     dropout_rng_impl: str = "threefry_packed"
     cotangent_barriers: str = "auto"
     flat_dense: str = "auto"
+    split_attention_heads: str = "auto"
     pad_token_id: int = 0
     eos_token_id: int = 1
     bos_token_id: int = -1
@@ -98,7 +100,7 @@ class ModelConfig:
                 f"dropout_rng_impl must be one of {DROPOUT_RNG_IMPLS}, "
                 f"got {self.dropout_rng_impl!r}"
             )
-        for name in ("cotangent_barriers", "flat_dense"):
+        for name in ("cotangent_barriers", "flat_dense", "split_attention_heads"):
             if getattr(self, name) not in COTANGENT_BARRIERS:
                 problems.append(
                     f"{name} must be one of {COTANGENT_BARRIERS}, got {getattr(self, name)!r}"
@@ -168,5 +170,6 @@ class ModelConfig:
             "dropout_rng_impl",
             "cotangent_barriers",
             "flat_dense",
+            "split_attention_heads",
         }
         return {k: v for k, v in self.to_dict().items() if k not in runtime}

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from alexatm_jax.model.attention_core import attention, attention_probabilities, head_groups
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.dropout import Dropout
 from alexatm_jax.model.splash import SegmentMask, splash_attention
@@ -203,19 +204,6 @@ class MLP(nn.Module):
         return Dense(cfg, (cfg.d_model,), ("mlp", "embed"), name="wo")(h)
 
 
-def _attention_weights_einsum(
-    q: Array, k: Array, mask: Array | None, scale: float, equation: str = "bqhd,bkhd->bhqk"
-) -> Array:
-    """Softmax((q k^T) * scale + mask) in float32, shape [batch, heads, q_len, kv_len].
-
-    `equation` names the key layout (head-major decode caches use "bqhd,bhkd->bhqk").
-    """
-    scores = jnp.einsum(equation, q, k, preferred_element_type=jnp.float32) * scale
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1)
-
-
 class Attention(nn.Module):
     """Multi-head attention with biases, scaling after q.k (the release's order).
 
@@ -255,6 +243,14 @@ class Attention(nn.Module):
             # kernels instead of three small matmuls (docs/benchmarks.md, "Measurements behind
             # code choices"). The stack is loop-invariant, so XLA hoists it out of the decode loop.
             query, key, value = self._fused_self_projection(proj, inputs_q)
+        elif not self.decode and cpu_only_option(cfg.flat_dense) and not self.is_initializing():
+            # One 2-D product for the projections of the same input (docs/benchmarks.md,
+            # "Measurements behind code choices"): N = 1536 or 1024 columns instead of 512.
+            if inputs_kv is inputs_q:
+                query, key, value = self._side_by_side(proj, inputs_q, ("query", "key", "value"))
+            else:
+                (query,) = self._side_by_side(proj, inputs_q, ("query",))
+                key, value = self._side_by_side(proj, inputs_kv, ("key", "value"))
         else:
             query = proj("query")(inputs_q)
             if self.decode and self.cache_kv:
@@ -271,7 +267,7 @@ class Attention(nn.Module):
         scale = head_dim**-0.5
         dtype = jnp.dtype(cfg.dtype)
         if self.decode:
-            weights = _attention_weights_einsum(query, key, mask, scale, "bqhd,bhkd->bhqk")
+            weights = attention_probabilities(query, key, mask, scale, "bqhd,bhkd->bhqk")
             out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(dtype), value)
         elif isinstance(mask, SegmentMask):
             out = splash_attention(query, key, value, mask, scale)
@@ -280,8 +276,11 @@ class Attention(nn.Module):
             out = jax.nn.dot_product_attention(
                 query, key, value, mask=mask, scale=scale, implementation=implementation
             )
+        elif cfg.attention_dropout_rate == 0 or self.deterministic:
+            groups = head_groups(self.num_heads, cpu_only_option(cfg.split_attention_heads))
+            out = attention(query, key, value, mask, scale, groups)
         else:
-            weights = _attention_weights_einsum(query, key, mask, scale)
+            weights = attention_probabilities(query, key, mask, scale)
             weights = Dropout(cfg.attention_dropout_rate, cfg.dropout_rng_impl)(
                 weights, deterministic=self.deterministic
             )
@@ -298,6 +297,18 @@ class Attention(nn.Module):
         bias = jnp.stack([p["bias"] for p in params], axis=0).astype(dtype)
         y = jax.lax.dot_general(x.astype(dtype), kernel, (((x.ndim - 1,), (0,)), ((), ()))) + bias
         return y[..., 0, :, :], y[..., 1, :, :], y[..., 2, :, :]
+
+    def _side_by_side(self, proj, x: Array, names: tuple[str, ...]) -> list[Array]:
+        """The projections `names` of x, [batch, length, heads, head_dim] each, from one 2-D
+        product with their kernels side by side (a 2-D matrix of len(names) * d_model columns)."""
+        params = [proj(name).variables["params"] for name in names]
+        dtype = jnp.dtype(self.config.dtype)
+        width = x.shape[-1]
+        kernel = jnp.concatenate([p["kernel"].reshape(width, -1) for p in params], axis=1)
+        bias = jnp.concatenate([p["bias"].reshape(-1) for p in params]).astype(dtype)
+        y = matrix_product(x, kernel, 1, dtype) + bias
+        head_shape = params[0]["bias"].shape
+        return [part.reshape(x.shape[:-1] + head_shape) for part in jnp.split(y, len(names), -1)]
 
     def _cross_kv_from_cache(self, proj, inputs_kv: Array) -> tuple[Array, Array]:
         initialized = self.has_variable("cache", "cross_key")

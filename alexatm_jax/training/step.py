@@ -7,7 +7,6 @@ optionally *_segment_ids / *_positions / encoder_token_type_ids), sharded on the
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from alexatm_jax.host import available_cores
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.dropout import batch_block
 from alexatm_jax.model.params import model_inputs
@@ -287,17 +287,10 @@ def auto_parallel_branches(rows: int, partitioner: Partitioner) -> int:
     devices = list(partitioner.mesh.devices.flat)
     if partitioner.num_batch_shards > 1 or not all(d.platform == "cpu" for d in devices):
         return 1
-    branches = max(1, _available_cores() // len(devices))
+    branches = max(1, available_cores() // len(devices))
     while branches > 1 and rows % branches:
         branches -= 1
     return branches
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def make_eval_step(
