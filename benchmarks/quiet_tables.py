@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     monitor = LoadMonitor()
     if monitor.load_before > 0.5:
         print(
-            f"!! load average is {monitor.load_before:.2f} at the start: this is not a quiet "
-            "moment, the tables will be marked busy",
+            f"!! load average is {monitor.load_before:.2f} at the start: not a quiet moment "
+            "yet; each run whose load exceeds the cores it uses is marked busy",
             flush=True,
         )
     start = time.perf_counter()

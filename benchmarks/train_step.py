@@ -9,7 +9,9 @@ FLOP/s and MFU (against the chip's peak from `alexatm_jax.training.flops`, or --
 on CPU). On CPU it also trains the reference implementation (`alexa_teacher_models`, same shapes,
 same batch, torch.optim.AdamW, model.train(), same dropout, all cores) and prints the ratio
 ours / reference. All trainers are timed in alternating rounds so that load from other
-processes hits them alike.
+processes hits them alike; each round starts with `--round_warmup` untimed steps of the trainer,
+so that what is timed is a steady step, not the first one after the other trainers ran (the
+first step of a round paid up to 2.5 s of page faults in a process with glibc's defaults).
 
 The reference runs in worker processes of its own, so that its host memory allocator is not
 ours. `import alexatm_jax` makes glibc keep freed memory for reuse (alexatm_jax/host.py), which
@@ -81,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
     parser.add_argument(
+        "--round_warmup",
+        type=int,
+        default=1,
+        help="untimed steps of each trainer at the start of each round, so that the timed "
+        "steps are steady-state steps, not the first after the other trainers ran",
+    )
+    parser.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
         default="float32",
@@ -131,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("batch", "input_len", "target_len", "steps", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+    if args.warmup < 0 or args.round_warmup < 0:
+        parser.error("--warmup and --round_warmup must be >= 0")
     if args.model_config_json and not pathlib.Path(args.model_config_json).is_file():
         parser.error(f"--model_config_json {args.model_config_json} does not exist")
     if args.gin_file is None and args.model_config_json is None:
@@ -451,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=args.rounds * args.steps * len(trainers), desc="timed steps") as bar:
         for _ in range(args.rounds):
             for name, trainer in trainers.items():
+                for _ in range(args.round_warmup):
+                    trainer.step()
                 for seconds in time_steps(trainer, args.steps):
                     times[name].append(seconds)
                     bar.update(1)
