@@ -1,8 +1,8 @@
 """alexatm-jax: pretrain, evaluate and serve AlexaTM-style encoder-decoder LLMs in JAX.
 
-`alexatm_jax.load(path, **config_overrides)` returns a `LoadedModel` (imported on first use,
-so `import alexatm_jax` stays cheap). Importing the package makes glibc keep freed host memory
-for reuse (`alexatm_jax.host`; `ALEXATM_JAX_HOST_MALLOC=system` turns that off).
+`alexatm_jax.load(path, **config_overrides)` returns a `LoadedModel` (imported on first use).
+Importing the package makes glibc keep freed host memory for reuse and JAX dispatch CPU
+programs synchronously (`alexatm_jax.host`; `ALEXATM_JAX_HOST_MALLOC=system` turns that off).
 """
 
 from typing import Any

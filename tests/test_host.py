@@ -1,5 +1,5 @@
 """alexatm_jax/host.py: glibc keeps freed host memory for reuse (no page faults when a large
-block is allocated again), the opt-out, and the core count."""
+block is allocated again), JAX's synchronous CPU dispatch, the opt-out, and the core count."""
 
 import os
 import platform
@@ -66,9 +66,15 @@ def test_an_unknown_setting_warns_and_keeps_glibcs_defaults():
 
 
 def test_this_process_applied_it_once_at_import():
-    assert host_malloc_mode() == ("retain" if GLIBC else "unsupported") or (
-        os.environ.get("ALEXATM_JAX_HOST_MALLOC") == "system"
-    )
+    """conftest imports alexatm_jax before any JAX computation: glibc keeps freed memory and JAX
+    dispatches CPU programs on the calling thread (whose main arena can keep a 3 GiB block)."""
+    import jax
+
+    if os.environ.get("ALEXATM_JAX_HOST_MALLOC") == "system" or not GLIBC:
+        assert host_malloc_mode() in ("system", "unsupported")
+        return
+    assert host_malloc_mode() == "retain"
+    assert jax.config.read("jax_cpu_enable_async_dispatch") is False
 
 
 def test_available_cores_follows_the_affinity_mask():
