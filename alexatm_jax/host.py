@@ -73,6 +73,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cores_dividing(count: int, sharers: int = 1) -> int:
+    """The largest divisor of `count` up to the available cores per sharer (at least 1): how
+    many independent parts to cut `count` rows or heads into, one per core."""
+    parts = max(1, min(available_cores() // sharers, count))
+    while count % parts:
+        parts -= 1
+    return parts
+
+
 def host_malloc_mode() -> str:
     """What `retain_freed_memory` did in this process ("not applied" before it ran)."""
     return _state.get("mode", "not applied")

@@ -354,9 +354,10 @@ def test_attention_core_gives_autodiffs_output_and_gradients(groups):
 
 
 def test_head_groups_divide_the_heads_up_to_the_cores(monkeypatch):
+    from alexatm_jax import host
     from alexatm_jax.model import attention_core
 
-    monkeypatch.setattr(attention_core, "available_cores", lambda: 4)
+    monkeypatch.setattr(host, "available_cores", lambda: 4)
     assert attention_core.head_groups(8, split=True) == 4
     assert attention_core.head_groups(6, split=True) == 3
     assert attention_core.head_groups(2, split=True) == 2

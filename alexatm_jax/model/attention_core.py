@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from alexatm_jax.host import available_cores
+from alexatm_jax.host import cores_dividing
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -39,12 +39,7 @@ def attention_probabilities(
 def head_groups(num_heads: int, split: bool) -> int:
     """Groups to cut `num_heads` into: the largest divisor of it up to the available cores when
     `split`, else 1."""
-    if not split:
-        return 1
-    groups = min(available_cores(), num_heads)
-    while num_heads % groups:
-        groups -= 1
-    return groups
+    return cores_dividing(num_heads) if split else 1
 
 
 def attention(

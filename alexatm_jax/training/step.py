@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from alexatm_jax.host import available_cores
+from alexatm_jax.host import cores_dividing
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.dropout import batch_block
 from alexatm_jax.model.params import model_inputs
@@ -287,10 +287,7 @@ def auto_parallel_branches(rows: int, partitioner: Partitioner) -> int:
     devices = list(partitioner.mesh.devices.flat)
     if partitioner.num_batch_shards > 1 or not all(d.platform == "cpu" for d in devices):
         return 1
-    branches = max(1, available_cores() // len(devices))
-    while branches > 1 and rows % branches:
-        branches -= 1
-    return branches
+    return cores_dividing(rows, len(devices))
 
 
 def make_eval_step(
