@@ -23,6 +23,50 @@ MODEL_FEATURES = (
 )
 
 
+def unpacked_model_features(
+    ds: tf.data.Dataset, lengths: Mapping[str, int], decoder_start_id: int
+) -> tf.data.Dataset:
+    """One example per row, as the packed converter lays out a row holding one example: the
+    tokens and loss weights of `seqio.EncDecFeatureConverter(pack=False)`, plus segment ids (1
+    on the example's tokens, 0 on padding) and positions. SeqIO's unpacked converter emits
+    neither, and a model that marks padding by segment id would then attend to the padding.
+    Both come from the trimmed lengths, never from token ids. Decoder inputs equal SeqIO's on
+    the real positions (on padding they are the packed converter's)."""
+
+    def with_row_features(ex):
+        out = {}
+        for name in ("inputs", "targets"):
+            tokens = ex[name]
+            out[name] = tokens
+            out[f"{name}_segment_ids"] = tf.ones_like(tokens)
+            out[f"{name}_positions"] = tf.range(tf.size(tokens), dtype=tokens.dtype)
+        return out
+
+    padded_lengths = {
+        f"{name}{suffix}": int(lengths[name])
+        for name in ("inputs", "targets")
+        for suffix in ("", "_segment_ids", "_positions")
+    }
+    ds = seqio.utils.trim_and_pad_dataset(ds.map(with_row_features), padded_lengths)
+
+    def to_model_features(ex):
+        targets = ex["targets"]
+        return {
+            "encoder_input_tokens": ex["inputs"],
+            "encoder_segment_ids": ex["inputs_segment_ids"],
+            "encoder_positions": ex["inputs_positions"],
+            "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(
+                targets, sequence_id=ex["targets_segment_ids"], bos_id=decoder_start_id
+            ),
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": seqio.non_padding_position(targets) * ex["targets_segment_ids"],
+            "decoder_segment_ids": ex["targets_segment_ids"],
+            "decoder_positions": ex["targets_positions"],
+        }
+
+    return ds.map(to_model_features, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _is_local(name: str) -> bool:
     return name == pretraining.LOCAL_MIXTURE or name.startswith("alexatm_local_")
 
@@ -95,8 +139,11 @@ def get_dataset(
     ds = provider.get_dataset(lengths, **kwargs)
     if feature_converter:
         ds = ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
-        converter = seqio.EncDecFeatureConverter(pack=pack, bos_id=decoder_start_id)
-        ds = converter(ds, task_feature_lengths=lengths)
+        if pack:
+            converter = seqio.EncDecFeatureConverter(pack=True, bos_id=decoder_start_id)
+            ds = converter(ds, task_feature_lengths=lengths)
+        else:
+            ds = unpacked_model_features(ds, lengths, decoder_start_id)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)

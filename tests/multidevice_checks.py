@@ -58,7 +58,7 @@ def _main() -> dict:
         train_state_shardings,
     )
     from alexatm_jax.training.config import TrainConfig
-    from alexatm_jax.training.optimizer import path_string
+    from alexatm_jax.training.optimizer import path_string, trainable_part
 
     assert len(jax.devices()) == NUM_DEVICES, jax.devices()
     cfg = ModelConfig(
@@ -127,7 +127,9 @@ def _main() -> dict:
     moments_like_params = all(
         m.sharding.is_equivalent_to(p.sharding, p.ndim) and v.sharding == m.sharding
         for m, v, p in zip(
-            jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu), jax.tree.leaves(state.params)
+            jax.tree.leaves(adam.mu),
+            jax.tree.leaves(adam.nu),
+            jax.tree.leaves(trainable_part(state.params, OptimizerConfig().buffers)),
         )
     )
 

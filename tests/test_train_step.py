@@ -1,6 +1,8 @@
 """The optimizer, train/eval steps and FLOP accounting on one CPU device (plus the 8-device
 equivalence measured by multidevice_checks)."""
 
+import dataclasses
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -41,6 +43,7 @@ def _batch(seed: int, batch: int = 4, inputs: int = 8, targets: int = 6) -> dict
         "decoder_target_tokens": rng.integers(3, 64, (batch, targets)).astype(np.int32),
         "decoder_loss_weights": weights,
         "decoder_segment_ids": weights.astype(np.int32),
+        "encoder_segment_ids": np.ones((batch, inputs), np.int32),
     }
 
 
@@ -352,3 +355,46 @@ def test_frozen_labels_cover_encoder_and_shared_embedding():
     ]
     assert frozen_paths and all(p.startswith(FROZEN_PREFIXES) for p in frozen_paths)
     assert "decoder_token_embedder/embedding" not in frozen_paths
+
+
+# ---------------------------------------------------------------- buffers (final_logits_bias)
+def test_buffers_get_no_update_no_state_and_no_share_of_the_clipping_norm():
+    cfg = OptimizerConfig(clip_norm=1.0, weight_decay=0.1, b1=0.0, eps=1e-12)
+    params = {"final_logits_bias": jnp.ones(3), "decoder": {"w": jnp.ones(2)}}
+    grads = {"final_logits_bias": jnp.full(3, 1e3), "decoder": {"w": jnp.array([0.3, 0.4])}}
+    tx = make_optimizer(cfg, 10)
+    state = tx.init(params)
+    paths = [path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    assert paths and not any("final_logits_bias" in p for p in paths)
+    updates, _ = tx.update(grads, state, params)
+    assert np.all(np.asarray(updates["final_logits_bias"]) == 0)
+    reference = make_optimizer(
+        OptimizerConfig(clip_norm=1.0, weight_decay=0.1, b1=0.0, eps=1e-12, buffers=()), 10
+    )
+    only_decoder = {"decoder": params["decoder"]}
+    ref_updates, _ = reference.update(
+        {"decoder": grads["decoder"]}, reference.init(only_decoder), only_decoder
+    )
+    np.testing.assert_allclose(updates["decoder"]["w"], ref_updates["decoder"]["w"], rtol=1e-6)
+    trained = make_optimizer(dataclasses.replace(cfg, buffers=()), 10)
+    trained_updates, _ = trained.update(grads, trained.init(params), params)
+    assert np.all(np.asarray(trained_updates["final_logits_bias"]) != 0)
+
+
+def test_train_step_leaves_the_logits_bias_as_it_was(partitioner, plain):
+    _, step, fresh = plain
+    state = fresh()
+    state = state.replace(
+        params=dict(state.params, final_logits_bias=state.params["final_logits_bias"] + 0.5)
+    )
+    before = _snapshot(state.params)
+    state, metrics = step(state, partitioner.shard_batch(_batch(3)), jax.random.key(1))
+    after = _snapshot(state.params)
+    np.testing.assert_array_equal(after["final_logits_bias"], before["final_logits_bias"])
+    assert not np.array_equal(after["lm_head"], before["lm_head"])
+    assert float(metrics["skipped"]) == 0.0
+
+
+def test_a_buffer_inside_freeze_prefixes_is_refused():
+    with pytest.raises(ValueError, match="inside buffers"):
+        OptimizerConfig(freeze_prefixes=("final_logits_bias",), freeze_steps=3)

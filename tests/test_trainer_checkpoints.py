@@ -176,3 +176,41 @@ def test_warm_start_refuses_mismatched_shapes(trained_dir):
     with pytest.raises(ValueError, match="does not fit the configured model"):
         fresh = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), param_shapes(wider))
         warm_start_params(fresh, wider, model_dir)
+
+
+def _state_with_optimizer(optimizer_config) -> TrainState:
+    from alexatm_jax.training.optimizer import make_optimizer
+
+    params = {"final_logits_bias": jnp.arange(5.0), "dense": {"kernel": jnp.ones((2, 3))}}
+    tx = make_optimizer(optimizer_config, 10)
+    grads = jax.tree.map(jnp.ones_like, params)
+    _, opt_state = tx.update(grads, tx.init(params), params)
+    return TrainState(step=jnp.asarray(1, jnp.int32), params=params, opt_state=opt_state)
+
+
+def test_a_checkpoint_that_trained_the_logits_bias_resumes_without_its_moments(tmp_path, caplog):
+    """Written before final_logits_bias became a buffer: the bias value is restored, its Adam
+    moments are left unread (with a warning), everything else is bit-identical."""
+    from alexatm_jax.training.optimizer import OptimizerConfig, is_buffer_statistic
+
+    old = _state_with_optimizer(OptimizerConfig(buffers=()))
+    checkpointer = TrainingCheckpointer(str(tmp_path), keep=2, async_save=False)
+    checkpointer.save(1, old, {"data_iterator": {"n": 1}})
+    checkpointer.close()
+    new_layout = abstract(_state_with_optimizer(OptimizerConfig()))
+    reopened = TrainingCheckpointer(str(tmp_path), keep=2)
+    with pytest.raises(IncompatibleCheckpointError, match="final_logits_bias"):
+        reopened.restore_latest(new_layout)
+    with caplog.at_level(logging.WARNING):
+        restored = reopened.restore_latest(
+            new_layout, droppable=lambda name: is_buffer_statistic(name, ("final_logits_bias",))
+        )
+    assert restored.step == 1 and restored.verified
+    assert "final_logits_bias" in caplog.text and "left unread" in caplog.text
+    np.testing.assert_array_equal(restored.state.params["final_logits_bias"], np.arange(5.0))
+    old_leaves = {
+        jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(old)[0]
+    }
+    for path, value in jax.tree_util.tree_flatten_with_path(restored.state)[0]:
+        np.testing.assert_array_equal(value, old_leaves[jax.tree_util.keystr(path)])
+    assert len(old_leaves) == len(jax.tree.leaves(restored.state)) + 2  # mu and nu of the bias

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -220,14 +220,18 @@ class TrainingCheckpointer:
         if self._saving_step is not None and not self._manager.is_saving_in_progress():
             self.wait_until_finished()
 
-    def restore_latest(self, abstract_state: Any) -> RestoredCheckpoint | None:
+    def restore_latest(
+        self, abstract_state: Any, *, droppable: Callable[[str], bool] = lambda name: False
+    ) -> RestoredCheckpoint | None:
         """Restore the newest intact checkpoint into the shapes/shardings of `abstract_state`.
 
         `abstract_state` is a TrainState of `jax.ShapeDtypeStruct`s carrying shardings. Returns
         None when no checkpoint is intact (`quarantined` then says what was found). Unreadable
         checkpoints and those whose content differs from their digests are moved aside; a readable
         one with another state layout (e.g. the optimizer changed) raises
-        IncompatibleCheckpointError and touches nothing.
+        IncompatibleCheckpointError and touches nothing. Saved arrays that `abstract_state` lacks
+        and whose dotted name `droppable` accepts (the optimizer statistics of a parameter that
+        is no longer trained) are left unread, with a warning naming them.
         """
         expected = _leaf_shapes(abstract_state)
         candidates = list(reversed(self.steps()))
@@ -236,7 +240,12 @@ class TrainingCheckpointer:
             step_dir = os.path.join(self.directory, str(step))
             try:
                 metadata = digests.named_leaves(self._manager.item_metadata(step)[STATE_ITEM].tree)
-                saved = {name: tuple(leaf.shape) for name, leaf in metadata.items()}
+                dropped = sorted(name for name in metadata.keys() - expected if droppable(name))
+                saved = {
+                    name: tuple(leaf.shape)
+                    for name, leaf in metadata.items()
+                    if name not in dropped
+                }
                 recorded = read_digests(step_dir)
                 if recorded is not None:
                     digests.check_manifest(recorded, step_dir)
@@ -248,7 +257,12 @@ class TrainingCheckpointer:
                 problems
                 and recorded is not None
                 and _layout_differences(
-                    {k: tuple(v["shape"]) for k, v in recorded["arrays"].items()}, expected
+                    {
+                        k: tuple(v["shape"])
+                        for k, v in recorded["arrays"].items()
+                        if k not in dropped
+                    },
+                    expected,
                 )
                 == []
             ):
@@ -268,11 +282,19 @@ class TrainingCheckpointer:
                 )
             try:
                 state, progress = self._restore_verified(
-                    step, step_dir, abstract_state, metadata, recorded
+                    step, step_dir, abstract_state, metadata, recorded, partial=bool(dropped)
                 )
             except Exception as error:  # any read failure or mismatch: try an older one
                 self._quarantine(step, _first_line(error), older)
                 continue
+            if dropped:
+                logger.warning(
+                    "checkpoint %s holds %d optimizer arrays this run does not keep (%s): "
+                    "left unread, since their parameters are no longer trained",
+                    step_dir,
+                    len(dropped),
+                    ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""),
+                )
             if recorded is None:
                 logger.warning(
                     "checkpoint %s has no digests (it was written before checkpoints "
@@ -285,25 +307,50 @@ class TrainingCheckpointer:
         return None
 
     def _restore_verified(
-        self, step: int, step_dir: str, abstract_state: Any, metadata: Any, recorded: Any
+        self,
+        step: int,
+        step_dir: str,
+        abstract_state: Any,
+        metadata: Any,
+        recorded: Any,
+        *,
+        partial: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
         """(state in `abstract_state`'s dtypes, progress) of checkpoint `step`, compared with its
-        digest record when it has one; raises on any read failure or mismatch."""
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    STATE_ITEM: ocp.args.StandardRestore(
-                        _with_stored_dtypes(abstract_state, metadata)
-                    ),
-                    PROGRESS_ITEM: ocp.args.JsonRestore(),
-                }
-            ),
-        )
-        state, progress = restored[STATE_ITEM], dict(restored[PROGRESS_ITEM])
+        digest record when it has one; raises on any read failure or mismatch. `partial` reads
+        only the arrays `abstract_state` has (the checkpoint may hold more)."""
+        target = _with_stored_dtypes(abstract_state, metadata)
+        if partial:
+            state = ocp.PyTreeCheckpointer().restore(
+                as_path(step_dir) / STATE_ITEM,
+                args=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                ),
+            )
+            progress = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+                as_path(step_dir) / PROGRESS_ITEM, args=ocp.args.JsonRestore()
+            )
+        else:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        STATE_ITEM: ocp.args.StandardRestore(target),
+                        PROGRESS_ITEM: ocp.args.JsonRestore(),
+                    }
+                ),
+            )
+            state, progress = restored[STATE_ITEM], restored[PROGRESS_ITEM]
+        progress = dict(progress)
         if recorded is not None:
             digests.compare(
-                digests.tree_digests(state), recorded, step_dir, **{PROGRESS_ITEM: progress}
+                digests.tree_digests(state),
+                recorded,
+                step_dir,
+                partial=partial,
+                **{PROGRESS_ITEM: progress},
             )
         state = jax.tree.map(
             lambda x, spec: x if x.dtype == spec.dtype else x.astype(spec.dtype),

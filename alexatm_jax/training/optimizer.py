@@ -7,6 +7,11 @@ pretraining convention, steadier than 0.999 under bf16 and 2M-token batches), ep
 global-norm clipping at 1.0. Weight decay is decoupled and multiplied by the learning rate
 (PyTorch AdamW semantics) for both optimizers.
 
+Buffers: parameters named in `buffers` (default `final_logits_bias`, which the release keeps as a
+registered buffer: loaded and saved, never trained) are outside the optimizer altogether. They get
+no update, no optimizer state, and no place in the global clipping norm; the train step computes
+no gradient for them. `buffers=()` trains them like any other bias.
+
 Freezing: parameters whose path starts with one of `freeze_prefixes` get no update and no
 optimizer-state change for the first `freeze_steps` steps, and their gradients are left out of
 the global clipping norm. They keep their own moment estimates and step count, so when they thaw
@@ -17,7 +22,7 @@ updates up to ~6x too large with b2=0.999); their learning rate follows the glob
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -43,6 +48,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     clip_norm: float = 1.0
+    buffers: tuple[str, ...] = ("final_logits_bias",)
     freeze_prefixes: tuple[str, ...] = ()
     freeze_steps: int = 0
     adafactor_decay_rate: float = 0.8
@@ -51,6 +57,7 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "freeze_prefixes", tuple(self.freeze_prefixes))
+        object.__setattr__(self, "buffers", tuple(self.buffers))
         problems = []
         if self.name not in OPTIMIZERS:
             problems.append(f"name must be one of {OPTIMIZERS}, got {self.name!r}")
@@ -67,6 +74,12 @@ class OptimizerConfig:
             problems.append(
                 "freeze_prefixes and freeze_steps go together: set both (e.g. "
                 "('encoder', 'token_embedder') and 100000) or neither"
+            )
+        overlap = [p for p in self.freeze_prefixes if matches_prefix(p, self.buffers)]
+        if overlap:
+            problems.append(
+                f"freeze_prefixes {overlap} lie inside buffers {self.buffers}, which are never "
+                "trained: drop them from freeze_prefixes"
             )
         if problems:
             raise ValueError("Invalid OptimizerConfig: " + "; ".join(problems))
@@ -249,11 +262,13 @@ def _update_rule(
 
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    """The full update rule for a run of `total_steps` steps (updates are added to params)."""
+    """The full update rule for a run of `total_steps` steps (updates are added to params);
+    `cfg.buffers` are left out of it (`without_buffers`)."""
     schedule = learning_rate_schedule(cfg, total_steps)
     clip = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     if not cfg.freeze_prefixes:
-        return optax.chain(*clip, _update_rule(cfg, schedule, record_learning_rate=True))
+        rule = optax.chain(*clip, _update_rule(cfg, schedule, record_learning_rate=True))
+        return without_buffers(rule, cfg.buffers)
     labels = freeze_labels(cfg.freeze_prefixes)
     thawed_schedule = lambda count: schedule(count + cfg.freeze_steps)
     groups = {
@@ -263,8 +278,68 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
         ),
     }
     is_frozen = lambda tree: jax.tree.map(lambda label: label == FROZEN, labels(tree))
-    return optax.chain(
+    rule = optax.chain(
         zero_gradients_for_steps(is_frozen, cfg.freeze_steps),
         *clip,
         optax.multi_transform(groups, labels),
     )
+    return without_buffers(rule, cfg.buffers)
+
+
+def without_buffers(
+    inner: optax.GradientTransformation, buffers: tuple[str, ...]
+) -> optax.GradientTransformation:
+    """`inner` applied to the parameters outside `buffers` (path prefixes); buffers get a zero
+    update, no state and no share of `inner`'s clipping norm. The state is `inner`'s own, so it
+    has the same paths as `inner` over the whole tree, less the buffers' entries."""
+    if not buffers:
+        return inner
+
+    def init(params: Any) -> Any:
+        return inner.init(trainable_part(params, buffers))
+
+    def update(updates: Any, state: Any, params: Any = None):
+        trainable_params = None if params is None else trainable_part(params, buffers)
+        new_updates, new_state = inner.update(
+            trainable_part(updates, buffers), state, trainable_params
+        )
+        return _with_zero_buffers(new_updates, updates, buffers), new_state
+
+    return optax.GradientTransformation(init, update)
+
+
+def is_buffer_statistic(name: str, buffers: tuple[str, ...]) -> bool:
+    """True for the dotted checkpoint name of an optimizer statistic of one of `buffers` (e.g.
+    `opt_state.1.0.mu.final_logits_bias`): what a checkpoint written while they were trained
+    holds and a run that keeps them as buffers does not."""
+    return name.startswith("opt_state.") and any(
+        "." + buffer.strip("/").replace("/", ".") + "." in name + "." for buffer in buffers
+    )
+
+
+def trainable_part(tree: Any, buffers: tuple[str, ...], prefix: str = "") -> Any:
+    """The nested dict `tree` without the entries whose path lies in `buffers`."""
+    if not isinstance(tree, Mapping):
+        return tree
+    kept = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if not matches_prefix(path, buffers):
+            kept[key] = trainable_part(value, buffers, path)
+    return kept
+
+
+def _with_zero_buffers(
+    trainable: Any, full: Any, buffers: tuple[str, ...], prefix: str = ""
+) -> Any:
+    """`trainable` (a `trainable_part` of `full`) with zeros shaped like `full`'s buffers."""
+    if not isinstance(full, Mapping):
+        return trainable
+    merged = {}
+    for key, value in full.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if matches_prefix(path, buffers):
+            merged[key] = jax.tree.map(jnp.zeros_like, value)
+        else:
+            merged[key] = _with_zero_buffers(trainable[key], value, buffers, path)
+    return merged

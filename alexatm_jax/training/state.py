@@ -67,11 +67,19 @@ def boxed_abstract_train_state(
         )
     )
 
+    # By path: the optimizer's trees cover the trained parameters only (no buffers).
+    param_at = {
+        jax.tree_util.keystr(path): box
+        for path, box in jax.tree_util.tree_flatten_with_path(boxed_params, is_leaf=_is_box)[0]
+    }
+
     def fix_factored(node: Any) -> Any:
         if not isinstance(node, optax.FactoredState):
             return node
-        rename = lambda tree, row: jax.tree.map(
-            lambda p, v: _factored_names(p, v, row=row), boxed_params, tree, is_leaf=_is_box
+        rename = lambda tree, row: jax.tree_util.tree_map_with_path(
+            lambda path, v: _factored_names(param_at[jax.tree_util.keystr(path)], v, row=row),
+            tree,
+            is_leaf=_is_box,
         )
         return node._replace(
             v_row=rename(node.v_row, True), v_col=rename(node.v_col, False), v=rename(node.v, None)

@@ -1,8 +1,9 @@
 """The jitted, sharded train and eval steps.
 
 A batch is a dict of global [global_batch, len] arrays with the T5X feature names
-(encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights and
-optionally *_segment_ids / *_positions / encoder_token_type_ids), sharded on the batch axes.
+(encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
+*_segment_ids (0 marks padding), optionally *_positions / encoder_token_type_ids), sharded on the
+batch axes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from alexatm_jax.partitioning import PartitionedFunction, Partitioner
 from alexatm_jax.training.config import TrainConfig
 from alexatm_jax.training.guarded_update import guarded_update
 from alexatm_jax.training.loss import fused_head_statistics, token_statistics
-from alexatm_jax.training.optimizer import FROZEN, freeze_labels, make_optimizer
+from alexatm_jax.training.optimizer import (
+    FROZEN,
+    freeze_labels,
+    make_optimizer,
+    matches_prefix,
+    path_string,
+)
 from alexatm_jax.training.state import (
     TrainState,
     abstract_train_state,
@@ -39,13 +46,25 @@ REQUIRED_FEATURES = (
     "decoder_input_tokens",
     "decoder_target_tokens",
     "decoder_loss_weights",
+    "encoder_segment_ids",
+    "decoder_segment_ids",
 )
 
 
 def _check_batch(batch: Batch) -> None:
+    """Raise KeyError when a feature the steps need is missing. Segment ids are required: the
+    model marks padding by segment id 0 and never infers it from token ids, so without them
+    every padded position would be attended to as a real token."""
     missing = [name for name in REQUIRED_FEATURES if name not in batch]
     if missing:
-        raise KeyError(f"batch lacks features {missing}; it has {sorted(batch)}")
+        hint = (
+            " (the model cannot tell padding from tokens without segment ids: 1 on each "
+            "example's tokens, 0 on padding; SeqIO's unpacked feature converter omits them, "
+            "tasks.get_dataset adds them)"
+            if any(name.endswith("_segment_ids") for name in missing)
+            else ""
+        )
+        raise KeyError(f"batch lacks features {missing}; it has {sorted(batch)}{hint}")
 
 
 def _microbatches(batch: Batch, num: int, sharding: NamedSharding) -> Batch:
@@ -187,10 +206,12 @@ def _gradient_function(
     batch_sharding: NamedSharding,
 ) -> Callable[..., tuple[Any, Metrics]]:
     """gradients(params, batch, key, denominator, step, branches) -> (grads, summed stats):
-    microbatches accumulated by a scan, each split into `branches` independent branches, and
-    no gradient into frozen subtrees while step < freeze_steps."""
+    microbatches accumulated by a scan, each split into `branches` independent branches, no
+    gradient into the optimizer's buffers (zeros: XLA computes none) and none into frozen
+    subtrees while step < freeze_steps."""
     single_grad_fn = jax.grad(_micro_objective(config), has_aux=True)
     accum = config.grad_accum_steps
+    buffers = config.optimizer_config.buffers
 
     def grad_fn(params, micro, key, denominator, branches):
         # Each block of rows draws the whole batch's dropout masks' rows (dropout.batch_block).
@@ -204,6 +225,12 @@ def _gradient_function(
         return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *results)
 
     def gradients(params, batch, key, denominator, branches):
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, p: (
+                jax.lax.stop_gradient(p) if matches_prefix(path_string(path), buffers) else p
+            ),
+            params,
+        )
         if accum == 1:
             return grad_fn(params, batch, jax.random.fold_in(key, 0), denominator, branches)
         micro = _microbatches(batch, accum, batch_sharding)

@@ -59,7 +59,7 @@ from alexatm_jax.training.model_dir import (
     write_text_file,
 )
 from alexatm_jax.training.nonfinite import NonFiniteLossError, SkippedSteps
-from alexatm_jax.training.optimizer import make_optimizer
+from alexatm_jax.training.optimizer import is_buffer_statistic, make_optimizer
 from alexatm_jax.training.preemption import StopRequest
 from alexatm_jax.training.preflight import (
     NoReadableCheckpointError,
@@ -389,7 +389,9 @@ def _restore_or_initialise(
 ) -> tuple[TrainState, dict[str, Any], int | None]:
     """(state, progress, restored step or None): resume MODEL_DIR's latest readable checkpoint,
     else a fresh state (warm-started from `init_from` when set)."""
-    restored = checkpointer.restore_latest(target)
+    restored = checkpointer.restore_latest(
+        target, droppable=lambda name: is_buffer_statistic(name, config.optimizer_config.buffers)
+    )
     if restored is not None:
         say(
             f"Resuming from checkpoint step {restored.step} in {checkpointer.directory}"
