@@ -46,7 +46,8 @@ class TrainConfig:
     MODEL_DIR whose checkpoints are all unreadable does; `inject_nonfinite_steps` makes those
     1-based steps non-finite on purpose (fault injection for tests). `init_from` /
     `init_from_prefixes` warm-start a new run. `peak_flops_per_device` (FLOP/s) overrides the
-    chip table used for MFU. `fused_head` computes the LM head inside the loss;
+    chip table used for MFU. `show_sharding_table` prints the parameter sharding table at start
+    (it is always written to MODEL_DIR/sharding_table.txt). `fused_head` computes the LM head inside the loss;
     `parallel_branches` splits each microbatch into independent gradient branches (None: one
     per CPU core) — see `make_train_step`.
     """
@@ -87,6 +88,7 @@ class TrainConfig:
     init_from_prefixes: tuple[str, ...] = ()
     peak_flops_per_device: float | None = None
     progress_bar: bool = True
+    show_sharding_table: bool = True
     fused_head: bool = True
     parallel_branches: int | None = 1
 

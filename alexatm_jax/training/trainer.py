@@ -444,7 +444,9 @@ def _record_run(
     write_text_file(model_dir, SHARDING_TABLE_FILE, table + "\n")
     say(
         f"{partitioner}; devices: {jax.device_count()} x {jax.devices()[0].device_kind}, "
-        f"{jax.process_count()} process(es)\n{table}"
+        f"{jax.process_count()} process(es)\n"
+        + (table + "\n" if config.show_sharding_table else "")
+        + f"Parameter shardings: {os.path.join(model_dir, SHARDING_TABLE_FILE)}"
     )
 
 
