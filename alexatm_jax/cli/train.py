@@ -28,6 +28,13 @@ from alexatm_jax.cli.errors import (
     run_command,
 )
 from alexatm_jax.cli.gin_flags import gin_bindings
+from alexatm_jax.multiprocess import (
+    DEFAULT_HEARTBEAT_TIMEOUT_S,
+    DEFAULT_INITIALIZATION_TIMEOUT_S,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    JobTimeouts,
+    join,
+)
 from alexatm_jax.storage import absolute
 
 PROG = "alexatm-train"
@@ -36,12 +43,29 @@ NUM_CPU_DEVICES_ENV = "ALEXATM_NUM_CPU_DEVICES"
 COORDINATOR_ENV = "ALEXATM_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "ALEXATM_NUM_PROCESSES"
 PROCESS_ID_ENV = "ALEXATM_PROCESS_ID"
+TIMEOUT_FLAGS = {  # flag -> (environment variable, default in seconds)
+    "initialization_timeout_s": (
+        "ALEXATM_INITIALIZATION_TIMEOUT_S",
+        DEFAULT_INITIALIZATION_TIMEOUT_S,
+        "how long each process waits for all processes to join before failing (exit 1)",
+    ),
+    "heartbeat_timeout_s": (
+        "ALEXATM_HEARTBEAT_TIMEOUT_S",
+        DEFAULT_HEARTBEAT_TIMEOUT_S,
+        "a process silent for this long counts as dead: the others exit 1 within about this long",
+    ),
+    "shutdown_timeout_s": (
+        "ALEXATM_SHUTDOWN_TIMEOUT_S",
+        DEFAULT_SHUTDOWN_TIMEOUT_S,
+        "how long an ending process waits at the shutdown barrier for the others",
+    ),
+}
 GOOGLE_PCI_VENDOR = "0x1ae0"
 
 
-def _env_int(name: str) -> int | None:
+def _env_int(name: str, default: int | None = None) -> int | None:
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else None
+    return int(value) if value not in (None, "") else default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_int(PROCESS_ID_ENV),
         help=f"this process's index, 0..num_processes-1 (env {PROCESS_ID_ENV})",
     )
+    for flag, (env, default, meaning) in TIMEOUT_FLAGS.items():
+        parser.add_argument(
+            f"--{flag}",
+            type=int,
+            default=_env_int(env, default),
+            help=f"multi-process runs: {meaning}, in seconds (env {env}; default {default})",
+        )
     add_log_level_argument(parser)
     return parser
 
@@ -119,6 +150,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         )
     if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
         parser.error(f"--process_id must be in [0, {args.num_processes}), got {args.process_id}")
+    problem = timeouts(args).problem()
+    if problem:
+        parser.error(problem)
     if args.model_dir is not None:
         bindings.append(f"MODEL_DIR = {absolute(args.model_dir)!r}")
     return args, bindings
@@ -136,20 +170,23 @@ def on_cloud_tpu_vm() -> bool:
     return False
 
 
+def timeouts(args: argparse.Namespace) -> JobTimeouts:
+    """The distributed runtime's timeouts given by the flags (or their variables)."""
+    return JobTimeouts(
+        initialization_s=args.initialization_timeout_s,
+        heartbeat_s=args.heartbeat_timeout_s,
+        shutdown_s=args.shutdown_timeout_s,
+    )
+
+
 def initialize_jax(args: argparse.Namespace) -> None:
     """Device emulation and multi-process set-up; must run before any other JAX call."""
     import jax
 
     if args.num_cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
-    if args.coordinator_address is not None:
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator_address,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
-    elif on_cloud_tpu_vm():
-        jax.distributed.initialize()
+    if args.coordinator_address is not None or on_cloud_tpu_vm():
+        join(PROG, args.coordinator_address, args.num_processes, args.process_id, timeouts(args))
 
 
 def _register_data_configurables() -> None:
