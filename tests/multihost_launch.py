@@ -59,16 +59,19 @@ class Job:
         entry: Sequence[str] = ("-m", "alexatm_jax.cli.train"),
     ) -> int:
         """Start `process_ids` of the job (all of them usually) with `args` plus their
-        coordinates; returns the coordinator's port."""
+        coordinates (none for a one-process job); returns the coordinator's port."""
         port = port or free_port()
         address = f"127.0.0.1:{port}"
         for process_id in process_ids:
             command = [sys.executable, *entry, *args]
             command += ["--num_cpu_devices", str(devices_per_process)]
-            command += ["--coordinator_address", address]
-            command += ["--num_processes", str(len(self.paths)), "--process_id", str(process_id)]
-            # The coordinator listens on loopback only.
-            process_env = dict(env, JAX_COORDINATOR_BIND_ADDRESS=address)
+            process_env = dict(env)
+            if len(self.paths) > 1:
+                command += ["--coordinator_address", address]
+                command += ["--num_processes", str(len(self.paths))]
+                command += ["--process_id", str(process_id)]
+                # The coordinator listens on loopback only.
+                process_env["JAX_COORDINATOR_BIND_ADDRESS"] = address
             with open(self.paths[process_id], "w") as log:
                 self.processes[process_id] = subprocess.Popen(
                     command, cwd=REPO, env=process_env, stdout=log, stderr=subprocess.STDOUT
