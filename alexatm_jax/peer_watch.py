@@ -75,11 +75,12 @@ class PeerWatch:
             except Exception as error:  # noqa: BLE001 - judged by how long it lasts
                 self.last_error = " ".join(str(error).split())[:200]
             else:
-                self._record(entries)
+                self.record(entries, time.monotonic())
             time.sleep(self.timeout_s / BEATS_PER_TIMEOUT)
 
-    def _record(self, entries: list[tuple[str, str]]) -> None:
-        now = time.monotonic()
+    def record(self, entries: list[tuple[str, str]], now: float) -> None:
+        """Note an answer of the coordinator at time `now`: the heartbeat entries (key, count)
+        of every process; a count that changed marks its process alive at `now`."""
         self.last_answer = now
         for key, value in entries:
             process = int(key.rstrip("/").rsplit("/", 1)[-1])

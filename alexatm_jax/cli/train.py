@@ -7,7 +7,8 @@ Gin files are layered in order (later files and then --gin.KEY=VALUE bindings ov
 ones; values use gin syntax, so strings need quotes: --gin.MODEL_DIR="'/tmp/run'"). The job
 resumes from MODEL_DIR's latest checkpoint when there is one. SIGTERM/SIGINT save a checkpoint
 and exit 0. Exit codes (alexatm_jax.cli.errors): 0 done or stopped cleanly, 1 training failed
-(I/O, disk full, no readable checkpoint, non-finite steps past the limits), 2 refused before
+(I/O, disk full, no readable checkpoint, non-finite steps past the limits, another process of
+a multi-process job lost or never joined: alexatm_jax.multiprocess), 2 refused before
 MODEL_DIR was touched (bad arguments, gin configuration, MODEL_DIR or DATA_DIR unusable, another
 architecture in MODEL_DIR).
 """
