@@ -6,7 +6,9 @@ the survivors from a C++ thread 100 s after the loss (SIGABRT, exit 134, a stack
 word of ours). `join` sets the distributed runtime's timeouts and starts a `PeerWatch`
 (`alexatm_jax.peer_watch`): every surviving process prints one line naming the lost process and
 exits 1 (`EXIT_PEER_LOST`) about `heartbeat_s` after the loss; an in-flight checkpoint save is
-abandoned as a temporary directory that restore ignores.
+abandoned as a temporary directory that restore ignores. `leave` tells the others how this
+process ended: a failure stops them within seconds, a normal end is no loss. The one case left to
+JAX: when process 0 (the coordination service) dies, JAX aborts the others within a second.
 
 The timeouts (seconds; alexatm-train flags, docs/scale_out.md#when-a-process-dies):
 - `initialization_s` (300): how long each process waits for all `num_processes` to join at
@@ -25,9 +27,12 @@ The timeouts (seconds; alexatm-train flags, docs/scale_out.md#when-a-process-die
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import threading
+import time
 
-from alexatm_jax.peer_watch import PeerWatch, exit_now, exit_on_lost
+from alexatm_jax.peer_watch import DONE, FAILED, PeerWatch, exit_now, exit_on_lost
 
 EXIT_PEER_LOST = 1
 DEFAULT_INITIALIZATION_TIMEOUT_S = 300
@@ -58,9 +63,10 @@ def join(
     num_processes: int | None,
     process_id: int | None,
     timeouts: JobTimeouts,
-) -> None:
+) -> PeerWatch:
     """`jax.distributed.initialize` with `timeouts`, then a PeerWatch that makes this process
-    exit 1 with one line (from `prog`) when another one is lost.
+    exit 1 with one line (from `prog`) when another one is lost; returns the watch (for
+    `leave`).
 
     All three coordinates None: detected by JAX (Cloud TPU). When the job has not assembled
     within `timeouts.initialization_s`, prints one line naming the coordinator and exits 1 (JAX
@@ -96,10 +102,31 @@ def join(
     finally:
         deadline.cancel()
     state = jax_distributed.global_state
-    PeerWatch(
+    watch = PeerWatch(
         state.client,
         state.process_id,
         state.num_processes,
         timeouts.heartbeat_s,
         exit_on_lost(prog, state.process_id, EXIT_PEER_LOST),
-    ).start()
+    )
+    watch.start()
+    return watch
+
+
+def leave(watch: PeerWatch, code: int) -> int:
+    """Tell the other processes how this one ended (exit `code`) and return `code`.
+
+    A failure (code != 0) ends this process at once instead (JAX's shutdown barrier would wait
+    for the others, which stop on their own when they read the failure). Process 0 first waits
+    `watch.grace_s` for them to read it: its exit takes the coordination service down, and JAX
+    aborts a process that is still connected to it (exit 134) rather than let it exit itself.
+    """
+    if code == 0:
+        watch.end(DONE)
+        return code
+    watch.end(f"{FAILED}exit {code}; its log names the error")
+    if watch.process_id == 0:
+        time.sleep(watch.grace_s)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -14,6 +14,9 @@ process terminates with `std::bad_cast`). So `alexatm_jax.multiprocess` sets JAX
 twice this one: the watch fires first with a clear message, and JAX's abort stays as a backstop
 in case this process's Python threads are starved.
 
+A process that ends says how (`end`): DONE takes it out of the others' watch (a process still
+finishing elsewhere is not lost), FAILED makes the others stop at once, naming it.
+
 The threads need the GIL, which JAX releases while it compiles, runs a step or waits in a
 collective (checked: a thread ticking every 50 ms saw gaps of at most 70 ms during an 8 s
 compile).
@@ -30,6 +33,8 @@ from typing import Any
 
 KEY_PREFIX = "alexatm/heartbeat/"
 BEATS_PER_TIMEOUT = 6
+DONE = "done"  # published by a process that finished normally
+FAILED = "failed: "  # + its error line, published by a process that failed
 JUDGE_INTERVAL_S = 0.5
 
 
@@ -57,40 +62,73 @@ class PeerWatch:
         self.last_error: str | None = None
         self.values: dict[int, str] = {}
         self.changed = {p: now for p in range(num_processes) if p != process_id}
+        self.failed: dict[int, str] = {}
+        self._ended = threading.Event()
+        self._publishing = threading.Lock()
+
+    @property
+    def grace_s(self) -> float:
+        """Seconds within which every other process reads what this one published."""
+        return 2 * self.timeout_s / BEATS_PER_TIMEOUT + JUDGE_INTERVAL_S
 
     def start(self) -> None:
         """Start the heartbeat and judge threads (daemons: they end with the process)."""
         for target, name in ((self._beat, "heartbeat"), (self._judge, "judge")):
             threading.Thread(target=target, name=f"alexatm-peer-{name}", daemon=True).start()
 
+    def end(self, outcome: str) -> None:
+        """Stop watching and publish this process's `outcome` instead of a count: DONE (the
+        others stop judging it, so a slow end elsewhere is no loss) or `FAILED + message` (the
+        others stop at once, naming it)."""
+        with self._publishing:
+            self._ended.set()
+            self._publish(outcome)
+
+    def _publish(self, value: str) -> bool:
+        try:
+            self.client.key_value_set(f"{KEY_PREFIX}{self.process_id}", value, allow_overwrite=True)
+        except Exception as error:  # noqa: BLE001 - judged by how long it lasts
+            self.last_error = " ".join(str(error).split())[:200]
+            return False
+        return True
+
     def _beat(self) -> None:
         count = 0
-        while True:
+        while not self._ended.is_set():
             count += 1
-            try:
-                self.client.key_value_set(
-                    f"{KEY_PREFIX}{self.process_id}", str(count), allow_overwrite=True
-                )
-                entries = self.client.key_value_dir_get(KEY_PREFIX)
-            except Exception as error:  # noqa: BLE001 - judged by how long it lasts
-                self.last_error = " ".join(str(error).split())[:200]
-            else:
-                self.record(entries, time.monotonic())
-            time.sleep(self.timeout_s / BEATS_PER_TIMEOUT)
+            with self._publishing:
+                published = not self._ended.is_set() and self._publish(str(count))
+            if published:
+                try:
+                    entries = self.client.key_value_dir_get(KEY_PREFIX)
+                except Exception as error:  # noqa: BLE001 - judged by how long it lasts
+                    self.last_error = " ".join(str(error).split())[:200]
+                else:
+                    self.record(entries, time.monotonic())
+            self._ended.wait(self.timeout_s / BEATS_PER_TIMEOUT)
 
     def record(self, entries: list[tuple[str, str]], now: float) -> None:
-        """Note an answer of the coordinator at time `now`: the heartbeat entries (key, count)
-        of every process; a count that changed marks its process alive at `now`."""
+        """Note an answer of the coordinator at time `now`: the heartbeat entries (key, value)
+        of every process. A count that changed marks its process alive at `now`; DONE takes it
+        out of the watch; FAILED marks it failed."""
         self.last_answer = now
         for key, value in entries:
             process = int(key.rstrip("/").rsplit("/", 1)[-1])
-            if process in self.changed and self.values.get(process) != value:
-                self.values[process] = value
-                self.changed[process] = now
+            if process not in self.changed or self.values.get(process) == value:
+                continue
+            self.values[process] = value
+            self.changed[process] = now
+            if value == DONE:
+                del self.changed[process]
+            elif value.startswith(FAILED):
+                self.failed[process] = value[len(FAILED) :]
 
     def lost(self, now: float) -> str | None:
         """What was lost by time `now` (time.monotonic()), or None while all is well."""
-        if self.process_id != 0 and now - self.last_answer > self.timeout_s:
+        if self.failed:
+            process, message = min(self.failed.items())
+            return f"process {process} failed ({message})"
+        if 0 in self.changed and now - self.last_answer > self.timeout_s:
             return (
                 f"the coordinator (process 0) has not answered for {self.timeout_s:g} s: it "
                 f"died, was killed or is unreachable (last error: {self.last_error})"
@@ -105,10 +143,9 @@ class PeerWatch:
         return None
 
     def _judge(self) -> None:
-        while True:
-            time.sleep(JUDGE_INTERVAL_S)
+        while not self._ended.wait(JUDGE_INTERVAL_S):
             reason = self.lost(time.monotonic())
-            if reason:
+            if reason and not self._ended.is_set():
                 self.on_lost(reason)
                 return
 

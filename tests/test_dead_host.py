@@ -12,6 +12,8 @@ batches, a checkpoint every 4 steps, far more steps than they will run) are star
    runtime aborts it as soon as its connection to the coordinator closes).
 3. A process whose partner never starts fails with exit 1 and one line naming the coordinator
    within its --initialization_timeout_s (plus start-up), and writes nothing.
+4. A process that fails (here: a misspelt macro on process 1 only) makes the other exit 1 naming
+   it; an error on every process keeps its exit code 2 on every process.
 """
 
 from __future__ import annotations
@@ -190,3 +192,37 @@ def test_a_process_that_never_joins_fails_within_the_configured_time(tmp_path, e
         ), log[-3000:]
         assert elapsed < JOIN_TIMEOUT_S + 60  # + Python, JAX and TensorFlow start-up
         assert not os.path.exists(tmp_path / f"model_{alone}")
+
+
+def test_a_process_that_fails_stops_the_others(tmp_path, env):
+    """Process 1 alone gets a misspelt macro: it exits 2 at once, and process 0, which would
+    wait for it in every collective, exits 1 naming it."""
+    job = Job(str(tmp_path), "one_fails", NUM_PROCESSES)
+    args = [*ARGS, "--model_dir", str(tmp_path / "model")]
+    port = job.start([0], args, DEVICES_PER_PROCESS, env)
+    job.start([1], [*args, "--gin.TRAIN_STEPSS=3"], DEVICES_PER_PROCESS, env, port=port)
+    failed = job.wait(1, START_TIMEOUT_S)
+    ended = time.monotonic()
+    survivor = job.wait(0, EXIT_BOUND_S)
+    elapsed = time.monotonic() - ended
+    job.kill()
+    logs = job.logs()
+    print(f"process 0 exited {survivor} {elapsed:.1f} s after process 1 failed")
+    assert failed == 2 and "TRAIN_STEPSS" in logs[1], logs[1][-3000:]
+    assert survivor == 1, f"exit code {survivor}\n{logs[0][-3000:]}"
+    assert (
+        "alexatm-train: error: process 0: process 1 failed (exit 2; its log names the error)"
+        in logs[0]
+    ), logs[0][-3000:]
+
+
+def test_an_error_on_every_process_keeps_its_exit_code(tmp_path, env):
+    """The same misspelt macro on both processes: both exit 2 with the gin error, neither is
+    aborted by JAX when process 0 (and with it the coordination service) goes first."""
+    job = Job(str(tmp_path), "all_fail", NUM_PROCESSES)
+    args = [*ARGS, "--model_dir", str(tmp_path / "model"), "--gin.TRAIN_STEPSS=3"]
+    job.start(range(NUM_PROCESSES), args, DEVICES_PER_PROCESS, env)
+    codes = job.wait_all(START_TIMEOUT_S)
+    job.kill()
+    assert codes == [2, 2], f"exit codes {codes}\n{job.tails()}"
+    assert all("alexatm-train: error: gin configuration:" in log for log in job.logs())

@@ -9,7 +9,7 @@ import pytest
 
 from alexatm_jax.cli import train as train_cli
 from alexatm_jax.multiprocess import JobTimeouts
-from alexatm_jax.peer_watch import KEY_PREFIX, PeerWatch
+from alexatm_jax.peer_watch import DONE, FAILED, KEY_PREFIX, PeerWatch
 
 TIMEOUT_S = 30.0
 
@@ -21,7 +21,7 @@ def _watch(process_id: int, num_processes: int = 3) -> PeerWatch:
     return watch
 
 
-def _beats(**counts: int) -> list[tuple[str, str]]:
+def _beats(**counts: int | str) -> list[tuple[str, str]]:
     return [(f"{KEY_PREFIX}{process[1:]}", str(count)) for process, count in counts.items()]
 
 
@@ -50,6 +50,16 @@ def test_the_coordinator_process_never_judges_itself_unreachable():
     watch = _watch(0, num_processes=2)
     watch.record(_beats(p1=1), now=100.0)
     assert watch.lost(100.0 + TIMEOUT_S - 1) is None
+
+
+def test_a_finished_process_is_no_loss_and_a_failed_one_is_named_at_once():
+    watch = _watch(0)
+    watch.record(_beats(p1=DONE, p2=1), now=10.0)
+    assert watch.lost(10.0 + TIMEOUT_S + 1) == (
+        "process 2 sent no heartbeat for 30 s: it died, was killed or is unreachable"
+    )
+    watch.record(_beats(p1=DONE, p2=FAILED + "exit 1; its log names the error"), now=12.0)
+    assert watch.lost(12.0) == "process 2 failed (exit 1; its log names the error)"
 
 
 def test_the_timeout_flags_have_documented_defaults_and_refuse_nonsense(monkeypatch, capsys):

@@ -35,7 +35,9 @@ from alexatm_jax.multiprocess import (
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     JobTimeouts,
     join,
+    leave,
 )
+from alexatm_jax.peer_watch import PeerWatch
 from alexatm_jax.storage import absolute
 
 PROG = "alexatm-train"
@@ -180,14 +182,16 @@ def timeouts(args: argparse.Namespace) -> JobTimeouts:
     )
 
 
-def initialize_jax(args: argparse.Namespace) -> None:
-    """Device emulation and multi-process set-up; must run before any other JAX call."""
+def initialize_jax(args: argparse.Namespace) -> PeerWatch | None:
+    """Device emulation and multi-process set-up; must run before any other JAX call. Returns
+    the watch over the other processes of a multi-process run (None for one process)."""
     import jax
 
     if args.num_cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
-    if args.coordinator_address is not None or on_cloud_tpu_vm():
-        join(PROG, args.coordinator_address, args.num_processes, args.process_id, timeouts(args))
+    if args.coordinator_address is None and not on_cloud_tpu_vm():
+        return None
+    return join(PROG, args.coordinator_address, args.num_processes, args.process_id, timeouts(args))
 
 
 def _register_data_configurables() -> None:
@@ -209,11 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, bindings = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     configure_logging(args.log_level)
-    return run_command(PROG, lambda: _train(args, bindings))
+    watch: PeerWatch | None = None
+
+    def body() -> int:
+        nonlocal watch
+        watch = initialize_jax(args)
+        return _train(args, bindings)
+
+    code = run_command(PROG, body)
+    return code if watch is None else leave(watch, code)
 
 
 def _train(args: argparse.Namespace, bindings: list[str]) -> int:
-    initialize_jax(args)
     _register_data_configurables()
     from alexatm_jax import gin_registry
     from alexatm_jax.training.checkpointing import IncompatibleCheckpointError
