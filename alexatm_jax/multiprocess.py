@@ -82,7 +82,7 @@ def join(
         (
             f"{prog}: error: process {process_id if process_id is not None else '(detected)'}: "
             f"the job did not assemble within {timeouts.initialization_s} s: not all "
-            f"{num_processes or ''} processes joined the coordinator (process 0) at "
+            f"{num_processes or 'the'} processes joined the coordinator (process 0) at "
             f"{coordinator}. Start every process with the same --coordinator_address and "
             f"--num_processes, or give slow hosts more time with --initialization_timeout_s",
             EXIT_PEER_LOST,

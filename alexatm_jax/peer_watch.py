@@ -34,7 +34,7 @@ from typing import Any
 KEY_PREFIX = "alexatm/heartbeat/"
 BEATS_PER_TIMEOUT = 6
 DONE = "done"  # published by a process that finished normally
-FAILED = "failed: "  # + its error line, published by a process that failed
+FAILED = "failed: "  # + what failed (its exit code), published by a process that failed
 JUDGE_INTERVAL_S = 0.5
 
 
