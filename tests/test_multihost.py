@@ -24,13 +24,13 @@ import glob
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from multihost_launch import free_port, train_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(REPO, "tests", "multihost_harness.py")
@@ -60,23 +60,8 @@ MIN_NGRAMS = 3
 COMPILATION_CACHE: dict[str, str] = {}  # JAX persistent cache shared by this module's launches
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALEXATM_") and k != "XLA_FLAGS"}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONUNBUFFERED="1",
-        **COMPILATION_CACHE,
-        **extra,
-    )
-    return env
+    return train_env(**COMPILATION_CACHE, **extra)
 
 
 def _command(record_dir: str, read_shards: int, model_dir: str, *extra: str) -> list[str]:
@@ -129,7 +114,7 @@ def _launch_two_processes(
 
     The processes get their coordinates as flags, or with `through_env` as ALEXATM_* variables.
     """
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     commands, envs = [], []
     for process_id in range(NUM_PROCESSES):

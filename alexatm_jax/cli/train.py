@@ -7,7 +7,8 @@ Gin files are layered in order (later files and then --gin.KEY=VALUE bindings ov
 ones; values use gin syntax, so strings need quotes: --gin.MODEL_DIR="'/tmp/run'"). The job
 resumes from MODEL_DIR's latest checkpoint when there is one. SIGTERM/SIGINT save a checkpoint
 and exit 0. Exit codes (alexatm_jax.cli.errors): 0 done or stopped cleanly, 1 training failed
-(I/O, disk full, no readable checkpoint, non-finite steps past the limits), 2 refused before
+(I/O, disk full, no readable checkpoint, non-finite steps past the limits, another process of
+a multi-process job lost or never joined: alexatm_jax.multiprocess), 2 refused before
 MODEL_DIR was touched (bad arguments, gin configuration, MODEL_DIR or DATA_DIR unusable, another
 architecture in MODEL_DIR).
 """
@@ -28,6 +29,15 @@ from alexatm_jax.cli.errors import (
     run_command,
 )
 from alexatm_jax.cli.gin_flags import gin_bindings
+from alexatm_jax.multiprocess import (
+    DEFAULT_HEARTBEAT_TIMEOUT_S,
+    DEFAULT_INITIALIZATION_TIMEOUT_S,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    JobTimeouts,
+    join,
+    leave,
+)
+from alexatm_jax.peer_watch import PeerWatch
 from alexatm_jax.storage import absolute
 
 PROG = "alexatm-train"
@@ -36,12 +46,29 @@ NUM_CPU_DEVICES_ENV = "ALEXATM_NUM_CPU_DEVICES"
 COORDINATOR_ENV = "ALEXATM_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "ALEXATM_NUM_PROCESSES"
 PROCESS_ID_ENV = "ALEXATM_PROCESS_ID"
+TIMEOUT_FLAGS = {  # flag -> (environment variable, default in seconds)
+    "initialization_timeout_s": (
+        "ALEXATM_INITIALIZATION_TIMEOUT_S",
+        DEFAULT_INITIALIZATION_TIMEOUT_S,
+        "how long each process waits for all processes to join before failing (exit 1)",
+    ),
+    "heartbeat_timeout_s": (
+        "ALEXATM_HEARTBEAT_TIMEOUT_S",
+        DEFAULT_HEARTBEAT_TIMEOUT_S,
+        "a process silent for this long counts as dead: the others exit 1 within about this long",
+    ),
+    "shutdown_timeout_s": (
+        "ALEXATM_SHUTDOWN_TIMEOUT_S",
+        DEFAULT_SHUTDOWN_TIMEOUT_S,
+        "how long an ending process waits at the shutdown barrier for the others",
+    ),
+}
 GOOGLE_PCI_VENDOR = "0x1ae0"
 
 
-def _env_int(name: str) -> int | None:
+def _env_int(name: str, default: int | None = None) -> int | None:
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else None
+    return int(value) if value not in (None, "") else default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_int(PROCESS_ID_ENV),
         help=f"this process's index, 0..num_processes-1 (env {PROCESS_ID_ENV})",
     )
+    for flag, (env, default, meaning) in TIMEOUT_FLAGS.items():
+        parser.add_argument(
+            f"--{flag}",
+            type=int,
+            default=_env_int(env, default),
+            help=f"multi-process runs: {meaning}, in seconds (env {env}; default {default})",
+        )
     add_log_level_argument(parser)
     return parser
 
@@ -119,6 +153,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         )
     if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
         parser.error(f"--process_id must be in [0, {args.num_processes}), got {args.process_id}")
+    problem = timeouts(args).problem()
+    if problem:
+        parser.error(problem)
     if args.model_dir is not None:
         bindings.append(f"MODEL_DIR = {absolute(args.model_dir)!r}")
     return args, bindings
@@ -136,20 +173,25 @@ def on_cloud_tpu_vm() -> bool:
     return False
 
 
-def initialize_jax(args: argparse.Namespace) -> None:
-    """Device emulation and multi-process set-up; must run before any other JAX call."""
+def timeouts(args: argparse.Namespace) -> JobTimeouts:
+    """The distributed runtime's timeouts given by the flags (or their variables)."""
+    return JobTimeouts(
+        initialization_s=args.initialization_timeout_s,
+        heartbeat_s=args.heartbeat_timeout_s,
+        shutdown_s=args.shutdown_timeout_s,
+    )
+
+
+def initialize_jax(args: argparse.Namespace) -> PeerWatch | None:
+    """Device emulation and multi-process set-up; must run before any other JAX call. Returns
+    the watch over the other processes of a multi-process run (None for one process)."""
     import jax
 
     if args.num_cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
-    if args.coordinator_address is not None:
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator_address,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
-    elif on_cloud_tpu_vm():
-        jax.distributed.initialize()
+    if args.coordinator_address is None and not on_cloud_tpu_vm():
+        return None
+    return join(PROG, args.coordinator_address, args.num_processes, args.process_id, timeouts(args))
 
 
 def _register_data_configurables() -> None:
@@ -171,11 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, bindings = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     configure_logging(args.log_level)
-    return run_command(PROG, lambda: _train(args, bindings))
+    watch: PeerWatch | None = None
+
+    def body() -> int:
+        nonlocal watch
+        watch = initialize_jax(args)
+        return _train(args, bindings)
+
+    code = run_command(PROG, body)
+    return code if watch is None else leave(watch, code)
 
 
 def _train(args: argparse.Namespace, bindings: list[str]) -> int:
-    initialize_jax(args)
     _register_data_configurables()
     from alexatm_jax import gin_registry
     from alexatm_jax.training.checkpointing import IncompatibleCheckpointError
