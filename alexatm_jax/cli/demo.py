@@ -30,6 +30,7 @@ DEFAULT_MODEL_DIR = "artifacts/demo_run"
 # Shown first when they have held-out documents (data/sample has 12 languages).
 SHOWN_LANGUAGES = ("en", "fr", "hi", "ja", "de", "ar", "es", "ta")
 DELETED_RECALL_GOAL = 0.30
+DEMO_DOCS = "docs/training.md#make-demo"
 GOOGLE_PCI_VENDOR = "0x1ae0"
 
 
@@ -259,6 +260,7 @@ def verdict(ours: ReconstructionScore, copying: ReconstructionScore) -> str:
     return (
         f"{text}; {'reaches' if reached else 'below'} the goal of "
         f"{100 * DELETED_RECALL_GOAL:.0f}% of the deleted tokens put back."
+        + ("" if beats and reached else f" Why, and what longer runs reach: {DEMO_DOCS}")
     )
 
 
