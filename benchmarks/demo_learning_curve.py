@@ -95,13 +95,13 @@ def _plot(rows: list[dict], seconds_per_step: float, title: str, path: str) -> N
     fig.savefig(path, dpi=110)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
     parser.add_argument("--every", type=int, default=250, help="steps between checkpoints")
     parser.add_argument("--eval_examples", type=int, default=48, help="held-out examples")
     parser.add_argument("--out", required=True, help="output directory (curve.json, curve.png)")
-    args, rest = parser.parse_known_args()
+    args, rest = parser.parse_known_args(argv)
     bindings = gin_bindings(parser, rest, "--gin.TRAIN_STEPS=100")
     if args.steps < 1 or args.every < 1 or args.steps % args.every:
         parser.error("--steps and --every must be >= 1, and --every must divide --steps")
