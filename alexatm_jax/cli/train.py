@@ -19,6 +19,7 @@ import glob
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 from alexatm_jax.cli.errors import (
@@ -171,7 +172,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, bindings = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     configure_logging(args.log_level)
-    return run_command(PROG, lambda: _train(args, bindings))
+    return _without_hanging(run_command(PROG, lambda: _train(args, bindings)))
+
+
+def _without_hanging(code: int) -> int:
+    """`code`, or after a failure with non-daemon threads left, the end of the process at once.
+
+    The threads of an Orbax background save that failed (e.g. a bucket refusing the writes) wait
+    up to 300 s each for signals that never come, and Python waits for them at exit; the error
+    has been reported and the previous checkpoints are intact, so nothing is lost."""
+    left = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    if code == 0 or not left:
+        return code
+    logging.getLogger(PROG).debug("exiting without waiting for threads %s", [t.name for t in left])
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _train(args: argparse.Namespace, bindings: list[str]) -> int:
