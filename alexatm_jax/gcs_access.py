@@ -1,8 +1,9 @@
 """Fail-fast checks of a `gs://` path before a command reads or writes it.
 
-TensorFlow's GCS filesystem, which reads and writes gs:// for `storage`, retries for minutes on
-missing credentials and loops forever in `makedirs` on a bucket that does not exist. So every
-command checks each gs:// path it was given first, with google-cloud-storage (which Orbax needs
+TensorFlow's GCS filesystem, which reads and writes gs:// for `storage`, loops forever in
+`makedirs` on a bucket that does not exist, and a missing credential or permission would only
+show deep inside a run (or after a background save). So every command checks each gs:// path it
+was given first, with google-cloud-storage (which Orbax needs
 for gs:// anyway) and a bounded, logged retry of transient errors: the credentials, that the
 bucket exists, that objects under the path can be listed and, for an output path, that an object
 can be written and deleted there. A failure raises `GcsAccessError` naming the bucket and the
@@ -17,8 +18,13 @@ import logging
 import os
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from alexatm_jax.storage import is_remote
+
+if TYPE_CHECKING:
+    from google.api_core.retry import Retry
+    from google.cloud.storage import Client
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ def split_gcs_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def _client(where: str):
+def _client(where: str) -> Client:
     """A google-cloud-storage client with the default credentials (anonymous for an emulator);
     `where` starts the message of the GcsAccessError raised when there are none."""
     from google.cloud import storage
@@ -62,7 +68,7 @@ def _client(where: str):
     return storage.Client(project=project, credentials=credentials)
 
 
-def _retry(what: str):
+def _retry(what: str) -> Retry:
     """google-api-core Retry of transient errors (429, 500, 503, connection errors) with
     exponential back-off 1 s .. 8 s, at most RETRY_DEADLINE_S in all; each retry is logged."""
     from google.api_core.retry import Retry, if_transient_error
@@ -113,7 +119,13 @@ def check_gcs_path(url: str, *, what: str, write: bool) -> None:
             f"see it): fix the bucket name, or create it with `gcloud storage buckets create "
             f"gs://{bucket_name} --location=REGION`"
         ) from error
-    except (exceptions.Forbidden, exceptions.Unauthorized) as error:
+    except exceptions.Unauthorized as error:
+        raise GcsAccessError(
+            f"{what} {url}: bucket gs://{bucket_name} refused the credentials (HTTP 401: "
+            f"{error.message[:120]}): renew them (`gcloud auth application-default login`) or "
+            "point GOOGLE_APPLICATION_CREDENTIALS at a valid key file"
+        ) from error
+    except exceptions.Forbidden as error:
         need = "storage.objects.list/create/delete (roles/storage.objectUser)"
         if not write:
             need = "storage.objects.list/get (roles/storage.objectViewer)"

@@ -20,8 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +41,7 @@ from alexatm_jax.model.layout import (
     split_layer_path,
 )
 from alexatm_jax.model.params import param_shapes
-from alexatm_jax.storage import as_path
+from alexatm_jax.storage import as_path, copy_file
 
 MARKER_FILE = "alexatm_checkpoint.json"
 CONFIG_FILE = "model_config.json"
@@ -174,7 +172,7 @@ def save_model_checkpoint(
     problems = tree_mismatch(_flat_shapes(param_shapes(config)), _flat_shapes(params))
     if problems:
         raise ValueError("parameters do not match the config: " + "; ".join(problems))
-    files = [pathlib.Path(f) for f in tokenizer_files]
+    files = [as_path(f) for f in tokenizer_files]
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"tokenizer file {f} does not exist")
@@ -196,7 +194,7 @@ def save_model_checkpoint(
         if files:
             (tmp / TOKENIZER_DIR).mkdir()
             for f in files:
-                shutil.copy2(f, tmp / TOKENIZER_DIR / f.name)
+                copy_file(f, tmp / TOKENIZER_DIR / f.name)
         marker = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
