@@ -32,6 +32,7 @@ import socket
 import socketserver
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -243,6 +244,11 @@ class _ProxyServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.seen: list[str] = []  # "METHOD /path?query" of every forwarded request
         self.failures: list[_Failure] = []
         self.lock = threading.Lock()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away (a process the test killed) is no error of the proxy."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def take_failure(self, request: str) -> int | None:
         with self.lock:
