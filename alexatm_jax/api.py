@@ -1,4 +1,5 @@
-"""`alexatm_jax.load(path)`: a ready-to-run model from a directory on disk.
+"""`alexatm_jax.load(path)`: a ready-to-run model from a directory on disk or in a bucket
+(`gs://bucket/run`).
 
 `load` asks each registered directory loader, in order, whether it recognises the directory.
 The model-checkpoint loader (marker file `alexatm_checkpoint.json`) is built in; other
@@ -17,13 +18,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from alexatm_jax import checkpoints
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.params import model_inputs
 from alexatm_jax.model.transformer import AlexaTM
+from alexatm_jax.storage import as_path, is_remote
 
 Params = Any
+ModelPath = pathlib.Path | epath.Path  # epath.Path for a URL such as gs://bucket/run
 
 
 @dataclasses.dataclass
@@ -32,8 +36,8 @@ class LoadedModel:
 
     config: ModelConfig
     params: Params
-    path: pathlib.Path
-    tokenizer_dir: pathlib.Path | None = None
+    path: ModelPath
+    tokenizer_dir: ModelPath | None = None
 
     @functools.cached_property
     def model(self) -> AlexaTM:
@@ -74,7 +78,7 @@ class LoadedModel:
         return np.asarray(self._jitted_encode(self.params, inputs), np.float32)
 
     @property
-    def tokenizer_path(self) -> pathlib.Path | None:
+    def tokenizer_path(self) -> ModelPath | None:
         """The SentencePiece `*.model` file saved with the model, or None."""
         if self.tokenizer_dir is None:
             return None
@@ -92,25 +96,25 @@ class DirectoryLoader:
     """
 
     description: str
-    matches: Callable[[pathlib.Path], bool]
-    load: Callable[[pathlib.Path, Any, dict[str, Any]], LoadedModel]
+    matches: Callable[[ModelPath], bool]
+    load: Callable[[ModelPath, Any, dict[str, Any]], LoadedModel]
 
 
 def _load_model_checkpoint(
-    path: pathlib.Path, sharding: Any, overrides: dict[str, Any]
+    path: ModelPath, sharding: Any, overrides: dict[str, Any]
 ) -> LoadedModel:
     config, params = checkpoints.restore_model_checkpoint(path, overrides, sharding)
     return LoadedModel(config, params, path, checkpoints.tokenizer_dir(path))
 
 
-def _is_training_checkpoint(path: pathlib.Path) -> bool:
+def _is_training_checkpoint(path: ModelPath) -> bool:
     from alexatm_jax.training.trained_model import is_training_checkpoint_path
 
     return is_training_checkpoint_path(path)
 
 
 def _load_training_checkpoint(
-    path: pathlib.Path, sharding: Any, overrides: dict[str, Any]
+    path: ModelPath, sharding: Any, overrides: dict[str, Any]
 ) -> LoadedModel:
     from alexatm_jax.training.trained_model import restore_trained_model
 
@@ -139,13 +143,14 @@ def register_directory_loader(loader: DirectoryLoader) -> None:
 
 
 def load(path: str | os.PathLike, *, sharding: Any = None, **config_overrides: Any) -> LoadedModel:
-    """Load a model from `path` (see the registered directory formats).
+    """Load a model from `path`, a local directory or a URL such as gs://bucket/run (see the
+    registered directory formats; loaders get a pathlib.Path, or an epath.Path for a URL).
 
     `config_overrides` change run-time ModelConfig fields (dtype, param_dtype, scan_layers,
     remat_policy, attention_impl, dropout); `sharding` is one jax Sharding or a tree of them
     matching the params (default: the first local device).
     """
-    path = pathlib.Path(path).expanduser().absolute()
+    path = as_path(path) if is_remote(path) else pathlib.Path(path).expanduser().absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory")
     for loader in _LOADERS:

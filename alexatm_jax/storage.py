@@ -3,7 +3,9 @@
 Local paths are made absolute (after `~` expansion); URLs are kept verbatim, since
 `os.path.abspath("gs://b/x")` would turn them into a local directory `./gs:/b/x`. File operations
 go through `etils.epath.Path`, which reads and writes `gs://` with TensorFlow's gfile and local
-paths with `os`.
+paths with `os`. gfile is the one client for our files because the SeqIO/tf.data input pipeline,
+TensorBoard and Orbax's directory handling use it anyway; `alexatm_jax.gcs_access` checks a
+gs:// path (credentials, bucket, permission) before a command touches it.
 """
 
 from __future__ import annotations

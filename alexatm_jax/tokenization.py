@@ -20,10 +20,10 @@ release's convention) or `;` instead.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import sentencepiece as spm
 
+from alexatm_jax.storage import as_path
 from alexatm_jax.tokenization_release import ReleaseEncoding
 
 CLM_PIECE = "[CLM]"
@@ -85,10 +85,12 @@ class Tokenizer:
     """Encodes prompts/targets to ids and decodes generated ids back to text."""
 
     def __init__(self, model_path: str):
-        if not os.path.isfile(model_path):
+        """`model_path`: a local SentencePiece .model file or a URL such as gs://b/x.model."""
+        model = as_path(model_path)
+        if not model.is_file():
             raise FileNotFoundError(f"SentencePiece model {model_path} does not exist")
         self.path = model_path
-        self.processor = spm.SentencePieceProcessor(model_file=model_path)
+        self.processor = spm.SentencePieceProcessor(model_proto=model.read_bytes())
         self.special = read_special_tokens(self.processor, model_path)
         self._skipped_on_decode = {
             i
@@ -102,9 +104,7 @@ class Tokenizer:
             if i is not None
         }
         # The release convention (see the module docstring) for vocabularies with a BOS piece.
-        self.release = (
-            ReleaseEncoding(self.processor, model_path) if self.special.bos is not None else None
-        )
+        self.release = ReleaseEncoding(self.processor) if self.special.bos is not None else None
 
     @property
     def vocab_size(self) -> int:

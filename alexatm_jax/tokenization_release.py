@@ -48,10 +48,10 @@ _CLEAN_UP = (
 class ReleaseEncoding:
     """Encodes text to ids (no `<s>`/`</s>`) and ids to text exactly as the release tokenizer."""
 
-    def __init__(self, processor: spm.SentencePieceProcessor, model_path: str):
+    def __init__(self, processor: spm.SentencePieceProcessor):
         self.processor = processor
         self.normalizer = spm.SentencePieceNormalizer(
-            model_file=model_path,
+            model_proto=processor.serialized_model_proto(),
             add_dummy_prefix=False,
             escape_whitespaces=False,
             remove_extra_whitespaces=False,

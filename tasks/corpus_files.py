@@ -1,4 +1,7 @@
-"""Layout of a local corpus DATA_DIR/<lang>/**/*.{txt,jsonl}[.gz], and a Python reader for it.
+"""Layout of a corpus DATA_DIR/<lang>/**/*.{txt,jsonl}[.gz], and a Python reader for it.
+
+DATA_DIR is a local directory or a URL such as gs://bucket/corpus: files are listed, checked and
+read through `etils.epath` (TensorFlow's gfile for gs://), as the TF pipeline reads them.
 
 txt files hold documents separated by blank lines; jsonl files hold one JSON object per line
 with the document in its `text` field. The TF pipeline reads the same files in graph mode
@@ -8,15 +11,19 @@ training, decontamination tooling).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import glob
 import gzip
+import io
 import json
 import logging
 import os
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
+from typing import IO
+
+from etils import epath
 
 from tasks.languages import LANGUAGES
 
@@ -39,14 +46,28 @@ class CorpusLayout:
     bad_files: list[str]  # unreadable files, or .gz files that are not gzip: skipped
 
 
+def _is_url(path: str) -> bool:
+    scheme, separator, _ = path.partition("://")
+    return bool(separator) and scheme.isidentifier()
+
+
 def _readable(path: str) -> bool:
     """Whether `path` can be opened and, for .gz, starts with the gzip magic bytes."""
     try:
-        with open(path, "rb") as f:
+        with epath.Path(path).open("rb") as f:
             head = f.read(2)
     except OSError:
         return False
     return not path.endswith(".gz") or head in (b"", b"\x1f\x8b")
+
+
+def _version(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time: ns for a local file, s for a URL) of `path`."""
+    if _is_url(path):
+        info = epath.Path(path).stat()
+        return info.length, info.mtime
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns
 
 
 def gzip_problem(path: str) -> str | None:
@@ -54,16 +75,15 @@ def gzip_problem(path: str) -> str | None:
     mismatch, unreadable), or None when it decompresses completely. Decompresses the whole file
     once; the answer is cached per process by (path, size, modification time)."""
     try:
-        info = os.stat(path)
+        key = (path, *_version(path))
     except OSError as error:
         return f"unreadable ({error.strerror or error})"
-    key = (path, info.st_size, info.st_mtime_ns)
     with _gzip_lock:
         if key in _gzip_checks:
             return _gzip_checks[key]
     problem = None
     try:
-        with gzip.open(path, "rb") as f:
+        with epath.Path(path).open("rb") as raw, gzip.open(raw, "rb") as f:
             while f.read(_GZIP_READ_BYTES):
                 pass
     except EOFError as error:
@@ -86,21 +106,22 @@ def corpus_layout(data_dir: str) -> CorpusLayout:
             f"no data directory given: pass --data_dir, set ${DATA_DIR_ENV}, or bind the gin "
             "macro DATA_DIR (register_local_mixture.data_dir)"
         )
-    if not os.path.isdir(data_dir):
+    root = epath.Path(data_dir)
+    if not root.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist")
     files, unknown, empty, bad = {}, [], [], []
-    for name in sorted(os.listdir(data_dir)):
-        path = os.path.join(data_dir, name)
-        if not os.path.isdir(path):
+    for child in sorted(root.iterdir()):
+        name = child.name
+        if not child.is_dir():
             continue
         if name not in LANGUAGES:
             unknown.append(name)
             continue
         found = sorted(
-            p
-            for suffix in FILE_SUFFIXES
-            for p in glob.glob(os.path.join(path, "**", "*" + suffix), recursive=True)
-            if os.path.isfile(p)
+            os.fspath(folder / file)
+            for folder, _, names in child.walk()
+            for file in names
+            if file.endswith(FILE_SUFFIXES) and not file.startswith(".")
         )
         bad += [p for p in found if not _readable(p)]
         found = [p for p in found if p not in bad]
@@ -140,9 +161,13 @@ def language_files(data_dir: str) -> dict[str, list[str]]:
     return corpus_layout(data_dir).files
 
 
-def _open_text(path: str):
-    opener = gzip.open if path.endswith(".gz") else open
-    return opener(path, "rt", encoding="utf-8", errors="replace")
+@contextlib.contextmanager
+def _open_text(path: str) -> Iterator[IO[str]]:
+    """`path` (local or URL, gzip when named .gz) as text; undecodable bytes become U+FFFD."""
+    with epath.Path(path).open("rb") as raw:
+        binary = gzip.open(raw, "rb") if path.endswith(".gz") else raw
+        with io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as text:
+            yield text
 
 
 def iter_documents(paths: Iterable[str]) -> Iterator[str]:

@@ -371,7 +371,7 @@ def register_local_mixture(
             f"found {sorted(layout.files)}"
         )
     files = tuple((lang, tuple(layout.files[lang])) for lang in wanted)
-    key = (os.path.abspath(data_dir), files, config)
+    key = (data_dir if "://" in data_dir else os.path.abspath(data_dir), files, config)
     if _installed.get(LOCAL_MIXTURE, (None,))[0] == key:
         return layout
     left_out = [lang for lang in config.languages if lang not in layout.files]

@@ -14,6 +14,7 @@ import os
 
 import sentencepiece as spm
 import seqio
+from etils import epath
 
 import gin
 from tasks import demo_files
@@ -67,17 +68,19 @@ def _require_piece(processor: spm.SentencePieceProcessor, piece: str, path: str)
 
 @functools.lru_cache(maxsize=16)
 def read_special_ids(path: str) -> SpecialIds:
-    """Reads pad/eos/unk/[CLM]/[DOC] ids and the piece count from the SentencePiece model at `path`.
+    """Reads pad/eos/unk/[CLM]/[DOC] ids and the piece count from the SentencePiece model at `path`
+    (a local file or a URL such as gs://bucket/x.model).
 
     pad is the model's pad id, or the id of a `[PAD]` piece when the model defines no pad id (as
     the released tokenizer does). Raises ValueError naming the fix when a needed piece is missing.
     """
-    if not os.path.exists(path):
+    model = epath.Path(path)
+    if not model.exists():
         raise FileNotFoundError(
             f"SentencePiece model {path} does not exist; train one with `alexatm-vocab train` "
             f"or point {VOCAB_ENV} / vocabulary_path.path at an existing .model file"
         )
-    processor = spm.SentencePieceProcessor(model_file=path)
+    processor = spm.SentencePieceProcessor(model_proto=model.read_bytes())
     pad = processor.pad_id()
     if pad < 0:
         pad = _piece_id(processor, PAD_PIECE)

@@ -40,3 +40,14 @@ def tiny_model_config() -> "ModelConfig":
     from tiny_config import TINY_MODEL_CONFIG
 
     return TINY_MODEL_CONFIG
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A GCS server on 127.0.0.1 (fake-gcs-server behind a proxy every GCS client reaches; see
+    tests/gcs_server.py). Processes get at it through `gcs_server.environment()`."""
+    from gcs_server import GcsServer
+
+    server = GcsServer()
+    yield server
+    server.stop()

@@ -227,7 +227,7 @@ def test_output_directory_is_never_clobbered_or_half_written(
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(model_checkpoint.shutil, "copy2", crash)  # dies copying tokenizer files
+    monkeypatch.setattr(model_checkpoint, "copy_file", crash)  # dies copying tokenizer files
     (hf_dir.parent / "tok").mkdir(exist_ok=True)
     tokenizer = hf_dir.parent / "tok" / "spm.model"
     tokenizer.write_bytes(b"x")

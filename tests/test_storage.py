@@ -1,8 +1,9 @@
 """Local-or-remote MODEL_DIR paths: URLs are never turned into local paths, and a remote
 MODEL_DIR gets its metrics.jsonl / TensorBoard files uploaded from a local staging directory.
 
-GCS is unreachable here, so the remote code path is forced onto a local directory by
-monkeypatching `is_remote` in the metrics writer (epath handles local and gs:// the same way).
+Here the remote code path is forced onto a local directory by monkeypatching `is_remote` in the
+metrics writer (epath handles local and gs:// the same way); tests/test_gcs.py runs the CLIs
+against a GCS server.
 """
 
 from __future__ import annotations

@@ -416,6 +416,15 @@ def test_setup_from_source_dir_copies_to_all_workers(minimal_path):
     )
 
 
+def test_setup_installs_the_gcs_client_that_orbax_needs_for_gs_model_dirs():
+    """setup.sh installs requirements.txt (test above); it must list google-cloud-storage, which
+    Orbax imports for every gs:// checkpoint directory without declaring it."""
+    requirements = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    assert any(line.startswith("google-cloud-storage") for line in requirements)
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert '"google-cloud-storage' in pyproject.split("[project.optional-dependencies]")[0]
+
+
 def test_setup_from_git_fetches_the_ref(minimal_path):
     [install] = dry_run(
         "setup.sh",

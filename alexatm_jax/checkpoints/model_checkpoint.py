@@ -8,8 +8,8 @@ Directory layout:
     digests.json              a content digest of every parameter array (`checkpoints.digests`)
     tokenizer/                optional: tokenizer files copied through (e.g. a SentencePiece .model)
 
-The marker is written last and the directory is renamed into place at the end, so a directory
-with a marker is always complete. Restoring recomputes the digests of what was read and raises
+The marker is written last and the directory is renamed into place at the end (uploaded with
+the marker last, in a bucket), so a directory with a marker is always complete. Restoring recomputes the digests of what was read and raises
 DigestMismatchError naming the arrays that differ; a checkpoint written before digests existed
 restores with an "unverified" warning.
 """
@@ -20,14 +20,13 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
@@ -42,6 +41,7 @@ from alexatm_jax.model.layout import (
     split_layer_path,
 )
 from alexatm_jax.model.params import param_shapes
+from alexatm_jax.storage import as_path, copy_file
 
 MARKER_FILE = "alexatm_checkpoint.json"
 CONFIG_FILE = "model_config.json"
@@ -70,12 +70,12 @@ class CheckpointInfo:
 
 def is_model_checkpoint(path: str | os.PathLike) -> bool:
     """True when `path` is a directory holding our marker file."""
-    return (pathlib.Path(path) / MARKER_FILE).is_file()
+    return (as_path(path) / MARKER_FILE).is_file()
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     """The parsed marker of the checkpoint at `path`; errors name the missing or newer format."""
-    marker = pathlib.Path(path) / MARKER_FILE
+    marker = as_path(path) / MARKER_FILE
     if not marker.is_file():
         raise FileNotFoundError(
             f"{path} is not an alexatm-jax model checkpoint: {MARKER_FILE} is missing "
@@ -100,12 +100,12 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
 
 def read_model_config(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig stored in the checkpoint (its scan_layers matches the stored layout)."""
-    return ModelConfig.from_dict(json.loads((pathlib.Path(path) / CONFIG_FILE).read_text()))
+    return ModelConfig.from_dict(json.loads((as_path(path) / CONFIG_FILE).read_text()))
 
 
-def tokenizer_dir(path: str | os.PathLike) -> pathlib.Path | None:
+def tokenizer_dir(path: str | os.PathLike) -> epath.Path | None:
     """The checkpoint's tokenizer directory, or None when it was saved without one."""
-    directory = pathlib.Path(path) / TOKENIZER_DIR
+    directory = as_path(path) / TOKENIZER_DIR
     return directory if directory.is_dir() else None
 
 
@@ -157,8 +157,9 @@ def save_model_checkpoint(
     *,
     source: str = "",
     overwrite: bool = False,
-) -> pathlib.Path:
-    """Write `params` (numpy or jax arrays, either layout) as a model checkpoint at `path`.
+) -> epath.Path:
+    """Write `params` (numpy or jax arrays, either layout) as a model checkpoint at `path` (a
+    local directory or a URL such as gs://bucket/model; see `atomic_dir`).
 
     The stored layout is the layout of `params`; the saved config's scan_layers and param_dtype
     follow the tree. jax leaves are fetched to host (numpy) first; numpy leaves are written in
@@ -171,7 +172,7 @@ def save_model_checkpoint(
     problems = tree_mismatch(_flat_shapes(param_shapes(config)), _flat_shapes(params))
     if problems:
         raise ValueError("parameters do not match the config: " + "; ".join(problems))
-    files = [pathlib.Path(f) for f in tokenizer_files]
+    files = [as_path(f) for f in tokenizer_files]
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"tokenizer file {f} does not exist")
@@ -184,7 +185,7 @@ def save_model_checkpoint(
             "job save the trainer's checkpoint instead"
         )
     host_params = jax.tree.map(np.asarray, params)
-    with atomic_directory(path, overwrite) as tmp:
+    with atomic_directory(path, overwrite, commit_files=(MARKER_FILE,)) as tmp:
         _streaming_checkpointer().save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(host_params))
         (tmp / DIGESTS_FILE).write_text(
             json.dumps(digests.manifest(digests.tree_digests(host_params)), indent=1) + "\n"
@@ -193,7 +194,7 @@ def save_model_checkpoint(
         if files:
             (tmp / TOKENIZER_DIR).mkdir()
             for f in files:
-                shutil.copy2(f, tmp / TOKENIZER_DIR / f.name)
+                copy_file(f, tmp / TOKENIZER_DIR / f.name)
         marker = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -203,7 +204,7 @@ def save_model_checkpoint(
             "source": source,
         }
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-    return pathlib.Path(path).expanduser().absolute()
+    return as_path(path)
 
 
 def _overridden_config(stored: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
@@ -289,7 +290,7 @@ def restore_model_checkpoint(
     The arrays are read in their stored dtype and checked against `digests.json` before any
     cast (DigestMismatchError names the arrays that differ).
     """
-    path = pathlib.Path(path).expanduser().absolute()
+    path = as_path(path)
     info = read_checkpoint_info(path)
     stored_config = read_model_config(path)
     config = _overridden_config(stored_config, dict(config_overrides or {}))
@@ -332,7 +333,7 @@ def verify_params(path: str | os.PathLike, params: Params) -> bool:
     against its `digests.json`. Returns True when verified, False (with a warning) for a
     checkpoint written before digests existed; raises DigestMismatchError naming the arrays that
     differ, or whose record is missing or damaged."""
-    record_path = pathlib.Path(path) / DIGESTS_FILE
+    record_path = as_path(path) / DIGESTS_FILE
     if not record_path.is_file():
         logger.warning(
             "model checkpoint %s has no %s (written before checkpoints recorded "

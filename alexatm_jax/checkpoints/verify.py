@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from alexatm_jax.checkpoints import digests
+from alexatm_jax.storage import as_path
 
 BATCH_BYTES = 1 << 28
 VERIFIED, UNVERIFIED, CORRUPT = "verified", "unverified", "CORRUPT"
@@ -89,7 +89,7 @@ def verify_model_checkpoint(path: str | os.PathLike) -> Verdict:
     """Check a model checkpoint's parameters against its digests.json."""
     from alexatm_jax.checkpoints.model_checkpoint import DIGESTS_FILE, PARAMS_DIR
 
-    path = pathlib.Path(path)
+    path = as_path(path)
     record_path = path / DIGESTS_FILE
     if not record_path.is_file():
         return Verdict(str(path), UNVERIFIED, f"no {DIGESTS_FILE}: written before digests")
@@ -105,7 +105,6 @@ def verify_model_checkpoint(path: str | os.PathLike) -> Verdict:
 def verify_training_checkpoint(step_dir: str | os.PathLike) -> Verdict:
     """Check one training checkpoint (state arrays and progress JSON) against its digests, and
     say whether it was saved after non-finite steps."""
-    from alexatm_jax.storage import as_path
     from alexatm_jax.training.checkpointing import PROGRESS_ITEM, STATE_ITEM, read_digests
 
     step_dir = str(step_dir)
@@ -141,7 +140,6 @@ def verify(path: str | os.PathLike) -> list[Verdict]:
     first) or one of its `checkpoints/<step>` directories. Raises FileNotFoundError when
     `path` is none of these."""
     from alexatm_jax.checkpoints.model_checkpoint import is_model_checkpoint
-    from alexatm_jax.storage import as_path
     from alexatm_jax.training.checkpointing import STATE_ITEM
     from alexatm_jax.training.model_dir import CHECKPOINTS_DIR
     from alexatm_jax.training.trained_model import locate_training_checkpoint
@@ -160,11 +158,8 @@ def verify(path: str | os.PathLike) -> list[Verdict]:
         )
     model_dir, step = located
     root = os.path.join(model_dir, CHECKPOINTS_DIR)
-    steps = (
-        [step]
-        if step is not None
-        else sorted(int(p.name) for p in as_path(root).iterdir() if p.name.isdigit())
-    )
+    # Finalized steps only: on GCS, Orbax writes a step in place and marks it committed last.
+    steps = [step] if step is not None else sorted(ocp.step.checkpoint_steps(as_path(root)))
     if not steps:
         raise FileNotFoundError(f"{root} holds no finalized checkpoint")
     return [verify_training_checkpoint(os.path.join(root, str(s))) for s in steps]

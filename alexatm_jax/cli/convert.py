@@ -75,6 +75,15 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     from alexatm_jax.checkpoints.atomic_dir import check_output_dir
     from alexatm_jax.checkpoints.model_checkpoint import is_model_checkpoint
     from alexatm_jax.conversion.jax_to_hf import parse_size
+    from alexatm_jax.gcs_access import GcsAccessError, check_paths
+
+    try:
+        check_paths(
+            {"--out": args.out, "--checkpoint": getattr(args, "checkpoint", None)},
+            write=("--out",),
+        )
+    except GcsAccessError as error:
+        parser.error(str(error))
 
     if args.direction == "hf-to-jax":
         if not (pathlib.Path(args.hf_dir) / "config.json").is_file():

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from alexatm_jax.cli import inference_arguments as common
 from alexatm_jax.evaluation import data, harness, metrics, suites, tfds_export
 from alexatm_jax.evaluation.generation_tasks import Summarization
+from alexatm_jax.storage import absolute, as_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +108,7 @@ def export_missing_splits(parser: argparse.ArgumentParser, args: argparse.Namesp
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
     """Validates everything before the model loads; returns the tasks to run."""
     common.check_model_arguments(parser, args)
+    common.check_storage(parser, {"--data_dir": args.data_dir}, {"--out": args.out})
     try:
         names = suites.suite_tasks(args.suite) if args.suite else [args.task]
         tasks = [harness.get_task(n) for n in names]
@@ -123,7 +125,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.tfds_data_dir:
         for task in tasks:
             export_missing_splits(parser, args, task)
-    if not os.path.isdir(args.data_dir):
+    if not as_path(args.data_dir).is_dir():
         common.fail(parser, f"--data_dir {args.data_dir} is not a directory")
     if args.limit is not None and args.limit < 1:
         common.fail(parser, f"--limit must be >= 1, got {args.limit}")
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jax
 
     extra = {
-        "checkpoint": os.path.abspath(args.checkpoint),
+        "checkpoint": absolute(args.checkpoint),
         "tokenizer_convention": text_model.tokenizer.convention,
     }
     options = harness.default_options(text_model, args.max_new_tokens)

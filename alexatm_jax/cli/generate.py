@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
 from alexatm_jax.cli import inference_arguments as common
 from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
+from alexatm_jax.storage import as_path
 from alexatm_jax.tokenization import clm_prompt
 
 PROG = "alexatm-generate"
@@ -57,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 def read_prompts(parser: argparse.ArgumentParser, path: str | None) -> list[str]:
     """Prompts from `path` (lines, or JSONL `input` fields) or stdin, one per line, blank lines
     included; exits (status 2) naming a malformed `.jsonl` line as FILE:LINE."""
-    if path is not None and not os.path.isfile(path):
+    if path is not None and not as_path(path).is_file():
         common.fail(parser, f"--input_file {path} does not exist")
     try:
-        text = open(path, encoding="utf-8").read() if path else sys.stdin.read()
+        text = as_path(path).read_text(encoding="utf-8") if path else sys.stdin.read()
     except UnicodeDecodeError as error:
         common.fail(parser, f"{path or 'stdin'} is not UTF-8 text ({error})")
     lines = text.splitlines()
@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Generate for every prompt and write the results; returns 0."""
+    common.check_storage(parser, {"--input_file": args.input_file}, {})
     common.check_model_arguments(parser, args)
     common.decode_options(parser, args)  # validate before the (slow) model load
     prompts = read_prompts(parser, args.input_file)

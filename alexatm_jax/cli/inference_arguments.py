@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from alexatm_jax.decoding.options import LENGTH_PENALTY_KINDS, DecodeOptions
 from alexatm_jax.decoding.text import TextModel
+from alexatm_jax.gcs_access import GcsAccessError, check_paths
+from alexatm_jax.storage import as_path
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -18,7 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--checkpoint",
         required=True,
-        help="model checkpoint directory (from alexatm-convert or training)",
+        help="model checkpoint directory (from alexatm-convert or training); local or a URL "
+        "such as gs://bucket/run",
     )
     group.add_argument(
         "--tokenizer", help="SentencePiece .model to use instead of the checkpoint's tokenizer/ one"
@@ -81,11 +83,28 @@ def fail(parser: argparse.ArgumentParser, message: str) -> None:
     parser.error(message)
 
 
+def check_storage(
+    parser: argparse.ArgumentParser, inputs: dict[str, str | None], outputs: dict[str, str | None]
+) -> None:
+    """Exit 2 (naming the bucket and the fix) when a gs:// input ({option: path}) cannot be read
+    or a gs:// output cannot be written: no credentials, no bucket, no permission."""
+    try:
+        check_paths({**inputs, **outputs}, write=tuple(outputs))
+    except GcsAccessError as error:
+        fail(parser, str(error))
+
+
 def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Validates the model options up front; exits naming the problem and its fix."""
-    if not os.path.isdir(args.checkpoint):
+    output = getattr(args, "output", None)
+    check_storage(
+        parser,
+        {"--checkpoint": args.checkpoint, "--tokenizer": args.tokenizer},
+        {"--output": output} if output else {},
+    )
+    if not as_path(args.checkpoint).is_dir():
         fail(parser, f"--checkpoint {args.checkpoint} is not a directory")
-    if args.tokenizer and not os.path.isfile(args.tokenizer):
+    if args.tokenizer and not as_path(args.tokenizer).is_file():
         fail(parser, f"--tokenizer {args.tokenizer} does not exist")
     if args.batch_size < 1:
         fail(parser, f"--batch_size must be >= 1, got {args.batch_size}")
@@ -161,11 +180,11 @@ def note(message: str) -> None:
 
 
 def write_lines(lines: list[str], output: str | None, what: str) -> None:
-    """Write one result per line to `output` (saying where, on stderr), or to stdout when None."""
+    """Write one result per line to `output` (a local path or a URL such as gs://b/out.txt; saying
+    where, on stderr), or to stdout when None."""
     text = "\n".join(lines) + "\n"
     if output:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(text)
+        as_path(output).write_text(text, encoding="utf-8")
         note(f"wrote {len(lines)} {what} to {output}")
     else:
         sys.stdout.write(text)

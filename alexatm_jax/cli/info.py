@@ -120,10 +120,12 @@ def verify(path: str) -> int:
     """Print one line per checkpoint under `path`; 1 if any is corrupt, else 0."""
     from alexatm_jax.checkpoints.verify import CORRUPT
     from alexatm_jax.checkpoints.verify import verify as verify_checkpoints
+    from alexatm_jax.gcs_access import GcsAccessError, check_paths
 
     try:
+        check_paths({"--verify": path})
         verdicts = verify_checkpoints(path)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, GcsAccessError) as error:
         raise UsageError(f"--verify: {error}") from error
     for verdict in verdicts:
         print(f"{verdict.path}: {verdict.status}: {verdict.detail}")

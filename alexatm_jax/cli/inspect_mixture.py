@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
+from alexatm_jax.gcs_access import GcsAccessError, check_paths
+from alexatm_jax.storage import as_path
 
 if TYPE_CHECKING:  # tasks imports TensorFlow and SeqIO: only once arguments are valid
     from tasks.corpus_files import CorpusLayout
@@ -81,14 +82,16 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error("--stats must be >= 0")
     if min(args.inputs_length, args.targets_length) < 8:
         parser.error("--inputs_length and --targets_length must be >= 8")
-    for flag in ("data_dir",):
-        value = getattr(args, flag)
-        if value and not os.path.isdir(value):
-            parser.error(f"--{flag} {value} is not a directory")
+    try:
+        check_paths({"--data_dir": args.data_dir, "--vocab": args.vocab})
+    except GcsAccessError as error:
+        parser.error(str(error))
+    if args.data_dir and not as_path(args.data_dir).is_dir():
+        parser.error(f"--data_dir {args.data_dir} is not a directory")
     for flag in ("vocab", "counts", "ngrams", "gin_file"):
         values = getattr(args, flag)
         for value in values if isinstance(values, list) else [values]:
-            if value and not os.path.isfile(value):
+            if value and not as_path(value).is_file():
                 parser.error(f"--{flag} {value} does not exist")
 
 
@@ -171,7 +174,9 @@ def _main(argv: list[str] | None) -> None:
     else:
         import sentencepiece as spm
 
-        processor = spm.SentencePieceProcessor(model_file=examples.vocab_path)
+        processor = spm.SentencePieceProcessor(
+            model_proto=as_path(examples.vocab_path).read_bytes()
+        )
         _print_text(examples.records[: args.n], processor, stats)
     if len(examples.records) < count:
         print(

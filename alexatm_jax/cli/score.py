@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 from collections.abc import Sequence
 
 from alexatm_jax.cli import inference_arguments as common
 from alexatm_jax.cli.errors import add_log_level_argument, configure_logging, run_command
 from alexatm_jax.evaluation.data import iter_jsonl
+from alexatm_jax.storage import as_path
 
 PROG = "alexatm-score"
 
@@ -38,7 +38,7 @@ def read_pairs(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, st
     try:
         pairs = [
             (record["input"], record["target"])
-            for record in iter_jsonl(pathlib.Path(path), ("input", "target"))
+            for record in iter_jsonl(as_path(path), ("input", "target"))
         ]
     except (OSError, ValueError) as e:
         common.fail(parser, f"--input_file: {e}")
@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def score(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Score every pair and write the results; returns 0."""
+    common.check_storage(parser, {"--input_file": args.input_file}, {})
     common.check_model_arguments(parser, args)
     pairs = read_pairs(parser, args.input_file)
     text_model = common.load_model(parser, args)

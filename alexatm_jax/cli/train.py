@@ -20,6 +20,7 @@ import glob
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 from alexatm_jax.cli.errors import (
@@ -221,7 +222,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args, bindings)
 
     code = run_command(PROG, body)
-    return code if watch is None else leave(watch, code)
+    return _without_hanging(code if watch is None else leave(watch, code))
+
+
+def _without_hanging(code: int) -> int:
+    """`code`, or after a failure with non-daemon threads left, the end of the process at once.
+
+    The threads of an Orbax background save that failed (e.g. a bucket refusing the writes) wait
+    up to 300 s each for signals that never come, and Python waits for them at exit; the error
+    has been reported and the previous checkpoints are intact, so nothing is lost."""
+    left = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    if code == 0 or not left:
+        return code
+    logging.getLogger(PROG).debug("exiting without waiting for threads %s", [t.name for t in left])
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _train(args: argparse.Namespace, bindings: list[str]) -> int:

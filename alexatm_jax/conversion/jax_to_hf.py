@@ -13,10 +13,10 @@ import json
 import os
 import pathlib
 import re
-import shutil
 from typing import Any
 
 import numpy as np
+from etils import epath
 from flax import traverse_util
 from tqdm import tqdm
 
@@ -27,6 +27,7 @@ from alexatm_jax.conversion.hf_names import model_config_to_hf_config, tensor_ma
 from alexatm_jax.conversion.safetensors_stream import TensorSpec, write_safetensors
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.layout import split_layer_path
+from alexatm_jax.storage import copy_file
 
 POSITION_IDS_KEY = "model.encoder.position_ids"
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)?\s*", re.IGNORECASE)
@@ -89,13 +90,14 @@ def export_checkpoint_to_hf(
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
     show_progress: bool = True,
-) -> pathlib.Path:
-    """Write the model checkpoint `checkpoint` as a HuggingFace AlexaTM directory at `out`.
+) -> pathlib.Path | epath.Path:
+    """Write the model checkpoint `checkpoint` as a HuggingFace AlexaTM directory at `out` (local
+    or a URL such as gs://bucket/hf; uploaded with config.json last).
 
     dtype: float32 or bfloat16 (default: the checkpoint's). Shards hold at most
     `max_shard_size` bytes (HF convention: GB = 10**9). Returns the output directory.
     """
-    check_output_dir(out, overwrite)
+    final = check_output_dir(out, overwrite)
     max_bytes = parse_size(max_shard_size)
     overrides = {"param_dtype": dtype} if dtype else None
     config, params = restore_model_checkpoint(checkpoint, overrides, to_numpy=True)
@@ -110,7 +112,7 @@ def export_checkpoint_to_hf(
     hf_config = model_config_to_hf_config(config) | {"torch_dtype": config.param_dtype}
     tokenizer = tokenizer_dir(checkpoint)
     with (
-        atomic_directory(out, overwrite) as tmp,
+        atomic_directory(out, overwrite, commit_files=("config.json",)) as tmp,
         tqdm(
             total=sum(s.nbytes for s in specs),
             unit="B",
@@ -134,5 +136,5 @@ def export_checkpoint_to_hf(
             (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         for f in sorted(tokenizer.iterdir()) if tokenizer else ():
-            shutil.copy2(f, tmp / f.name)
-    return pathlib.Path(out).expanduser().absolute()
+            copy_file(f, tmp / f.name)
+    return final

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from etils import epath
+
 from alexatm_jax.evaluation import hf_files
+from alexatm_jax.storage import as_path
 
 Example = dict[str, Any]
 WHERE = "_where"
@@ -31,7 +34,7 @@ class DataError(ValueError):
     """A data file, line or field that cannot be used; the message names the place and the fix."""
 
 
-def iter_jsonl(path: pathlib.Path, required: Sequence[str] = ()) -> Iterator[Example]:
+def iter_jsonl(path: epath.Path, required: Sequence[str] = ()) -> Iterator[Example]:
     """The JSON objects of `path` one by one (with `_where`), each checked for `required` keys."""
     if not path.is_file():
         raise FileNotFoundError(
@@ -61,7 +64,7 @@ def check_fields(example: Example, required: Sequence[str], where: str) -> None:
 
 
 def read_jsonl(
-    path: pathlib.Path, required: Sequence[str] = (), limit: int | None = None
+    path: epath.Path, required: Sequence[str] = (), limit: int | None = None
 ) -> list[Example]:
     """The first `limit` (all when None) examples of `path`; an empty file is an error."""
     examples = []
@@ -74,9 +77,9 @@ def read_jsonl(
     return examples
 
 
-def split_path(data_dir: str | pathlib.Path, task_dir: str, split: str) -> pathlib.Path:
-    """`DATA_DIR/<task_dir>/<split>.jsonl`."""
-    return pathlib.Path(data_dir) / task_dir / f"{split}.jsonl"
+def split_path(data_dir: str | os.PathLike, task_dir: str, split: str) -> epath.Path:
+    """`DATA_DIR/<task_dir>/<split>.jsonl` (DATA_DIR local or a URL such as gs://b/eval)."""
+    return as_path(data_dir) / task_dir / f"{split}.jsonl"
 
 
 def identity(row: Example) -> Example:
@@ -118,9 +121,7 @@ class Source:
         )
 
 
-def _hf_rows(
-    data_dir: pathlib.Path, source: Source, split: str
-) -> tuple[list[Example], str] | None:
+def _hf_rows(data_dir: epath.Path, source: Source, split: str) -> tuple[list[Example], str] | None:
     directories = [data_dir / d for d in (source.directory, *source.alternatives)]
     directories += hf_files.cache_directories(source.hub, source.config) if source.hub else []
     for directory in directories:
@@ -134,14 +135,14 @@ def _hf_rows(
 
 
 def load_split(
-    data_dir: str | pathlib.Path,
+    data_dir: str | os.PathLike,
     source: Source,
     split: str,
     required: Sequence[str] = (),
     limit: int | None = None,
 ) -> list[Example]:
     """The first `limit` examples of `split` from the first place that has it (module doc)."""
-    data_dir = pathlib.Path(data_dir)
+    data_dir = as_path(data_dir)
     jsonl = split_path(data_dir, source.directory, split)
     if jsonl.is_file():
         return read_jsonl(jsonl, required, limit)

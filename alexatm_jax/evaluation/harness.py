@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
+import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from alexatm_jax.decoding.options import DecodeOptions
 from alexatm_jax.decoding.text import TextModel
@@ -20,6 +21,7 @@ from alexatm_jax.evaluation.generation_tasks import (
     Summarization,
 )
 from alexatm_jax.evaluation.translation_tasks import translation_task
+from alexatm_jax.storage import as_path
 from alexatm_jax.tokenization import clm_prompt
 
 CHOICE_MODES = ("denoise", "clm")
@@ -198,10 +200,11 @@ def markdown_cell(text: str) -> str:
 
 
 def write_results(
-    result: EvalResult, out_dir: str | pathlib.Path, extra: dict[str, Any] | None = None
-) -> dict[str, pathlib.Path]:
-    """Writes results.json, results.md and predictions.jsonl under `out_dir`; returns the paths."""
-    out = pathlib.Path(out_dir)
+    result: EvalResult, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None
+) -> dict[str, epath.Path]:
+    """Writes results.json, results.md and predictions.jsonl under `out_dir` (local or a URL
+    such as gs://bucket/eval); returns the paths."""
+    out = as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "task": result.task,

@@ -15,11 +15,14 @@ dataset (Hub name, config, split names, row schema) each task reads:
 
 from __future__ import annotations
 
-import pathlib
+import os
 from collections.abc import Sequence
+
+from etils import epath
 
 from alexatm_jax.evaluation import data, hf_files
 from alexatm_jax.evaluation.data import DataError, Example, Source
+from alexatm_jax.storage import as_path
 
 SUPERGLUE_CONFIGS = {
     "boolq": "boolq",
@@ -117,7 +120,7 @@ def wmt_source(year: str, source_lang: str, target_lang: str) -> Source:
     )
 
 
-def _language_configs(data_dir: pathlib.Path, task: str) -> list[str]:
+def _language_configs(data_dir: epath.Path, task: str) -> list[str]:
     base = data_dir / task
     present = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
     cached = [
@@ -127,14 +130,14 @@ def _language_configs(data_dir: pathlib.Path, task: str) -> list[str]:
 
 
 def load_multilingual(
-    data_dir: str | pathlib.Path, task: str, split: str, required: Sequence[str], limit: int | None
+    data_dir: str | os.PathLike, task: str, split: str, required: Sequence[str], limit: int | None
 ) -> list[Example]:
     """Examples of a per-language task with their `language`, the first `limit` of each language.
 
     From `DATA_DIR/<task>/<split>.jsonl` (a `language` field on every line) or else one
     HuggingFace dataset per language config (`DATA_DIR/<task>/<config>/` or the cache).
     """
-    data_dir = pathlib.Path(data_dir)
+    data_dir = as_path(data_dir)
     jsonl = data.split_path(data_dir, task, split)
     if jsonl.is_file():
         examples, counts = [], {}

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
+import os
 from collections.abc import Callable
 from typing import Any
 
+from etils import epath
 from tqdm.auto import tqdm
 
 from alexatm_jax.evaluation import harness, summary
 from alexatm_jax.evaluation.data import DataError
 from alexatm_jax.evaluation.translation_tasks import FLORES_LANGUAGES
+from alexatm_jax.storage import as_path
 
 FLORES_PAIRS = tuple(
     f"flores101:{s}-{t}" for s in FLORES_LANGUAGES for t in FLORES_LANGUAGES if s != t
@@ -57,7 +59,7 @@ def run_suite(
     name: str,
     text_model: Any,
     data_dir: str,
-    out_dir: str | pathlib.Path,
+    out_dir: str | os.PathLike,
     *,
     limit: int | None = None,
     options=None,
@@ -74,7 +76,7 @@ def run_suite(
     a task with bad data stops the suite with a DataError naming the place. `agree` makes every
     process skip the same finished tasks (the writer's view; see `agree_across_processes`).
     """
-    out = pathlib.Path(out_dir)
+    out = as_path(out_dir)
     tasks = suite_tasks(name)
     saved = {t: _saved_result(out / task_directory(t) / "results.json", limit, note) for t in tasks}
     finished = dict(zip(tasks, agree([saved[t] is not None for t in tasks])))
@@ -128,7 +130,7 @@ def run_suite(
 
 
 def _saved_result(
-    path: pathlib.Path, limit: int | None, note: Callable[[str], None]
+    path: epath.Path, limit: int | None, note: Callable[[str], None]
 ) -> dict[str, Any] | None:
     """A finished task's results.json, or None (absent, or written with another limit)."""
     if not path.is_file():

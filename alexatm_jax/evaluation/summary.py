@@ -8,6 +8,8 @@ import math
 import pathlib
 from typing import Any
 
+from etils import epath
+
 from alexatm_jax.evaluation.harness import markdown_cell
 from alexatm_jax.evaluation.translation_tasks import FLORES_LANGUAGES
 
@@ -186,7 +188,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_heatmap(flores: dict[str, Any], path: pathlib.Path) -> None:
+def write_heatmap(flores: dict[str, Any], path: epath.Path) -> None:
     """A 12x12 heatmap PNG of the Flores matrix, each cell annotated (empty: not evaluated)."""
     import matplotlib
 
@@ -213,11 +215,12 @@ def write_heatmap(flores: dict[str, Any], path: pathlib.Path) -> None:
                 )
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with path.open("wb") as f:
+        figure.savefig(f, format="png", dpi=100)
     plt.close(figure)
 
 
-def write_summary(report: dict[str, Any], out: pathlib.Path) -> dict[str, pathlib.Path]:
+def write_summary(report: dict[str, Any], out: epath.Path) -> dict[str, epath.Path]:
     """Writes summary.json, summary.md and (with Flores results) flores_spbleu.png."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary.json": out / "summary.json", "summary.md": out / "summary.md"}

@@ -7,6 +7,7 @@ import os
 
 import jax
 
+from alexatm_jax.gcs_access import GcsAccessError, check_paths
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.storage import as_path, is_remote
 from alexatm_jax.training.checkpointing import TrainingCheckpointer
@@ -37,9 +38,19 @@ def checked_vocabulary(model_config: ModelConfig, vocab_path: str | None) -> str
     return path
 
 
+def check_remote_paths(model_dir: str, inputs: dict[str, str | None]) -> None:
+    """Refuse gs:// paths that cannot be used (no credentials, no bucket, no permission) before
+    anything touches them: MODEL_DIR must be writable, the `inputs` ({what: path}, e.g. DATA_DIR)
+    readable. See alexatm_jax.gcs_access."""
+    try:
+        check_paths({"MODEL_DIR": model_dir, **inputs}, write=("MODEL_DIR",))
+    except GcsAccessError as error:
+        raise InvalidTrainArguments(str(error)) from error
+
+
 def check_model_dir(model_dir: str) -> None:
     """Refuse a local MODEL_DIR that is not a directory or cannot be written (checked without
-    creating anything); remote MODEL_DIRs are checked by their first write."""
+    creating anything); a gs:// MODEL_DIR is checked by `check_remote_paths`."""
     if is_remote(model_dir):
         return
     existing = model_dir

@@ -65,6 +65,7 @@ from alexatm_jax.training.preflight import (
     NoReadableCheckpointError,
     check_data,
     check_model_dir,
+    check_remote_paths,
     check_unreadable,
     checked_vocabulary,
 )
@@ -345,6 +346,14 @@ def _preflight(config: TrainConfig) -> tuple[str, str | None]:
     architecture, the vocabulary and the data are known to be usable; writes nothing."""
     config.validate()
     model_dir = absolute(config.model_dir)
+    check_remote_paths(
+        model_dir,
+        {
+            "DATA_DIR": config.data_dir if config.data_source == "seqio" else None,
+            "vocabulary": config.vocab_path if config.data_source == "seqio" else None,
+            "init_from": config.init_from,
+        },
+    )
     check_model_dir(model_dir)
     check_architecture(model_dir, config.model_config)
     vocab_file = (

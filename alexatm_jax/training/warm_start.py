@@ -12,7 +12,6 @@ needed.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -22,6 +21,7 @@ from flax import traverse_util
 from alexatm_jax.checkpoints.model_checkpoint import is_model_checkpoint, restore_model_checkpoint
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.model.layout import convert_layout
+from alexatm_jax.storage import as_path
 from alexatm_jax.training.checkpointing import restore_params_from_model_dir
 from alexatm_jax.training.model_dir import is_training_model_dir
 
@@ -41,7 +41,7 @@ def load_source_params(path: str) -> tuple[ModelConfig, Any]:
     raise FileNotFoundError(
         f"init_from={path!r} is neither an alexatm-jax model checkpoint (no alexatm_checkpoint.json)"
         " nor a training MODEL_DIR (no model_config.json + checkpoints/)"
-        + ("" if os.path.exists(path) else ": the path does not exist")
+        + ("" if as_path(path).exists() else ": the path does not exist")
     )
 
 
