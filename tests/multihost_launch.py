@@ -38,6 +38,16 @@ def train_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def cached_train_env(cache_dir: str) -> dict[str, str]:
+    """`train_env` with a JAX compilation cache in `cache_dir` that keeps every program (the
+    launches of one test module then compile each program once)."""
+    return train_env(
+        JAX_COMPILATION_CACHE_DIR=cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+
+
 class Job:
     """The processes of one launch (`start` them, `wait` for them, read their `logs`)."""
 

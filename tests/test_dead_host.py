@@ -24,7 +24,7 @@ import signal
 import time
 
 import pytest
-from multihost_launch import Job, train_env
+from multihost_launch import Job, cached_train_env
 
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2
@@ -89,11 +89,7 @@ def _kill_and_time(job: Job, victim: int, survivor: int) -> tuple[int | None, fl
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """The launches' environment, with a JAX compilation cache shared by this module."""
-    return train_env(
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    return cached_train_env(str(tmp_path_factory.mktemp("jax_cache")))
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import shutil
 
 import numpy as np
 import pytest
-from multihost_launch import REPO, Job, train_env
+from multihost_launch import REPO, Job, cached_train_env
 
 from alexatm_jax.training.checkpointing import read_digests
 
@@ -97,11 +97,7 @@ def work(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """The launches' environment, with a JAX compilation cache shared by this module."""
-    return train_env(
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    return cached_train_env(str(tmp_path_factory.mktemp("jax_cache")))
 
 
 @pytest.fixture(scope="module")

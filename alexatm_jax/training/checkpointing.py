@@ -321,14 +321,7 @@ class TrainingCheckpointer:
         only the arrays `abstract_state` has (the checkpoint may hold more)."""
         target = _with_stored_dtypes(abstract_state, metadata)
         if partial:
-            state = ocp.PyTreeCheckpointer().restore(
-                as_path(step_dir) / STATE_ITEM,
-                args=ocp.args.PyTreeRestore(
-                    item=target,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True,
-                ),
-            )
+            state = read_state_arrays(step_dir, target)
             progress = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
                 as_path(step_dir) / PROGRESS_ITEM, args=ocp.args.JsonRestore()
             )
@@ -401,6 +394,20 @@ class TrainingCheckpointer:
             self._manager.close()
 
 
+def read_state_arrays(step_dir: str, target: Any) -> Any:
+    """The arrays of `target` (a tree of ShapeDtypeStructs with shardings, a part of the saved
+    train state) read from checkpoint `step_dir`; arrays the checkpoint has beyond them are left
+    unread."""
+    return ocp.PyTreeCheckpointer().restore(
+        as_path(step_dir) / STATE_ITEM,
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        ),
+    )
+
+
 def restore_params_from_model_dir(
     model_dir: str,
     step: int | None = None,
@@ -440,14 +447,7 @@ def restore_params_from_model_dir(
         )
     }
     step_dir = os.path.join(checkpoints_dir, str(step))
-    restored = ocp.PyTreeCheckpointer().restore(
-        as_path(step_dir) / STATE_ITEM,
-        args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True,
-        ),
-    )
+    restored = read_state_arrays(step_dir, target)
     verify_params(step_dir, restored)
     return restored["params"], model_config, step
 
