@@ -133,8 +133,8 @@ def record_restores() -> None:
     """Keep the digests of the TrainState the trainer restores (computed on its mesh)."""
     restore = TrainingCheckpointer.restore_latest
 
-    def restore_and_record(self: TrainingCheckpointer, abstract_state: Any) -> Any:
-        restored = restore(self, abstract_state)
+    def restore_and_record(self: TrainingCheckpointer, abstract_state: Any, **options: Any) -> Any:
+        restored = restore(self, abstract_state, **options)
         if restored is not None:
             _RESTORED.update(step=restored.step, arrays=digests.tree_digests(restored.state))
         return restored
