@@ -109,9 +109,7 @@ FINETUNE_HARDWARE = {  # gin file -> (devices, remat policy, attention)
 def test_finetune_experiments_train_a_seq2seq_task_from_the_checkpoint(gin_file):
     devices, remat, attention = FINETUNE_HARDWARE[gin_file]
     # The paper's architecture first, as for planning without the checkpoint at hand.
-    job = _job(
-        ["gin/models/alexatm_20b.gin", gin_file], ["INIT_FROM = '/ckpt/alexatm-20b-jax'"]
-    )
+    job = _job(["gin/models/alexatm_20b.gin", gin_file], ["INIT_FROM = '/ckpt/alexatm-20b-jax'"])
     assert job.init_from == "/ckpt/alexatm-20b-jax" and job.mixture == "finetune"
     assert gin.query_parameter("%FINETUNE_DATA").startswith("gs://")
     assert [hook.task for hook in job.eval_hooks] == ["finetune"] and job.keep_best
