@@ -230,6 +230,25 @@ def _template_and_truncate(
     return ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _info_features(ds: tf.data.Dataset, *, name: str) -> tf.data.Dataset:
+    """The descriptive features pretraining examples carry (tasks/pretraining.py INFO_FEATURES),
+    so that `alexatm-inspect` shows the pairs and mixtures with pretraining data pass them on:
+    objective `seq2seq`, the task as source, no deleted tokens, no CLM split."""
+
+    def add(ex):
+        return {
+            **ex,
+            "objective": tf.constant("seq2seq"),
+            "language": tf.constant(""),
+            "source": tf.constant(name),
+            "noise_mask": tf.zeros_like(ex["targets"]),
+            "clm_document_length": tf.constant(0, tf.int32),
+            "clm_split_point": tf.constant(0, tf.int32),
+        }
+
+    return ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _metric_fn(metric: str):
     from alexatm_jax.evaluation.task_metrics import score
 
@@ -252,6 +271,7 @@ def make_task(task: Seq2SeqTask, vocab_path: str | None) -> seqio.Task:
             _template_and_truncate, bos_id=special_ids(vocabulary).bos, counters=counters
         ),
         seqio.preprocessors.append_eos_after_trim,
+        functools.partial(_info_features, name=task.name),
     ]
     features = {
         "inputs": seqio.Feature(vocabulary, add_eos=True, required=True),
