@@ -5,10 +5,11 @@ A converted release checkpoint (`alexatm-convert hf-to-jax`) and a training MODE
 `init_from_prefixes`: a partial warm start keeps the configured architecture), `model_from_checkpoint`
 takes from there:
 
-- the architecture, vocabulary size and special token ids (`ARCHITECTURE_FIELDS`);
+- the architecture, vocabulary size and special token ids (`ARCHITECTURE_FIELDS`: the fields of
+  `ModelConfig.architecture()` but the parameter dtype);
 - the tokenizer (`train.vocab_path`), which the data pipeline and MODEL_DIR/tokenizer then use.
 
-Run-time fields (dtype, remat policy, attention kernel, dropout, scanned layers, ...) keep the
+Run-time fields (dtype, parameter dtype, remat policy, attention kernel, dropout, scanned layers) keep the
 value gin binds, else the checkpoint's. A gin binding of an architecture field that differs from
 the checkpoint's, or a `vocab_path` whose file differs from the checkpoint's tokenizer, is refused
 with both values named. Paths may be local or `gs://` (alexatm_jax/storage.py).
@@ -26,28 +27,10 @@ from alexatm_jax.storage import as_path
 
 CONFIG_FILE = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "d_model",
-    "num_encoder_layers",
-    "num_decoder_layers",
-    "num_encoder_heads",
-    "num_decoder_heads",
-    "encoder_ffn_dim",
-    "decoder_ffn_dim",
-    "max_positions",
-    "type_vocab_size",
-    "decoder_position_offset",
-    "layer_norm_eps",
-    "uncentered_layer_norm",
-    "activation",
-    "share_embeddings",
-    "tie_word_embeddings",
-    "pad_token_id",
-    "eos_token_id",
-    "bos_token_id",
-    "decoder_start_token_id",
-)
+# ModelConfig.architecture() (what MODEL_DIR's guard compares) less param_dtype: the warm start
+# casts the checkpoint's values to the configured parameter dtype (e.g. bfloat16 release weights
+# into float32 master weights).
+ARCHITECTURE_FIELDS = tuple(name for name in ModelConfig().architecture() if name != "param_dtype")
 
 
 class CheckpointConflictError(ValueError):
