@@ -4,6 +4,8 @@ One gin binding, `Seq2SeqTask.data = 'DIR'` (or `'tfds:NAME[:VERSION]'`), makes 
 `Seq2SeqTask.name` (default `finetune`) with a `train` and a `validation` split; gin/runs/
 finetune.gin trains on it and scores its validation split with its metric. Sources:
 
+Files may be local or on `gs://` (read through tf.io.gfile).
+
 - JSONL: `DIR/{split}*.jsonl` (or `.jsonl.gz`), one object per line with string fields
   `input_field` / `target_field` (default `input` / `target`);
 - HuggingFace `datasets` files on disk, read with pyarrow (no download, no `datasets` package):
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import gzip
 import json
 import os
@@ -101,10 +102,11 @@ class Seq2SeqTask:
 
 
 def split_files(data: str, split: str) -> list[str]:
-    """The files of `split` under the directory `data` (sorted; see the module docstring)."""
+    """The files of `split` under the directory `data`, local or `gs://` (sorted; see the module
+    docstring)."""
     patterns = [f"{split}*{suffix}" for suffix in FILE_SUFFIXES]
     patterns += [f"{split}/*.arrow", f"{split}/*.parquet", f"data/{split}-*.parquet"]
-    found = {path for pattern in patterns for path in glob.glob(os.path.join(data, pattern))}
+    found = {path for pattern in patterns for path in tf.io.gfile.glob(os.path.join(data, pattern))}
     return sorted(path for path in found if path.endswith(FILE_SUFFIXES))
 
 
@@ -113,8 +115,8 @@ def _records(path: str, counters: ScopedCounters) -> Iterator[tuple[int, object]
     if path.endswith((".parquet", ".arrow")):
         yield from enumerate(_arrow_table(path).to_pylist())
         return
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as stored:
+        f = gzip.GzipFile(fileobj=stored) if path.endswith(".gz") else stored
         for number, raw in enumerate(f):
             text = raw.decode("utf-8", "replace")
             if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
@@ -132,14 +134,15 @@ def _arrow_table(path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    with tf.io.gfile.GFile(path, "rb") as f:
+        source = pa.BufferReader(f.read())
     if path.endswith(".parquet"):
-        return pq.read_table(path)
-    with pa.memory_map(path) as source:
-        try:
-            return pa.ipc.open_stream(source).read_all()
-        except pa.ArrowInvalid:
-            source.seek(0)
-            return pa.ipc.open_file(source).read_all()
+        return pq.read_table(source)
+    try:
+        return pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid:
+        source.seek(0)
+        return pa.ipc.open_file(source).read_all()
 
 
 def _pairs(task: Seq2SeqTask, files: Sequence[str], counters: ScopedCounters) -> Iterator[dict]:

@@ -5,6 +5,7 @@ pretraining data, and `alexatm-inspect` showing the task."""
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -39,7 +40,13 @@ def jsonl_dir(tmp_path_factory):
     data = tmp_path_factory.mktemp("pairs")
     bad = ["not json", json.dumps({"src": 3, "tgt": "x"}), json.dumps({"tgt": "no input"})]
     _write_jsonl(data / "train.jsonl", PAIRS, bad)
-    _write_jsonl(data / "validation.jsonl", PAIRS[:3])
+    _write_jsonl(data / "validation.jsonl.tmp", PAIRS[:3])
+    with (
+        open(data / "validation.jsonl.tmp", "rb") as f,
+        gzip.open(data / "validation.jsonl.gz", "wb") as out,
+    ):
+        out.write(f.read())
+    (data / "validation.jsonl.tmp").unlink()
     return data
 
 
