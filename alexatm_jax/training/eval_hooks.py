@@ -19,6 +19,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import jax
+
 from alexatm_jax.model import ModelConfig
 
 BEST_DIR = "best"
@@ -115,7 +117,14 @@ class TaskMetricEval:
             inputs, references = [], []
             for example in ds.take(self.max_examples).as_numpy_iterator():
                 inputs.append([int(t) for t in example["inputs"]])
-                references.append(vocabulary.decode([int(t) for t in example["targets"]]))
+                # The reference text as written (not cut to the target length), when the task
+                # keeps it; else the target tokens decoded.
+                text = example.get("targets_pretokenized")
+                references.append(
+                    text.decode("utf-8")
+                    if text is not None
+                    else vocabulary.decode([int(t) for t in example["targets"]])
+                )
             self._examples = (inputs, references, vocabulary)
         return self._examples
 
@@ -196,20 +205,19 @@ class BestCheckpoint:
         from alexatm_jax.training.model_dir import TOKENIZER_DIR, write_model_config
 
         self.directory = as_path(model_dir) / BEST_DIR
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_model_config(str(self.directory), model_config)
+            if vocab_file:
+                (self.directory / TOKENIZER_DIR).mkdir(exist_ok=True)
+                copy_file(vocab_file, self.directory / TOKENIZER_DIR / vocab_file.split("/")[-1])
         record = self.directory / BEST_RECORD
         self.tracker = BestTracker.load(key, record.read_text() if record.exists() else None)
         self._checkpointer = TrainingCheckpointer(str(self.directory), keep=1, async_save=False)
-        write_model_config(str(self.directory), model_config)
-        if vocab_file:
-            (self.directory / TOKENIZER_DIR).mkdir(exist_ok=True)
-            copy_file(vocab_file, self.directory / TOKENIZER_DIR / vocab_file.split("/")[-1])
 
     def offer(self, step: int, state: Any, record: Mapping[str, float]) -> bool:
         """Save `state` as the best checkpoint when `record` beats the best so far; returns
         whether it did."""
-        import jax
-
         if not self.tracker.improves(record):
             return False
         text = self.tracker.update(step, record)

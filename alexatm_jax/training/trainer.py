@@ -128,7 +128,7 @@ def train(config: TrainConfig) -> TrainResult:
                 run.checkpointer.poll()  # a failed background save stops the run now
                 run.meter.add_step(metrics["num_target_tokens"])
                 run.bar.update(1)
-                evaluate = run.eval_step is not None and step % config.eval_period == 0
+                evaluate = run.evaluates and step % config.eval_period == 0
                 if (
                     step % config.log_every == 0
                     or step == config.train_steps
@@ -268,10 +268,11 @@ class _Run:
         record["skipped_total"] = float(self.skipped.total) + record["skipped"]
         record.update(self.meter.report())
         if evaluate:
-            if not self.eval_batches:
-                source = self.batches_for(self.config.eval_split, None)
-                self.eval_batches = [next(source) for _ in range(self.config.eval_steps)]
-            record.update(_evaluate(self.eval_step, self.state.params, self.eval_batches))
+            if self.eval_step is not None:
+                if not self.eval_batches:
+                    source = self.batches_for(self.config.eval_split, None)
+                    self.eval_batches = [next(source) for _ in range(self.config.eval_steps)]
+                record.update(_evaluate(self.eval_step, self.state.params, self.eval_batches))
             record.update(run_hooks(self.config.eval_hooks, self.eval_context(step)))
             if self.best is not None and self.best.offer(step, self.state, record):
                 record["best_step"] = float(step)
@@ -282,6 +283,13 @@ class _Run:
         self.writer.write(step, record)
         self.bar.set_postfix(_postfix(record), refresh=False)
         self.last_record = record
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates every `eval_period` (held-out loss or hooks)."""
+        return bool(self.config.eval_period) and (
+            self.eval_step is not None or bool(self.config.eval_hooks)
+        )
 
     def eval_context(self, step: int) -> EvalContext:
         """What the evaluation hooks see at `step`."""
