@@ -1,4 +1,5 @@
-"""Seq2seq fine-tuning tasks from user files (tasks/seq2seq.py): JSONL with configured fields,
+"""Seq2seq fine-tuning tasks from user files (tasks/seq2seq.py): JSONL (plain and gzipped) with
+configured fields, a local TFDS dataset,
 HuggingFace parquet / arrow files, the prompt and the release template, truncation that counts,
 bad records skipped and counted, packing on and off holding the same pairs, a mixture with the
 pretraining data, and `alexatm-inspect` showing the task."""
@@ -176,3 +177,40 @@ def test_alexatm_inspect_shows_the_task(jsonl_dir, vocab, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "the cat number" in out and "le chat" in out
+
+
+def test_a_tfds_dataset_with_its_own_split_names(tmp_path, vocab):
+    import tensorflow_datasets as tfds
+
+    class Seq2seqTestPairs(tfds.core.GeneratorBasedBuilder):
+        """A local TFDS dataset of 6 train and 2 dev pairs."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            text = tfds.features.Text()
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"src": text, "tgt": text})
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(6), "dev": self._generate_examples(2)}
+
+        def _generate_examples(self, count):
+            for i in range(count):
+                yield i, {"src": f"the cat {i}", "tgt": f"le chat {i}"}
+
+    Seq2seqTestPairs(data_dir=str(tmp_path)).download_and_prepare()
+    task = Seq2SeqTask(
+        data="tfds:seq2seq_test_pairs:1.0.0", name="s2s_tfds", input_field="src",
+        target_field="tgt", validation_split="dev", tfds_data_dir=str(tmp_path),
+        prompt="Q: {input}",
+    )  # fmt: skip
+    register_seq2seq_task(task, vocab)
+    train, dev = (_texts("s2s_tfds", vocab, split) for split in ("train", "validation"))
+    assert (len(train), len(dev)) == (6, 2)
+    assert sorted(ex["inputs_pretokenized"].decode() for ex in dev) == [
+        "Q: the cat 0",
+        "Q: the cat 1",
+    ]
+    assert all(ex["targets"][-1] == tasks.read_special_ids(vocab).eos for ex in train)
