@@ -84,7 +84,7 @@ def _reference_losses(model, batches) -> list[float]:
             group["lr"] = RECIPE.learning_rate(update)
         optimizer.zero_grad()
         labels = torch.tensor(batch["decoder_target_tokens"], dtype=torch.long)
-        labels[torch.from_numpy(batch["decoder_loss_weights"]) == 0] = -100
+        labels[torch.tensor(batch["decoder_loss_weights"]) == 0] = -100
         loss = model(
             input_ids=torch.from_numpy(batch["encoder_input_tokens"]).long(),
             attention_mask=torch.from_numpy(batch["encoder_segment_ids"]).long(),
