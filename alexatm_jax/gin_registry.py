@@ -8,6 +8,7 @@ dataclasses and arguments. This module makes those objects configurable:
     OptimizerConfig -> `alexatm_jax.training.optimizer.OptimizerConfig`
     train           -> `alexatm_jax.training.config.TrainConfig`, the whole run (alexatm-train,
                        alexatm-plan); `train_config_from_gin` builds it
+    TaskMetricEval  -> `alexatm_jax.training.eval_hooks.TaskMetricEval` (train.eval_hooks)
 
 Gin files are looked up as given, then relative to the current directory, the repository root
 and its `gin/` folder (so `--gin_file=models/tiny.gin` works from anywhere in the checkout).
@@ -290,3 +291,26 @@ def train_config_from_gin() -> TrainConfig:
             "as gin/runs/pretrain.gin and a model file such as gin/models/tiny.gin"
         )
     return gin_train_config()
+
+
+def run_config_from_gin() -> TrainConfig:
+    """`train_config_from_gin()` with the model and tokenizer of `train.init_from` (a new run's
+    starting checkpoint; alexatm_jax/training/checkpoint_model.py): what alexatm-train runs.
+    A `ModelConfig` binding that contradicts the checkpoint raises CheckpointConflictError."""
+    from alexatm_jax.training.checkpoint_model import model_from_checkpoint
+
+    config = train_config_from_gin()
+    bound = {name: getattr(config.model_config, name) for name in gin.get_bindings("ModelConfig")}
+    return model_from_checkpoint(config, bound)
+
+
+# --- evaluation during training (train.eval_hooks) ----------------------------------------------
+from alexatm_jax.training.eval_hooks import TaskMetricEval  # noqa: E402
+
+
+def _build_task_metric_eval(**fields) -> TaskMetricEval:
+    return TaskMetricEval(**fields)
+
+
+_build_task_metric_eval.__signature__ = inspect.signature(TaskMetricEval)
+gin_task_metric_eval = gin.external_configurable(_build_task_metric_eval, name="TaskMetricEval")

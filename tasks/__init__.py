@@ -5,7 +5,8 @@ denoising and CLM tasks with the mixture `alexatm_pretrain`. `alexatm_pretrain_l
 the files found under a DATA_DIR, so it is registered when asked for: `register_local_mixture()`,
 `register_for()` or `get_dataset()` (DATA_DIR: the argument, gin, $ALEXATM_DATA_DIR, then the
 repository's data/sample). `get_dataset` re-registers for the data dir / vocabulary / gin config
-in effect. See docs/data.md.
+in effect. The fine-tuning task of the gin-bound `Seq2SeqTask` (tasks/seq2seq.py) is registered
+the same way. See docs/data.md and docs/finetuning.md.
 """
 
 import logging as _logging
@@ -22,6 +23,7 @@ from tasks.pretraining import (
     register_local_mixture,
     register_pretrain_mixture,
 )
+from tasks.seq2seq import Seq2SeqTask, register_seq2seq_task
 from tasks.vocab_training import train_demo_vocabulary
 from tasks.vocabularies import VOCAB_ENV, SpecialIds, read_special_ids, vocabulary_path
 
@@ -58,6 +60,7 @@ __all__ = [
     "MODEL_FEATURES",
     "PRETRAIN_MIXTURE",
     "MixtureConfig",
+    "Seq2SeqTask",
     "SpecialIds",
     "VOCAB_ENV",
     "get_dataset",
@@ -70,6 +73,7 @@ __all__ = [
     "register_for",
     "register_local_mixture",
     "register_pretrain_mixture",
+    "register_seq2seq_task",
     "train_demo_vocabulary",
     "vocabulary_path",
 ]

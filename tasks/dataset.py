@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import seqio
 import tensorflow as tf
 
-from tasks import pretraining
+from tasks import pretraining, seq2seq
 
 DEFAULT_LENGTHS = {"inputs": 1024, "targets": 1024}
 MODEL_FEATURES = (
@@ -74,14 +74,19 @@ def _is_local(name: str) -> bool:
 def register_for(
     name: str, *, data_dir: str | None = None, config: pretraining.MixtureConfig | None = None
 ) -> seqio.DatasetProviderBase:
-    """(Re)registers what `name` needs (local or TFDS mixture) and returns its seqio provider."""
+    """(Re)registers what `name` needs (local or TFDS mixture, the gin-bound seq2seq task and
+    what it mixes with) and returns its seqio provider."""
     config = config or pretraining.MixtureConfig()
-    if _is_local(name):
+    task = seq2seq.Seq2SeqTask()
+    needed = {name, *task.mix_with} if task.data else {name}
+    if any(map(_is_local, needed)):
         pretraining.register_local_mixture(
             **({"data_dir": data_dir} if data_dir else {}), config=config
         )
-    elif name.startswith("alexatm_"):
+    if any(n.startswith("alexatm_") and not _is_local(n) for n in needed):
         pretraining.register_pretrain_mixture(config)
+    if task.data:
+        seq2seq.register_seq2seq_task(task, config.vocab_path)
     return seqio.get_mixture_or_task(name)
 
 

@@ -99,15 +99,30 @@ def test_encoder_warm_start_lines_select_the_10b_encoder():
     assert 9.5e9 < frozen < 10.5e9  # docs/paper_facts.md#encoder-warm-start: ~10B
 
 
-def test_finetune_experiment_starts_from_the_converted_checkpoint():
-    job = _job(
-        ["gin/experiments/alexatm_20b_finetune.gin"], ["INIT_FROM = '/ckpt/alexatm-20b-jax'"]
-    )
-    bindings = gin.get_bindings("train")
-    assert bindings["init_from"] == "/ckpt/alexatm-20b-jax"
-    assert bindings["vocab_path"].endswith(".model")
-    assert job.optimizer_config.learning_rate < 1e-4
-    assert job.batch_size % 256 == 0
+FINETUNE_HARDWARE = {  # gin file -> (devices, remat policy, attention)
+    "gin/experiments/alexatm_20b_finetune_v5p256.gin": (128, "save_mlp", "splash"),
+    "gin/experiments/alexatm_20b_finetune_v4_512.gin": (256, "full", "einsum"),
+}
+
+
+@pytest.mark.parametrize("gin_file", sorted(FINETUNE_HARDWARE))
+def test_finetune_experiments_train_a_seq2seq_task_from_the_checkpoint(gin_file):
+    devices, remat, attention = FINETUNE_HARDWARE[gin_file]
+    # The paper's architecture first, as for planning without the checkpoint at hand.
+    job = _job(["gin/models/alexatm_20b.gin", gin_file], ["INIT_FROM = '/ckpt/alexatm-20b-jax'"])
+    assert job.init_from == "/ckpt/alexatm-20b-jax" and job.mixture == "finetune"
+    assert gin.query_parameter("%FINETUNE_DATA").startswith("gs://")
+    assert [hook.task for hook in job.eval_hooks] == ["finetune"] and job.keep_best
+    assert job.optimizer_config.learning_rate == 1e-5
+    assert (job.model_config.remat_policy, job.model_config.attention_impl) == (remat, attention)
+    assert job.mesh_config.axis_sizes(devices) == (1, 1, devices, 1)
+    assert job.batch_size % (devices * job.grad_accum_steps) == 0
+    # Without the model file the recipe binds no architecture field: those come from INIT_FROM.
+    gin.clear_config()
+    gin_registry.parse_gin([gin_file])
+    from alexatm_jax.training.checkpoint_model import ARCHITECTURE_FIELDS
+
+    assert not set(gin.get_bindings("ModelConfig")) & set(ARCHITECTURE_FIELDS)
 
 
 def test_eval_config_describes_bfloat16_weights_on_four_devices():

@@ -16,29 +16,19 @@ import numpy as np
 import pytest
 import torch
 from alexatm_reference import random_reference_model, reference_config
+from training_reference import Recipe, our_train_step
 
 import alexatm_jax
 from alexatm_jax.conversion.hf_to_jax import convert_hf_to_checkpoint
 from alexatm_jax.conversion.jax_to_hf import hf_tensors
-from alexatm_jax.partitioning import MeshConfig, Partitioner
-from alexatm_jax.training import OptimizerConfig, TrainConfig, create_train_state, make_train_step
-from alexatm_jax.training.optimizer import make_optimizer
+from alexatm_jax.training import TrainConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:The `device` argument is deprecated")
 
 STEPS = 24
 ROWS, INPUT_LEN, TARGET_LEN = 8, 12, 10
-PEAK_LR, END_LR, WARMUP = 2e-3, 1e-4, 5
-OPTIMIZER = OptimizerConfig(
-    learning_rate=PEAK_LR,
-    end_learning_rate=END_LR,
-    warmup_steps=WARMUP,
-    b1=0.9,
-    b2=0.95,
-    eps=1e-8,
-    weight_decay=0.1,
-    clip_norm=1.0,
-)
+PEAK_LR = 2e-3
+RECIPE = Recipe(steps=STEPS, peak_lr=PEAK_LR, end_lr=1e-4, warmup=5)
 LOSS_RTOL = 1e-5
 PARAM_ATOL = 1e-5
 # The attention key bias adds the same amount to every score of a query row, which the softmax
@@ -75,33 +65,14 @@ def _batches(vocab_size: int, start_id: int) -> list[dict[str, np.ndarray]]:
     return batches
 
 
-def _reference_learning_rate(update: int) -> float:
-    """The schedule written out for torch: linear warm-up from 0, then linear decay."""
-    if update < WARMUP:
-        return PEAK_LR * update / WARMUP
-    fraction = min(1.0, (update - WARMUP) / (STEPS - WARMUP))
-    return PEAK_LR + (END_LR - PEAK_LR) * fraction
-
-
 def _reference_trajectory(model, batches) -> tuple[list[float], dict[str, np.ndarray]]:
     """Per-step losses (nats/token, before the update) and final parameters of the reference,
     trained in eval mode: its encoder's own dropout settings default to 0.1, ours is 0."""
-    no_decay = [
-        p
-        for n, p in model.named_parameters()
-        if n.endswith(".bias") or "layer_norm" in n or "layernorm" in n
-    ]
-    decay = [p for p in model.parameters() if all(p is not q for q in no_decay)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=PEAK_LR,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
+    optimizer = RECIPE.torch_adamw(model)
     losses = []
     for update, batch in enumerate(batches):
         for group in optimizer.param_groups:
-            group["lr"] = _reference_learning_rate(update)
+            group["lr"] = RECIPE.learning_rate(update)
         optimizer.zero_grad()
         t = {k: torch.from_numpy(v) for k, v in batch.items()}
         tokens = t["decoder_loss_weights"].sum()
@@ -120,8 +91,7 @@ def _reference_trajectory(model, batches) -> tuple[list[float], dict[str, np.nda
             loss.backward()
             total += float(loss.detach())
         losses.append(total)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        RECIPE.torch_step(model, optimizer)
     final = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     return losses, final
 
@@ -135,14 +105,9 @@ def _our_trajectory(checkpoint, batches):
         train_steps=STEPS,
         batch_size=ROWS,
         grad_accum_steps=2,
-        optimizer_config=OPTIMIZER,
+        optimizer_config=RECIPE.optimizer_config,
     )
-    partitioner = Partitioner(MeshConfig(), "fsdp")
-    optimizer = make_optimizer(OPTIMIZER, STEPS)
-    state = create_train_state(model_config, optimizer, partitioner, jax.random.key(0))
-    params = jax.device_put(loaded.params, jax.tree.map(lambda x: x.sharding, state.params))
-    state = state.replace(params=params)
-    step = make_train_step(config, partitioner)
+    state, step, partitioner = our_train_step(config, str(checkpoint))
     losses = []
     for batch in batches:
         state, metrics = step(state, partitioner.shard_batch(batch), jax.random.key(1))

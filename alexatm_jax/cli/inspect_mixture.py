@@ -1,5 +1,8 @@
 """`alexatm-inspect`: look at the examples a pretraining mixture produces, and measure them.
 
+A fine-tuning task (tasks/seq2seq.py) is shown the same way once its gin binding is given, e.g.
+`--gin_param "Seq2SeqTask.data='/data/my_task'" --mixture finetune`.
+
   alexatm-inspect --mixture alexatm_pretrain_local --data_dir data/sample -n 3
   alexatm-inspect --mixture alexatm_pretrain_local --data_dir D --stats 2000 --format json
 
@@ -136,12 +139,16 @@ def _print_text(records, processor, stats: dict | None) -> None:
 
 
 def _intended(mixture: str) -> tuple[dict[str, float], float]:
-    """(language -> intended share, intended CLM share) from the registered mixture's rates."""
+    """(language -> intended share, intended CLM share) from the registered mixture's rates
+    (seq2seq fine-tuning tasks, which have neither, count for none)."""
     import tasks
+    from tasks.pretraining import OBJECTIVES
 
     languages: dict[str, float] = {}
     clm = 0.0
     for name, rate in tasks.mixture_rates(mixture).items():
+        if not name.endswith(tuple(f"_{objective}" for objective in OBJECTIVES)):
+            continue
         language, objective = name.split("_")[-2:]
         languages[language] = languages.get(language, 0.0) + rate
         clm += rate if objective == "clm" else 0.0

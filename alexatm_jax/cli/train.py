@@ -250,7 +250,7 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
 
     try:
         gin_registry.parse_gin(args.gin_file, bindings, args.gin_search_path)
-        config = gin_registry.train_config_from_gin()
+        config = gin_registry.run_config_from_gin()
     except (FileNotFoundError, ValueError, SyntaxError) as error:
         raise UsageError(f"gin configuration: {error}") from error
     try:

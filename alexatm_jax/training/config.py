@@ -49,7 +49,10 @@ class TrainConfig:
     chip table used for MFU. `show_sharding_table` prints the parameter sharding table at start
     (it is always written to MODEL_DIR/sharding_table.txt). `fused_head` computes the LM head inside the loss;
     `parallel_branches` splits each microbatch into independent gradient branches (None: one
-    per CPU core) — see `make_train_step`.
+    per CPU core) — see `make_train_step`. `eval_hooks`: evaluations run every `eval_period`
+    beside the held-out loss (e.g. `TaskMetricEval`, the task's metric on its validation split;
+    `alexatm_jax.training.eval_hooks`); `keep_best` keeps the checkpoint with the best value of
+    the first hook's main metric in MODEL_DIR/best.
     """
 
     model_config: ModelConfig
@@ -91,6 +94,8 @@ class TrainConfig:
     show_sharding_table: bool = True
     fused_head: bool = True
     parallel_branches: int | None = 1
+    eval_hooks: tuple[Any, ...] = ()
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         lengths = dict(self.sequence_length)
@@ -101,6 +106,7 @@ class TrainConfig:
             self, "inject_nonfinite_steps", tuple(int(step) for step in self.inject_nonfinite_steps)
         )
         object.__setattr__(self, "init_from_prefixes", tuple(self.init_from_prefixes))
+        object.__setattr__(self, "eval_hooks", tuple(self.eval_hooks))
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes` applied."""
@@ -176,6 +182,10 @@ class TrainConfig:
             problems.append(
                 f"sequence_length needs keys 'inputs' and 'targets', got "
                 f"{dict(self.sequence_length)}"
+            )
+        if self.keep_best and not (self.eval_hooks and self.eval_period):
+            problems.append(
+                "keep_best needs an evaluation hook (train.eval_hooks) and eval_period >= 1"
             )
         if self.parallel_branches is not None and self.parallel_branches < 1:
             problems.append(f"parallel_branches must be >= 1 or None, got {self.parallel_branches}")

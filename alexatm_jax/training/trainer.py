@@ -17,7 +17,9 @@ after rotating the old metrics aside.
 
 Per step: one global batch, one jitted sharded step, metrics every `log_every` steps (JSONL,
 TensorBoard, progress bar), evaluation every `eval_period` (on the same first `eval_steps`
-batches of the held-out split each time, read once), a checkpoint every `checkpoint_period`
+batches of the held-out split each time, read once) with the `eval_hooks` (e.g. the task's metric,
+alexatm_jax/training/eval_hooks.py; `keep_best` keeps the best-scoring checkpoint in
+MODEL_DIR/best), a checkpoint every `checkpoint_period`
 and at the end. Non-finite steps are skipped within limits (`alexatm_jax.training.nonfinite`);
 the newest checkpoint from before the run's first one is never garbage-collected. A background
 save that fails stops the run at the next step (CheckpointSaveError). The input pipeline's
@@ -47,6 +49,7 @@ from alexatm_jax.storage import absolute, as_path, copy_file
 from alexatm_jax.training.checkpointing import TrainingCheckpointer
 from alexatm_jax.training.config import InvalidTrainArguments, TrainConfig
 from alexatm_jax.training.console import say
+from alexatm_jax.training.eval_hooks import BestCheckpoint, EvalContext, run_hooks
 from alexatm_jax.training.flops import peak_flops_per_device as lookup_peak_flops
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.metrics_writer import MetricsWriter
@@ -126,7 +129,7 @@ def train(config: TrainConfig) -> TrainResult:
                 run.checkpointer.poll()  # a failed background save stops the run now
                 run.meter.add_step(metrics["num_target_tokens"])
                 run.bar.update(1)
-                evaluate = run.eval_step is not None and step % config.eval_period == 0
+                evaluate = run.evaluates and step % config.eval_period == 0
                 if (
                     step % config.log_every == 0
                     or step == config.train_steps
@@ -175,6 +178,8 @@ class _Run:
     last_record: dict[str, float] = dataclasses.field(default_factory=dict)
     stopped_by: str | None = None
     step: int = 0
+    vocab_file: str | None = None
+    best: BestCheckpoint | None = None
 
     @classmethod
     def start(cls, config: TrainConfig) -> _Run:
@@ -231,7 +236,12 @@ class _Run:
             saved_steps=saved_steps,
             last_saved=last_saved,
             step=start_step,
+            vocab_file=vocab_file,
         )
+        if config.keep_best:
+            run.best = BestCheckpoint(
+                model_dir, config.eval_hooks[0].main_metric, config.model_config, vocab_file
+            )
         run.skipped = SkippedSteps(
             max_consecutive=config.max_skipped_steps,
             max_fraction=config.max_skipped_fraction,
@@ -259,10 +269,14 @@ class _Run:
         record["skipped_total"] = float(self.skipped.total) + record["skipped"]
         record.update(self.meter.report())
         if evaluate:
-            if not self.eval_batches:
-                source = self.batches_for(self.config.eval_split, None)
-                self.eval_batches = [next(source) for _ in range(self.config.eval_steps)]
-            record.update(_evaluate(self.eval_step, self.state.params, self.eval_batches))
+            if self.eval_step is not None:
+                if not self.eval_batches:
+                    source = self.batches_for(self.config.eval_split, None)
+                    self.eval_batches = [next(source) for _ in range(self.config.eval_steps)]
+                record.update(_evaluate(self.eval_step, self.state.params, self.eval_batches))
+            record.update(run_hooks(self.config.eval_hooks, self.eval_context(step)))
+            if self.best is not None and self.best.offer(step, self.state, record):
+                record["best_step"] = float(step)
             record.update(self.data_metrics(f"at step {step}"))
             self.meter.restart()
         if step == self.config.train_steps:
@@ -270,6 +284,25 @@ class _Run:
         self.writer.write(step, record)
         self.bar.set_postfix(_postfix(record), refresh=False)
         self.last_record = record
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates every `eval_period` (held-out loss or hooks)."""
+        return bool(self.config.eval_period) and (
+            self.eval_step is not None or bool(self.config.eval_hooks)
+        )
+
+    def eval_context(self, step: int) -> EvalContext:
+        """What the evaluation hooks see at `step`."""
+        return EvalContext(
+            step=step,
+            model_config=self.config.model_config,
+            params=self.state.params,
+            partitioner=self.partitioner,
+            vocab_path=self.vocab_file or self.config.vocab_path,
+            data_dir=self.config.data_dir,
+            sequence_length=self.config.sequence_length,
+        )
 
     def data_metrics(self, when: str) -> dict[str, float]:
         """The input pipeline's counters as metrics, warning about those that grew."""
@@ -317,6 +350,8 @@ class _Run:
         self.bar.close()
         try:
             _close(self.checkpointer, quietly=quietly)
+            if self.best is not None:
+                _close(self.best, quietly=quietly)
         finally:
             _close(self.writer, quietly=quietly)
 
