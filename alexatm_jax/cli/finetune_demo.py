@@ -171,14 +171,9 @@ def plot_curve(curve: list[tuple[int, float]], label: str, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    args, bindings = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    started = time.perf_counter()
-    from alexatm_jax.gin_registry import REPO_ROOT
-
-    sample_dir = os.path.join(REPO_ROOT, "data", "sample")
+def _prepare(args: argparse.Namespace, sample_dir: str) -> tuple[dict, str, str]:
+    """Steps 1 and 2: the task's pairs written under --out, and the starting checkpoint.
+    Returns (the pairs by split, their directory, the checkpoint to start from)."""
     print("[1/4] The task: reverse the word order of short English phrases", flush=True)
     import tasks
 
@@ -189,13 +184,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in pairs["train"][:2]:
         print(f"      {row['input']!r} -> {row['target']!r}")
     print(f"      {len(pairs['train'])} training pairs, {len(pairs['validation'])} held out")
-
     init_from = args.init_from or os.path.join(args.out, "init")
     if not args.init_from:
         print("[2/4] Starting checkpoint: a random tiny model with the demo vocabulary", flush=True)
         write_random_checkpoint(init_from, vocab)
     else:
         print(f"[2/4] Starting checkpoint: {init_from}", flush=True)
+    return pairs, data_dir, init_from
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args, bindings = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    started = time.perf_counter()
+    from alexatm_jax.gin_registry import REPO_ROOT
+
+    pairs, data_dir, init_from = _prepare(args, os.path.join(REPO_ROOT, "data", "sample"))
+    import tasks
+
     model_dir = os.path.join(args.out, "run")
     if args.fresh and os.path.isdir(model_dir):
         shutil.rmtree(model_dir)
@@ -223,17 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alexatm_jax.training.warm_start import load_source_params
 
     _, initial = load_source_params(init_from)
-    before = hook(
-        EvalContext(
-            step=0,
-            model_config=config.model_config,
-            params=initial,
-            partitioner=None,
-            vocab_path=config.vocab_path,
-            data_dir=None,
-            sequence_length=config.sequence_length,
-        )
-    )[hook.main_metric]
+    context = EvalContext(
+        step=0,
+        model_config=config.model_config,
+        params=initial,
+        partitioner=None,
+        vocab_path=config.vocab_path,
+        data_dir=None,
+        sequence_length=config.sequence_length,
+    )
+    before = hook(context)[hook.main_metric]
     print(f"      held-out {hook.main_metric} before fine-tuning: {before:.1f}", flush=True)
 
     print(f"[3/4] Fine-tuning ({DEMO_GIN}) in {model_dir}", flush=True)

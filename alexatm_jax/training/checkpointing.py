@@ -98,6 +98,24 @@ def _layout_differences(saved: dict[str, tuple], expected: dict[str, tuple]) -> 
     return problems
 
 
+def _warn_about_restore(step_dir: str, dropped: list[str], *, verified: bool) -> None:
+    """Log what a restore of `step_dir` left unread (`dropped`) and whether it was verified."""
+    if dropped:
+        logger.warning(
+            "checkpoint %s holds %d optimizer arrays this run does not keep (%s): "
+            "left unread, since their parameters are no longer trained",
+            step_dir,
+            len(dropped),
+            ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""),
+        )
+    if not verified:
+        logger.warning(
+            "checkpoint %s has no digests (it was written before checkpoints "
+            "recorded them): restored unverified",
+            step_dir,
+        )
+
+
 def _manager_item_handlers() -> dict[str, ocp.CheckpointHandler]:
     return {
         STATE_ITEM: ocp.StandardCheckpointHandler(),
@@ -287,20 +305,7 @@ class TrainingCheckpointer:
             except Exception as error:  # any read failure or mismatch: try an older one
                 self._quarantine(step, _first_line(error), older)
                 continue
-            if dropped:
-                logger.warning(
-                    "checkpoint %s holds %d optimizer arrays this run does not keep (%s): "
-                    "left unread, since their parameters are no longer trained",
-                    step_dir,
-                    len(dropped),
-                    ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""),
-                )
-            if recorded is None:
-                logger.warning(
-                    "checkpoint %s has no digests (it was written before checkpoints "
-                    "recorded them): restored unverified",
-                    step_dir,
-                )
+            _warn_about_restore(step_dir, dropped, verified=recorded is not None)
             return RestoredCheckpoint(
                 step=step, state=state, progress=progress, verified=recorded is not None
             )
