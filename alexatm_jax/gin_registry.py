@@ -9,6 +9,7 @@ dataclasses and arguments. This module makes those objects configurable:
     train           -> `alexatm_jax.training.config.TrainConfig`, the whole run (alexatm-train,
                        alexatm-plan); `train_config_from_gin` builds it
     TaskMetricEval  -> `alexatm_jax.training.eval_hooks.TaskMetricEval` (train.eval_hooks)
+    FewShotEval     -> `alexatm_jax.training.few_shot_eval.FewShotEval` (train.eval_hooks)
 
 Gin files are looked up as given, then relative to the current directory, the repository root
 and its `gin/` folder (so `--gin_file=models/tiny.gin` works from anywhere in the checkout).
@@ -306,6 +307,7 @@ def run_config_from_gin() -> TrainConfig:
 
 # --- evaluation during training (train.eval_hooks) ----------------------------------------------
 from alexatm_jax.training.eval_hooks import TaskMetricEval  # noqa: E402
+from alexatm_jax.training.few_shot_eval import FewShotEval  # noqa: E402
 
 
 def _build_task_metric_eval(**fields) -> TaskMetricEval:
@@ -314,3 +316,11 @@ def _build_task_metric_eval(**fields) -> TaskMetricEval:
 
 _build_task_metric_eval.__signature__ = inspect.signature(TaskMetricEval)
 gin_task_metric_eval = gin.external_configurable(_build_task_metric_eval, name="TaskMetricEval")
+
+
+def _build_few_shot_eval(**fields) -> FewShotEval:
+    return FewShotEval(**fields)
+
+
+_build_few_shot_eval.__signature__ = inspect.signature(FewShotEval)
+gin_few_shot_eval = gin.external_configurable(_build_few_shot_eval, name="FewShotEval")

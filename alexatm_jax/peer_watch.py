@@ -14,6 +14,10 @@ process terminates with `std::bad_cast`). So `alexatm_jax.multiprocess` sets JAX
 twice this one: the watch fires first with a clear message, and JAX's abort stays as a backstop
 in case this process's Python threads are starved.
 
+A collective that breaks off because a peer's connection closed (Gloo's "Connection closed by
+peer") raises in this process before the heartbeat timeout has passed; `blame` then waits for the
+judge to name the lost process, so the job still stops with the line that says which one.
+
 A process that ends says how (`end`): DONE takes it out of the others' watch (a process still
 finishing elsewhere is not lost), FAILED makes the others stop at once, naming it.
 
@@ -25,6 +29,7 @@ compile).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -36,6 +41,10 @@ BEATS_PER_TIMEOUT = 6
 DONE = "done"  # published by a process that finished normally
 FAILED = "failed: "  # + what failed (its exit code), published by a process that failed
 JUDGE_INTERVAL_S = 0.5
+# What a collective raises when a peer's connection went away (Gloo on CPU, gRPC elsewhere).
+BROKEN_CONNECTION = re.compile(
+    r"connection (closed|reset) by peer|Gloo .* failed|socket closed|broken pipe", re.IGNORECASE
+)
 
 
 class PeerWatch:
@@ -64,6 +73,7 @@ class PeerWatch:
         self.changed = {p: now for p in range(num_processes) if p != process_id}
         self.failed: dict[int, str] = {}
         self._ended = threading.Event()
+        self._named = threading.Event()  # set once on_lost has been called
         self._publishing = threading.Lock()
 
     @property
@@ -83,6 +93,13 @@ class PeerWatch:
         with self._publishing:
             self._ended.set()
             self._publish(outcome)
+
+    def blame(self, error: BaseException) -> None:
+        """When `error` is a collective broken off by a lost peer, wait (at most the heartbeat
+        timeout and the grace) for the judge to name that peer: its `on_lost` reports the loss
+        instead of the transport's message. Returns at once for any other error."""
+        if BROKEN_CONNECTION.search(str(error)) and not self._ended.is_set():
+            self._named.wait(self.timeout_s + self.grace_s)
 
     def _publish(self, value: str) -> bool:
         try:
@@ -147,6 +164,7 @@ class PeerWatch:
             reason = self.lost(time.monotonic())
             if reason and not self._ended.is_set():
                 self.on_lost(reason)
+                self._named.set()
                 return
 
 

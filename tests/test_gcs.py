@@ -6,6 +6,7 @@ One bucket holds the corpus (English gzipped), the vocabulary, prompts and evalu
 - a second run is killed (-9) after its step-4 checkpoint; a flipped byte in that checkpoint is
   reported by `alexatm-info --verify`, and the relaunch falls back to step 2 and continues with
   the reference's losses, bit for bit;
+- a fine-tuning run takes its model from that gs:// MODEL_DIR and its pairs from the bucket;
 - `alexatm_jax.load`, `alexatm-generate`, `alexatm-eval --suite` and `alexatm-inspect` read from
   and write to the bucket;
 - two processes train one MODEL_DIR in the bucket (tests/test_multihost.py's launcher; slow);
@@ -87,6 +88,10 @@ def bucket(gcs_server, demo_vocabulary, tmp_path_factory) -> str:
     for split in ("train", "test"):
         text = "".join(json.dumps(r) + "\n" for r in rows)
         gcs_server.upload(BUCKET, f"eval/xsum/{split}.jsonl", text.encode())
+    pairs = [{"input": f"the river {n}", "target": f"le fleuve {n}"} for n in range(8)]
+    text = "".join(json.dumps(p) + "\n" for p in pairs).encode()
+    gcs_server.upload(BUCKET, "finetune/train.jsonl.gz", gzip.compress(text))
+    gcs_server.upload(BUCKET, "finetune/validation.jsonl", text)
     return BUCKET
 
 
@@ -154,6 +159,40 @@ def test_training_on_gs_data_writes_a_complete_model_dir(gcs_server, reference):
     for expected in ("model_config.json", "config.gin", "tokenizer/demo.model"):
         assert f"{reference}/{expected}" in names
     assert any(n.startswith(f"{reference}/tensorboard/events.") for n in names)
+
+
+def test_finetuning_reads_its_model_and_pairs_from_the_bucket(gcs_server, reference):
+    """gin/experiments/finetune.gin with INIT_FROM the gs:// MODEL_DIR above and FINETUNE_DATA
+    in the bucket (train gzipped): the model and tokenizer come from the bucket, the task's BLEU
+    is scored, and the best checkpoint is kept in the gs:// MODEL_DIR."""
+    done, _ = _run(
+        gcs_server,
+        _cli(
+            "train",
+            "--gin_file=gin/experiments/finetune.gin",
+            "--model_dir",
+            f"gs://{BUCKET}/finetuned",
+            f"--gin.INIT_FROM='gs://{BUCKET}/{reference}'",
+            f"--gin.FINETUNE_DATA='gs://{BUCKET}/finetune'",
+            "--gin.TRAIN_STEPS=2",
+            "--gin.BATCH_SIZE=4",
+            "--gin.CHECKPOINT_PERIOD=2",
+            "--gin.EVAL_PERIOD=2",
+            "--gin.train.eval_steps=1",
+            "--gin.train.progress_bar=False",
+            "--gin.train.sequence_length={'inputs': 16, 'targets': 8}",
+            "--gin.TaskMetricEval.max_examples=2",
+            "--gin.TaskMetricEval.max_new_tokens=4",
+        ),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = gcs_server.download(BUCKET, "finetuned/metrics.jsonl").decode().splitlines()
+    scored = [json.loads(r) for r in records if "eval_finetune/bleu" in r]
+    assert [r["step"] for r in scored] == [2]
+    best = json.loads(gcs_server.download(BUCKET, "finetuned/best/best.json"))
+    assert best["metric"] == "eval_finetune/bleu" and best["step"] == 2
+    config = json.loads(gcs_server.download(BUCKET, "finetuned/model_config.json"))
+    assert config["num_encoder_layers"] == 1  # the reference's, from the bucket
 
 
 def test_kill_corrupt_verify_and_resume_bit_identically(gcs_server, reference, tmp_path):

@@ -5,6 +5,9 @@ The real processes (a kill -9, a process that never joins) are in tests/test_dea
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from alexatm_jax.cli import train as train_cli
@@ -72,3 +75,22 @@ def test_the_timeout_flags_have_documented_defaults_and_refuse_nonsense(monkeypa
         train_cli.parse_args(["--gin_file=x.gin", "--initialization_timeout_s", "0"])
     assert stopped.value.code == 2
     assert "the initialization timeout must be >= 1 s, got 0" in capsys.readouterr().err
+
+
+def test_a_broken_collective_waits_for_the_judge_to_name_the_lost_process(monkeypatch):
+    """A collective that fails because process 1's connection closed is not reported as such:
+    the judge names process 1 first (here after its silence passes the timeout)."""
+    monkeypatch.setattr("alexatm_jax.peer_watch.JUDGE_INTERVAL_S", 0.01)
+    named = []
+    watch = PeerWatch(None, 0, 2, timeout_s=0.3, on_lost=named.append)  # no client: judge only
+    threading.Thread(target=watch._judge, daemon=True).start()
+    broken = RuntimeError(
+        "UNKNOWN: Gloo AllGather failed: [pair.cc:547] Connection closed by peer [127.0.0.1]:25478"
+    )
+    began = time.monotonic()
+    watch.blame(broken)
+    assert named == ["process 1 sent no heartbeat for 0.3 s: it died, was killed or is unreachable"]
+    assert time.monotonic() - began < 0.3 + watch.grace_s
+    began = time.monotonic()
+    watch.blame(ValueError("a shape mismatch"))  # any other error is reported at once
+    assert time.monotonic() - began < 0.05

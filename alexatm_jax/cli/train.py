@@ -219,7 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         nonlocal watch
         watch = initialize_jax(args)
-        return _train(args, bindings)
+        try:
+            return _train(args, bindings)
+        except Exception as error:
+            if watch is not None:
+                watch.blame(error)  # a lost peer is named rather than the broken collective
+            raise
 
     code = run_command(PROG, body)
     return _without_hanging(code if watch is None else leave(watch, code))

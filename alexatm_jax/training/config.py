@@ -51,7 +51,7 @@ class TrainConfig:
     `parallel_branches` splits each microbatch into independent gradient branches (None: one
     per CPU core) — see `make_train_step`. `eval_hooks`: evaluations run every `eval_period`
     beside the held-out loss (e.g. `TaskMetricEval`, the task's metric on its validation split;
-    `alexatm_jax.training.eval_hooks`); `keep_best` keeps the checkpoint with the best value of
+    `alexatm_jax.training.eval_hooks`; `FewShotEval`, the paper's tasks, every `period` steps); `keep_best` keeps the checkpoint with the best value of
     the first hook's main metric in MODEL_DIR/best.
     """
 
@@ -187,6 +187,13 @@ class TrainConfig:
             problems.append(
                 "keep_best needs an evaluation hook (train.eval_hooks) and eval_period >= 1"
             )
+        for hook in self.eval_hooks:
+            period = getattr(hook, "period", 0)
+            if period and (not self.eval_period or period % self.eval_period):
+                problems.append(
+                    f"{type(hook).__name__}.period={period} must be a multiple of "
+                    f"eval_period={self.eval_period}: hooks run at evaluation steps"
+                )
         if self.parallel_branches is not None and self.parallel_branches < 1:
             problems.append(f"parallel_branches must be >= 1 or None, got {self.parallel_branches}")
         return problems

@@ -6,8 +6,9 @@ A hook is any object with a `name` (the prefix of its metrics), a `main_metric` 
 through `EvalContext` and must not change them. `TaskMetricEval` is the one for fine-tuning: it
 decodes the first `max_examples` inputs of a SeqIO task's validation split greedily and scores
 the texts with the task's metric (BLEU/chrF, ROUGE, exact match, accuracy;
-alexatm_jax/evaluation/task_metrics.py). Other evaluations (e.g. few-shot prompts during
-pretraining) are other hooks through the same `run_hooks`.
+alexatm_jax/evaluation/task_metrics.py). `FewShotEval` (alexatm_jax/training/few_shot_eval.py)
+runs the paper's evaluation tasks during pretraining through the same `run_hooks`. A hook with a
+`due(step)` method runs only at the evaluation steps it accepts.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class TaskMetricEval:
             context.model_config,
             context.params,
             partitioner=context.partitioner,
-            batch_size=_batch_rows(self.batch_size, context.partitioner),
+            batch_size=batch_rows(self.batch_size, context.partitioner),
         )
         generated = engine.generate_ids(inputs, DecodeOptions(max_new_tokens=self.max_new_tokens))
         predictions = [vocabulary.decode(g.token_ids) for g in generated]
@@ -146,16 +147,18 @@ class TaskMetricEval:
         return {f"{self.name}/{key}": float(value) for key, value in scores.items()}
 
 
-def _batch_rows(batch_size: int, partitioner: Any) -> int:
+def batch_rows(batch_size: int, partitioner: Any) -> int:
     """`batch_size` rounded up to a multiple of the partitioner's batch shards."""
     shards = getattr(partitioner, "num_batch_shards", 1) if partitioner is not None else 1
     return -(-batch_size // shards) * shards
 
 
 def run_hooks(hooks: Sequence[EvalHook], context: EvalContext) -> dict[str, float]:
-    """Every hook's metrics, plus `<name>/seconds` each took."""
+    """Every due hook's metrics, plus `<name>/seconds` each took."""
     record: dict[str, float] = {}
     for hook in hooks:
+        if not getattr(hook, "due", lambda step: True)(context.step):
+            continue
         start = time.perf_counter()
         record.update(hook(context))
         record[f"{hook.name}/seconds"] = time.perf_counter() - start
