@@ -175,6 +175,7 @@ def test_finetuning_reads_its_model_and_pairs_from_the_bucket(gcs_server, refere
             f"--gin.INIT_FROM='gs://{BUCKET}/{reference}'",
             f"--gin.FINETUNE_DATA='gs://{BUCKET}/finetune'",
             "--gin.TRAIN_STEPS=2",
+            "--gin.OptimizerConfig.warmup_steps=1",
             "--gin.BATCH_SIZE=4",
             "--gin.CHECKPOINT_PERIOD=2",
             "--gin.EVAL_PERIOD=2",
