@@ -82,7 +82,14 @@ def _main() -> dict:
     }
     tied_plain = run(tied, tied_params, None)
     tied_sharded = run(tied, tied_params, partitioner)
+    # Replicated parameters, batch over all 8 devices (alexatm-eval --rules data_parallel).
+    replicated = run(config, params, Partitioner(MeshConfig(data=NUM_DEVICES), "data_parallel"))
     return {
+        "replicated_equal": plain[:2] == replicated[:2],
+        "replicated_score_max_diff": float(np.max(np.abs(np.subtract(plain[2], replicated[2])))),
+        "replicated_params": all(
+            leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(replicated[3].params)
+        ),
         "greedy_equal": plain[0] == sharded[0],
         "beam_equal": plain[1] == sharded[1],
         "tied_greedy_and_beam_equal": tied_plain[:2] == tied_sharded[:2],

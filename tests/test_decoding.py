@@ -296,3 +296,6 @@ def test_decoding_under_a_partitioner_matches_one_device():
     assert result["tied_greedy_and_beam_equal"]
     assert result["tied_head_spec"] == "P('fsdp', 'tensor')"  # [embed, vocab]
     assert result["score_max_diff"] < 1e-4
+    # Replicated parameters with the batch over the 8 devices (an evaluation layout).
+    assert result["replicated_equal"] and result["replicated_score_max_diff"] < 1e-4
+    assert result["replicated_params"]
