@@ -8,9 +8,10 @@ Start-up precedence (T5X lesson: "resume" and "initialise from" are separate and
    `init_from_prefixes`) come from that model checkpoint or training MODEL_DIR.
 3. else -> fresh run from random parameters (seed).
 
-Nothing is written to MODEL_DIR until the launch is known to be sound: arguments, MODEL_DIR
-(a writable directory), the architecture, the vocabulary and the data directory are checked
-first, so a refused launch (InvalidTrainArguments, ArchitectureMismatchError) leaves it untouched.
+Nothing is written to MODEL_DIR until the launch is known to be sound
+(alexatm_jax/training/startup.py): arguments, MODEL_DIR (a writable directory), the
+architecture, the vocabulary and the data directory are checked first, so a refused launch
+(InvalidTrainArguments, ArchitectureMismatchError) leaves it untouched.
 When MODEL_DIR holds checkpoints but none is intact (all unreadable or failing their digests),
 the run stops (NoReadableCheckpointError) unless `on_unreadable='restart'`, which starts at step 0
 after rotating the old metrics aside.
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -43,9 +43,7 @@ from tqdm import tqdm
 import gin
 from alexatm_jax.data.global_batches import GlobalBatches, per_host_batch_size
 from alexatm_jax.data.sources import make_host_source
-from alexatm_jax.model.params import abstract_params
 from alexatm_jax.partitioning import Partitioner
-from alexatm_jax.storage import absolute, as_path, copy_file
 from alexatm_jax.training.checkpointing import TrainingCheckpointer
 from alexatm_jax.training.config import InvalidTrainArguments, TrainConfig
 from alexatm_jax.training.console import say
@@ -53,35 +51,13 @@ from alexatm_jax.training.eval_hooks import BestCheckpoint, EvalContext, run_hoo
 from alexatm_jax.training.flops import peak_flops_per_device as lookup_peak_flops
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.metrics_writer import MetricsWriter
-from alexatm_jax.training.model_dir import (
-    GIN_CONFIG_FILE,
-    SHARDING_TABLE_FILE,
-    TOKENIZER_DIR,
-    check_architecture,
-    write_model_config,
-    write_text_file,
-)
 from alexatm_jax.training.nonfinite import NonFiniteLossError, SkippedSteps
-from alexatm_jax.training.optimizer import is_buffer_statistic, make_optimizer
 from alexatm_jax.training.preemption import StopRequest
-from alexatm_jax.training.preflight import (
-    NoReadableCheckpointError,
-    check_data,
-    check_model_dir,
-    check_remote_paths,
-    check_unreadable,
-    checked_vocabulary,
-)
-from alexatm_jax.training.state import (
-    TrainState,
-    abstract_train_state,
-    create_train_state,
-    train_state_shardings,
-    training_model_config,
-)
+from alexatm_jax.training.preflight import NoReadableCheckpointError
+from alexatm_jax.training.startup import layout, preflight, record_run, restore_or_initialise
+from alexatm_jax.training.state import TrainState
 from alexatm_jax.training.step import make_eval_step, make_train_step
 from alexatm_jax.training.throughput import ThroughputMeter
-from alexatm_jax.training.warm_start import warm_start_params
 
 DATA_METRIC_PREFIX = "data/"
 
@@ -185,18 +161,18 @@ class _Run:
     def start(cls, config: TrainConfig) -> _Run:
         """Check the launch, then restore or initialise the state, open the data, the metrics
         and the progress bar, and build (not yet compile) the steps."""
-        model_dir, vocab_file = _preflight(config)
-        partitioner, optimizer, target = _layout(config)
+        model_dir, vocab_file = preflight(config)
+        partitioner, optimizer, target = layout(config)
         # The launch is sound: from here on MODEL_DIR is written.
         checkpointer = TrainingCheckpointer(
             model_dir, keep=config.keep_checkpoints, async_save=config.async_checkpointing
         )
         init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-        state, progress, last_saved = _restore_or_initialise(
+        state, progress, last_saved = restore_or_initialise(
             config, model_dir, checkpointer, target, partitioner, optimizer, init_key
         )
         if jax.process_index() == 0:
-            _record_run(config, model_dir, vocab_file, partitioner, target)
+            record_run(config, model_dir, vocab_file, partitioner, target)
         start_step = int(state.step)
         batches_for = _batch_reader(config, partitioner)
         writer = MetricsWriter(model_dir, enabled=jax.process_index() == 0, resume_step=start_step)
@@ -376,124 +352,6 @@ class _Run:
         )
 
 
-def _preflight(config: TrainConfig) -> tuple[str, str | None]:
-    """(absolute MODEL_DIR, vocabulary file or None) once the configuration, MODEL_DIR, the
-    architecture, the vocabulary and the data are known to be usable; writes nothing."""
-    config.validate()
-    model_dir = absolute(config.model_dir)
-    check_remote_paths(
-        model_dir,
-        {
-            "DATA_DIR": config.data_dir if config.data_source == "seqio" else None,
-            "vocabulary": config.vocab_path if config.data_source == "seqio" else None,
-            "init_from": config.init_from,
-        },
-    )
-    check_model_dir(model_dir)
-    check_architecture(model_dir, config.model_config)
-    vocab_file = (
-        checked_vocabulary(config.model_config, config.vocab_path)
-        if config.data_source == "seqio"
-        else None
-    )
-    check_data(config.data_source, config.mixture, config.data_dir, config.vocab_path)
-    return model_dir, vocab_file
-
-
-def _layout(config: TrainConfig) -> tuple[Partitioner, Any, TrainState]:
-    """(partitioner, optimizer, restore target with shardings); a mesh or batch split the run
-    cannot use raises InvalidTrainArguments (nothing written yet)."""
-    try:
-        partitioner = Partitioner(config.mesh_config, config.rules)
-        optimizer = make_optimizer(config.optimizer_config, config.train_steps)
-        shardings = train_state_shardings(config.model_config, optimizer, partitioner)
-        target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_train_state(config.model_config, optimizer),
-            shardings,
-        )
-        partitioner.data_shard_info()
-        per_host_batch_size(config.batch_size, partitioner)
-        problem = config.batch_layout_problem(partitioner.num_batch_shards)
-        if problem:
-            raise ValueError(problem)
-    except ValueError as error:
-        raise InvalidTrainArguments(str(error)) from error
-    return partitioner, optimizer, target
-
-
-def _restore_or_initialise(
-    config: TrainConfig,
-    model_dir: str,
-    checkpointer: TrainingCheckpointer,
-    target: TrainState,
-    partitioner: Partitioner,
-    optimizer: Any,
-    init_key: jax.Array,
-) -> tuple[TrainState, dict[str, Any], int | None]:
-    """(state, progress, restored step or None): resume MODEL_DIR's latest readable checkpoint,
-    else a fresh state (warm-started from `init_from` when set)."""
-    restored = checkpointer.restore_latest(
-        target, droppable=lambda name: is_buffer_statistic(name, config.optimizer_config.buffers)
-    )
-    if restored is not None:
-        say(
-            f"Resuming from checkpoint step {restored.step} in {checkpointer.directory}"
-            + ("" if restored.verified else " (unverified: written before digests)")
-            + (
-                f" (init_from={config.init_from} ignored: it only applies to a new run)"
-                if config.init_from
-                else ""
-            )
-        )
-        return restored.state, restored.progress, restored.step
-    check_unreadable(model_dir, checkpointer, config.on_unreadable)
-    state = create_train_state(config.model_config, optimizer, partitioner, init_key)
-    if config.init_from:
-        try:
-            params, copied = warm_start_params(
-                state.params, config.model_config, config.init_from, config.init_from_prefixes
-            )
-        except (FileNotFoundError, ValueError) as error:
-            raise InvalidTrainArguments(f"init_from: {error}") from error
-        state = state.replace(params=params)
-        say(
-            f"Initialised {len(copied)} parameter arrays from {config.init_from}"
-            + (
-                f" (prefixes {list(config.init_from_prefixes)})"
-                if config.init_from_prefixes
-                else ""
-            )
-        )
-    return state, {}, None
-
-
-def _record_run(
-    config: TrainConfig,
-    model_dir: str,
-    vocab_file: str | None,
-    partitioner: Partitioner,
-    target: TrainState,
-) -> None:
-    """Write the model config, tokenizer, operative gin config and sharding table to MODEL_DIR
-    and print the table."""
-    write_model_config(model_dir, config.model_config)
-    if vocab_file:
-        _record_tokenizer(model_dir, vocab_file)
-    write_text_file(model_dir, GIN_CONFIG_FILE, gin.operative_config_str())
-    table = partitioner.sharding_table(
-        abstract_params(training_model_config(config.model_config)),
-        jax.tree.map(lambda x: x.sharding, target.params),
-    )
-    write_text_file(model_dir, SHARDING_TABLE_FILE, table + "\n")
-    say(
-        f"{partitioner}; devices: {jax.device_count()} x {jax.devices()[0].device_kind}, "
-        f"{jax.process_count()} process(es)\n"
-        + (table + "\n" if config.show_sharding_table else "")
-        + f"Parameter shardings: {os.path.join(model_dir, SHARDING_TABLE_FILE)}"
-    )
-
-
 def _batch_reader(config: TrainConfig, partitioner: Partitioner) -> Any:
     """batches_for(split, resume_state) -> GlobalBatches of this process's shard of `split`."""
     shard_index, num_shards = partitioner.data_shard_info()
@@ -564,17 +422,6 @@ def _report_data(
             else "",
         )
     return {DATA_METRIC_PREFIX + name: float(value) for name, value in counts.items()}
-
-
-def _record_tokenizer(model_dir: str, vocab_file: str) -> None:
-    """Copy the vocabulary to MODEL_DIR/tokenizer/ (so `alexatm_jax.load(MODEL_DIR)` and the
-    decoding tools find it), replacing an older one."""
-    target = as_path(model_dir) / TOKENIZER_DIR
-    target.mkdir(parents=True, exist_ok=True)
-    for stale in target.iterdir():
-        if stale.name != os.path.basename(vocab_file):
-            stale.unlink()
-    copy_file(vocab_file, target / os.path.basename(vocab_file))
 
 
 def _fetch(tree: Mapping[str, jax.Array]) -> dict[str, float]:
