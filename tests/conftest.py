@@ -23,6 +23,13 @@ def repo_root() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory) -> str:
+    """One JAX persistent compilation cache for the CLI launches of every test module: runs of
+    the same program in different modules (the smoke model's step) compile it once."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
 def demo_vocabulary() -> str:
     """Path of the demo SentencePiece vocabulary, trained on data/sample if not there yet.
 

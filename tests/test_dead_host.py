@@ -87,9 +87,9 @@ def _kill_and_time(job: Job, victim: int, survivor: int) -> tuple[int | None, fl
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """The launches' environment, with a JAX compilation cache shared by this module."""
-    return cached_train_env(str(tmp_path_factory.mktemp("jax_cache")))
+def env(jax_cache_dir) -> dict[str, str]:
+    """The launches' environment, with the session's JAX compilation cache (conftest.py)."""
+    return cached_train_env(jax_cache_dir)
 
 
 @pytest.fixture(scope="module")

@@ -62,11 +62,11 @@ FAIL_FAST_S = 60  # a refused command's whole run, Python, JAX and TensorFlow im
 
 
 @pytest.fixture(scope="module")
-def bucket(gcs_server, demo_vocabulary, tmp_path_factory) -> str:
+def bucket(gcs_server, demo_vocabulary, jax_cache_dir) -> str:
     """The test bucket with the corpus (data/sample en gzipped, fr plain), the demo vocabulary,
-    prompts and xsum evaluation data; also sets up the module's compilation cache."""
+    prompts and xsum evaluation data; also points the launches at the session's compilation cache."""
     test_trainer_cli.COMPILATION_CACHE.update(
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
     gcs_server.create_bucket(BUCKET)

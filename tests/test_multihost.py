@@ -189,10 +189,10 @@ def _checkpoint_steps(model_dir: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def work_dir(tmp_path_factory, demo_vocabulary) -> str:
+def work_dir(tmp_path_factory, demo_vocabulary, jax_cache_dir) -> str:
     """The module's scratch directory (every run here uses the demo vocabulary: trained first)."""
     COMPILATION_CACHE.update(
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )

@@ -95,9 +95,9 @@ def work(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """The launches' environment, with a JAX compilation cache shared by this module."""
-    return cached_train_env(str(tmp_path_factory.mktemp("jax_cache")))
+def env(jax_cache_dir) -> dict[str, str]:
+    """The launches' environment, with the session's JAX compilation cache (conftest.py)."""
+    return cached_train_env(jax_cache_dir)
 
 
 @pytest.fixture(scope="module")

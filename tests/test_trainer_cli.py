@@ -122,11 +122,11 @@ def losses(model_dir: str) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, demo_vocabulary) -> str:
+def reference(tmp_path_factory, demo_vocabulary, jax_cache_dir) -> str:
     """MODEL_DIR of an uninterrupted 10-step run on one device, evaluated at steps 5 and 10
     (every test here starts from it; the runs use the demo vocabulary)."""
     COMPILATION_CACHE.update(
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
