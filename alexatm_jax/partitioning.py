@@ -92,44 +92,82 @@ RULE_SETS: dict[str, LogicalRules] = {
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Sizes of the mesh axes; exactly one may be -1, meaning "all remaining devices".
+    """Sizes of the mesh axes within one slice; exactly one may be -1, meaning "all remaining
+    devices of the slice".
 
     `replica` is the outermost axis (across slices / nodes: pure data parallelism with
     replicated parameters), then `data`, `fsdp` and `tensor` (innermost: fastest interconnect).
+
+    On a multi-slice TPU job the `dcn_*` fields say how many slices each axis spans (the axis's
+    size is then its in-slice size times its DCN size); exactly one may be -1, "all remaining
+    slices", and they must multiply to the slice count. By default the slices lie along
+    `replica`, so the data-center network (DCN) carries only the gradient all-reduce of pure data
+    parallelism. On one slice every DCN size is 1 and the sizes above are the mesh's.
     """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
     replica: int = 1
+    dcn_replica: int = -1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
 
-    def axis_sizes(self, num_devices: int) -> tuple[int, int, int, int]:
-        """(replica, data, fsdp, tensor) sizes for `num_devices`, with -1 resolved.
+    def axis_sizes(self, num_devices: int, num_slices: int = 1) -> tuple[int, int, int, int]:
+        """(replica, data, fsdp, tensor) sizes of the whole mesh for `num_devices` devices in
+        `num_slices` equal slices: the in-slice sizes times the DCN sizes, with -1 resolved.
 
-        Raises ValueError naming the problem when the sizes do not multiply to `num_devices`.
+        Raises ValueError naming the problem when the sizes do not fit the devices or slices.
         """
-        sizes = {name: getattr(self, name) for name in MESH_AXES}
-        unknown = [name for name, size in sizes.items() if size == -1]
-        bad = [f"{name}={size}" for name, size in sizes.items() if size == 0 or size < -1]
-        if bad:
-            raise ValueError(f"MeshConfig sizes must be >= 1 or -1, got {', '.join(bad)}")
-        if len(unknown) > 1:
-            raise ValueError(f"MeshConfig: only one axis may be -1, got {unknown}")
-        known = math.prod(size for size in sizes.values() if size != -1)
-        if unknown:
-            if num_devices % known:
-                raise ValueError(
-                    f"MeshConfig {self}: the fixed axes use {known} devices, which does not "
-                    f"divide the {num_devices} available; change the sizes so their product "
-                    f"divides {num_devices}"
-                )
-            sizes[unknown[0]] = num_devices // known
-        elif known != num_devices:
+        if num_slices < 1 or num_devices % num_slices:
             raise ValueError(
-                f"MeshConfig {self} needs {known} devices but {num_devices} are available; "
-                f"set one axis to -1 or make the sizes multiply to {num_devices}"
+                f"{num_devices} devices cannot form {num_slices} equal slices; each slice must "
+                "have the same number of devices"
             )
-        return tuple(sizes[name] for name in MESH_AXES)
+        ici = self.ici_sizes(num_devices // num_slices)
+        dcn = self.dcn_sizes(num_slices)
+        return tuple(i * d for i, d in zip(ici, dcn))  # type: ignore[return-value]
+
+    def ici_sizes(self, devices_per_slice: int) -> tuple[int, int, int, int]:
+        """(replica, data, fsdp, tensor) sizes within one slice of `devices_per_slice` devices."""
+        sizes = {name: getattr(self, name) for name in MESH_AXES}
+        return _resolve_sizes(sizes, devices_per_slice, f"MeshConfig {self}", "devices")
+
+    def dcn_sizes(self, num_slices: int) -> tuple[int, int, int, int]:
+        """(replica, data, fsdp, tensor): how many of the `num_slices` slices each axis spans."""
+        sizes = {f"dcn_{name}": getattr(self, f"dcn_{name}") for name in MESH_AXES}
+        if num_slices == 1:
+            return (1, 1, 1, 1)
+        return _resolve_sizes(sizes, num_slices, "MeshConfig DCN layout", "slices")
+
+
+def _resolve_sizes(
+    sizes: dict[str, int], total: int, what: str, unit: str
+) -> tuple[int, int, int, int]:
+    """`sizes` (one of them may be -1) resolved so that they multiply to `total` `unit`.
+    Raises ValueError naming the fields to change."""
+    unknown = [name for name, size in sizes.items() if size == -1]
+    bad = [f"{name}={size}" for name, size in sizes.items() if size == 0 or size < -1]
+    if bad:
+        raise ValueError(f"{what}: sizes must be >= 1 or -1, got {', '.join(bad)}")
+    if len(unknown) > 1:
+        raise ValueError(f"{what}: only one axis may be -1, got {unknown}")
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if unknown:
+        if total % known:
+            fixed = ", ".join(f"{k}={v}" for k, v in sizes.items() if v != -1)
+            raise ValueError(
+                f"{what}: the fixed axes ({fixed}) use {known} {unit}, which does not divide "
+                f"the {total} available; change the sizes so their product divides {total}"
+            )
+        sizes = dict(sizes, **{unknown[0]: total // known})
+    elif known != total:
+        raise ValueError(
+            f"{what} needs {known} {unit} but {total} are available; set one axis to -1 or "
+            f"make the sizes multiply to {total}"
+        )
+    return tuple(sizes.values())  # type: ignore[return-value]
 
 
 def resolve_rules(rules: str | Sequence[tuple[str, Any]]) -> LogicalRules:
@@ -157,19 +195,21 @@ def _as_mesh_axes(target: Any) -> Any:
 
 
 def build_mesh(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A Mesh with axes MESH_AXES (all `AxisType.Auto`) over `devices` (default: all)."""
+    """A Mesh with axes MESH_AXES (all `AxisType.Auto`) over `devices` (default: all).
+
+    Devices of several TPU slices (distinct `slice_index`) are laid out by
+    `create_hybrid_device_mesh`: each axis spans `mesh_config.dcn_*` slices, its in-slice part
+    on ICI."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_config.axis_sizes(len(devices))
     auto = (AxisType.Auto,) * len(MESH_AXES)
     num_slices = len({getattr(d, "slice_index", 0) for d in devices})
-    if num_slices > 1 and shape[0] % num_slices == 0:
-        # Multi-slice TPU: keep the replica axis across slices (slow DCN links carry only the
-        # gradient all-reduce of pure data parallelism).
+    shape = mesh_config.axis_sizes(len(devices), num_slices)
+    if num_slices > 1:
         from jax.experimental import mesh_utils
 
-        per_slice = (shape[0] // num_slices,) + shape[1:]
-        dcn = (num_slices,) + (1,) * (len(shape) - 1)
-        array = mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices)
+        ici = mesh_config.ici_sizes(len(devices) // num_slices)
+        dcn = mesh_config.dcn_sizes(num_slices)
+        array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
         return Mesh(array, MESH_AXES, axis_types=auto)
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
 

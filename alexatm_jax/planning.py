@@ -414,6 +414,7 @@ class StepTimeEstimate:
     extrapolated: bool
     compile_seconds: float
     uncosted_kernel_seconds: float = 0.0  # Pallas kernels the cost model does not see
+    slices: int = 1  # > 1: timed on one of these slices, with its share of the batch
 
     def mfu(self, model_flops_per_step: float, devices: int, peak_flops: float) -> float:
         """The model FLOPs utilisation this step time implies at `peak_flops` per device."""
@@ -438,6 +439,24 @@ def timing_depths(config: TrainConfig, layers: int) -> tuple[Depths, ...]:
     return (config.depths,)
 
 
+def one_slice_share(
+    config: TrainConfig, devices: Sequence[Any]
+) -> tuple[TrainConfig, list[Any], int]:
+    """(config, devices, slices): for devices of several TPU slices, the first slice's devices
+    and `config` with that slice's share of the global batch; otherwise everything unchanged.
+
+    The TPU cost model gives cross-slice (DCN) collectives no meaningful time (it returns a
+    negative optimal_seconds), so a multi-slice step is timed as one slice's step; the DCN
+    traffic is priced apart (`alexatm_jax.dcn`)."""
+    slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+    if len(slices) == 1:
+        return config, list(devices), 1
+    first = [d for d in devices if d.slice_index == slices[0]]
+    shards = Partitioner(config.mesh_config, config.rules, devices=devices).num_batch_shards
+    local = Partitioner(config.mesh_config, config.rules, devices=first).num_batch_shards
+    return config.replace(batch_size=config.batch_size * local // shards), first, len(slices)
+
+
 def estimate_step_time(
     config: TrainConfig,
     devices: Sequence[Any],
@@ -453,9 +472,11 @@ def estimate_step_time(
     than 2·layers is compiled whole), times the number of microbatches. The optimizer update,
     counted once per microbatch that way, is under 0.1% of a 20B step. The cost model gives
     Pallas kernels (splash attention) no time: their matmul FLOPs are added at
-    `peak_flops_per_device` (a lower bound on their time). Raises ValueError when the compiler
-    gives no cost model (not a TPU) or the batch does not split.
+    `peak_flops_per_device` (a lower bound on their time). Devices of several slices are timed
+    as one slice (`one_slice_share`). Raises ValueError when the compiler gives no cost model
+    (not a TPU) or the batch does not split.
     """
+    config, devices, slices = one_slice_share(config, devices)
     micro = timing_config(config)
     partitioner = Partitioner(micro.mesh_config, micro.rules, devices=devices)
     check_batch_layout(micro, partitioner)
@@ -469,9 +490,9 @@ def estimate_step_time(
             lambda stage, d=depth: progress(f"timing {d}: {stage}"),
         )
         spent += seconds
-    if any(math.isnan(step.optimal_seconds) for step in measured.values()):
+    if any(not step.optimal_seconds > 0 for step in measured.values()):
         raise ValueError(
-            f"the {_platform(partitioner)} compiler reports no optimal_seconds: "
+            f"the {_platform(partitioner)} compiler reports no positive optimal_seconds: "
             "step-time estimates need the TPU compiler (--topology)"
         )
     step = (
@@ -497,4 +518,5 @@ def estimate_step_time(
         microbatches=config.grad_accum_steps,
         extrapolated=extrapolated,
         compile_seconds=spent,
+        slices=slices,
     )

@@ -23,18 +23,22 @@ INSTALL_HINT = (
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """Per-chip figures of one TPU generation: HBM in GiB and dense bf16 peak in TFLOP/s."""
+    """Per-chip figures of one TPU generation: HBM in GiB, dense bf16 peak in TFLOP/s and the
+    data-center network (DCN) bandwidth in Gbit/s where Google documents it (None otherwise)."""
 
     generation: str
     hbm_gib: float
     peak_bf16_tflops: float
     megacore: bool  # two TensorCores per chip, one JAX device (Cloud TPU names count cores)
     cloud_prefix: str
+    dcn_gbps: float | None = None
 
 
 CHIPS = {
     "v4": Chip("v4", 32.0, 275.0, True, "v4"),
-    "v5p": Chip("v5p", 95.0, 459.0, True, "v5p"),
+    # v5p DCN: "Data center network (DCN) bandwidth per chip (Gbps): 50",
+    # https://cloud.google.com/tpu/docs/v5p (system architecture table).
+    "v5p": Chip("v5p", 95.0, 459.0, True, "v5p", dcn_gbps=50.0),
     "v5e": Chip("v5e", 16.0, 197.0, False, "v5litepod"),
     "v6e": Chip("v6e", 32.0, 918.0, False, "v6e"),
 }
@@ -161,25 +165,26 @@ def prepare_compile_only_environment(target: TpuTarget) -> None:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def topology_devices(target: TpuTarget) -> list[Any]:
-    """The slice's compile-only JAX devices (one per chip). Raises RuntimeError, with the
-    install hint, when libtpu is missing or cannot load."""
+def topology_devices(target: TpuTarget, num_slices: int = 1) -> list[Any]:
+    """The compile-only JAX devices (one per chip) of `num_slices` slices of `target`, each
+    with its `slice_index`. Raises RuntimeError, with the install hint, when libtpu is missing
+    or cannot load."""
     problem = libtpu_problem()
     if problem:
         raise RuntimeError(problem)
     from jax.experimental import topologies
 
     bounds = tuple(min(2, n) for n in target.shape[:2]) + (1,)
-    kwargs: dict[str, Any] = {"chips_per_host_bounds": bounds}
+    kwargs: dict[str, Any] = {"chips_per_host_bounds": bounds, "num_slices": num_slices}
     if target.chip.megacore:
         kwargs["chip_config_name"] = "megacore"
+    name = target.topology_name + (f" x {num_slices} slices" if num_slices > 1 else "")
     try:
         description = topologies.get_topology_desc(
             platform="tpu", topology_name=target.topology_name, **kwargs
         )
     except Exception as error:  # libtpu raises JaxRuntimeError / RuntimeError variants
         raise RuntimeError(
-            f"libtpu could not describe {target.topology_name}: "
-            f"{str(error).splitlines()[0]} ({INSTALL_HINT})"
+            f"libtpu could not describe {name}: {str(error).splitlines()[0]} ({INSTALL_HINT})"
         ) from error
     return list(description.devices)

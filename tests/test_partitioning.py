@@ -47,6 +47,34 @@ def test_mesh_config_rejects_impossible_sizes(config, message):
         config.axis_sizes(8)
 
 
+@pytest.mark.parametrize(
+    "config, devices, slices, expected",
+    [
+        (MeshConfig(data=1, fsdp=-1), 256, 2, (2, 1, 128, 1)),  # replica across the slices
+        (MeshConfig(data=1, fsdp=-1), 512, 4, (4, 1, 128, 1)),
+        (MeshConfig(data=1, fsdp=-1, dcn_replica=1, dcn_fsdp=2), 256, 2, (1, 1, 256, 1)),
+        (MeshConfig(data=1, fsdp=-1, dcn_replica=2, dcn_data=-1), 512, 4, (2, 2, 128, 1)),
+        (MeshConfig(data=1, fsdp=-1, dcn_fsdp=7), 8, 1, (1, 1, 8, 1)),  # one slice: no DCN
+    ],
+)
+def test_mesh_config_multiplies_in_slice_sizes_by_dcn_sizes(config, devices, slices, expected):
+    assert config.axis_sizes(devices, slices) == expected
+
+
+@pytest.mark.parametrize(
+    "config, devices, slices, message",
+    [
+        (MeshConfig(dcn_fsdp=3), 256, 2, "DCN layout: the fixed axes .*does not divide the 2"),
+        (MeshConfig(dcn_data=-1), 256, 2, "DCN layout: only one axis may be -1"),
+        (MeshConfig(dcn_replica=2, dcn_fsdp=2), 256, 2, "DCN layout needs 4 slices but 2"),
+        (MeshConfig(), 10, 3, "cannot form 3 equal slices"),
+    ],
+)
+def test_mesh_config_rejects_a_dcn_layout_that_does_not_fit(config, devices, slices, message):
+    with pytest.raises(ValueError, match=message):
+        config.axis_sizes(devices, slices)
+
+
 ACTIVATION_HIDDEN = ("activation_batch", "activation_length", "activation_embed")
 ACTIVATION_LOGITS = ("activation_batch", "activation_length", "activation_vocab")
 

@@ -208,6 +208,8 @@ def test_plan_cli_with_topology_reports_tpu_memory_and_cost_model_time(
     step = result["step_time"]
     assert step["seconds_per_step"] > 0 and 0 < step["implied_mfu"] < 1
     assert step["seconds_per_step"] == pytest.approx(step["timing_points"][0]["optimal_seconds"])
+    assert result["dcn"]["num_slices"] == 1 and result["dcn"]["seconds_per_step"] == 0
+    assert result["dcn"]["step_seconds_with_dcn"] == step["seconds_per_step"]
 
 
 def test_a_step_too_big_for_hbm_is_refused_by_the_tpu_compiler(devices):

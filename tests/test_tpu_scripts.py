@@ -30,6 +30,7 @@ ALL_SCRIPTS = [
     "logs.sh",
     "stop.sh",
     "delete.sh",
+    "gke_launch.sh",
     "gpu/slurm_launch.sh",
     "gpu/single_node.sh",
 ]

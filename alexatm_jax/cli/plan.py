@@ -1,6 +1,7 @@
 """`alexatm-plan`: will a gin-configured training job fit, and how fast could it run?
 
     alexatm-plan --gin_file gin/experiments/alexatm_20b_v5p256.gin --topology v5p-256 \\
+        [--num_slices N [--dcn_gbps_per_host G] [--dcn_overlap F]] \\
         [--timing_layers 2 | --no_step_time] [--gin.KEY=VALUE ...] [--format text|json]
     alexatm-plan --gin_file gin/experiments/alexatm_20b_v5p256.gin --devices 128 \\
         --peak_tflops 459 --mfu 0.45 --device_memory_gib 95 [--gin.KEY=VALUE ...] \\
@@ -8,7 +9,9 @@
 
 With --topology the TPU compiler (libtpu, on this CPU) compiles the job's train step for the
 compile-only devices of a TPU slice: per-chip memory is the TPU's own buffer assignment, and the
-step time is the TPU cost model's. With --devices it emulates N CPU devices and compiles with
+step time is the TPU cost model's; with --num_slices N the devices span N slices and the report
+adds the gradient all-reduce's traffic between slices (DCN), which the cost model does not price
+(`alexatm_jax.dcn`). With --devices it emulates N CPU devices and compiles with
 XLA:CPU; the step time then follows from a peak FLOP/s and an assumed MFU. Nothing is allocated
 either way. See `alexatm_jax.planning` for what each number means.
 """
@@ -77,8 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
         "(pip install -e '.[tpu-aot]'). Or h100-NODESxGPUS (e.g. h100-16x8): "
         "XLA:GPU, memory only, needs the CUDA plugin ('.[gpu-aot]')",
     )
+    _add_multislice_arguments(parser)
     _add_estimate_arguments(parser)
     return parser
+
+
+def _add_multislice_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a multi-slice TPU plan: slices, and the DCN term's bandwidth and overlap."""
+    parser.add_argument(
+        "--num_slices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with a TPU --topology: plan for N such slices joined by the data-center network "
+        "(DCN); the mesh lays MeshConfig.dcn_* axes across them, by default 'replica' "
+        "(default 1)",
+    )
+    parser.add_argument(
+        "--dcn_gbps_per_host",
+        type=float,
+        default=None,
+        metavar="G",
+        help="DCN bandwidth one host sends at, in Gbit/s, for the DCN term (default: Google's "
+        "per-chip figure x chips per host; v5p: 50 x 4 = 200; other generations need it)",
+    )
+    parser.add_argument(
+        "--dcn_overlap",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fraction in [0, 1] of the last microbatch's backward pass that the gradient "
+        "all-reduce over DCN can overlap (default 0.5, an assumption)",
+    )
 
 
 def _add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +199,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
             parser.error(f"--timing_layers must be >= 1, got {args.timing_layers}")
         args.peak_tflops = args.peak_tflops or args.target.peak_bf16_tflops
         args.device_memory_gib = args.device_memory_gib or args.target.hbm_gib
+    _check_multislice_arguments(parser, args)
     args.mfu = 0.45 if args.mfu is None else args.mfu
     if args.extrapolate_from_layers is not None and args.extrapolate_from_layers < 1:
         parser.error(f"--extrapolate_from_layers must be >= 1, got {args.extrapolate_from_layers}")
@@ -176,6 +210,27 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if args.device_memory_gib is not None and args.device_memory_gib <= 0:
         parser.error(f"--device_memory_gib must be > 0, got {args.device_memory_gib}")
     return args, bindings
+
+
+def _check_multislice_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--num_slices needs a TPU --topology; the DCN term needs a bandwidth and an overlap."""
+    from alexatm_jax.dcn import DEFAULT_OVERLAP
+    from alexatm_jax.tpu_topology import TpuTarget
+
+    if args.num_slices < 1:
+        parser.error(f"--num_slices must be >= 1, got {args.num_slices}")
+    if args.num_slices > 1 and not isinstance(args.target, TpuTarget):
+        parser.error("--num_slices needs a TPU --topology (e.g. --topology v5p-256)")
+    if args.dcn_gbps_per_host is not None and args.dcn_gbps_per_host <= 0:
+        parser.error(f"--dcn_gbps_per_host must be > 0, got {args.dcn_gbps_per_host}")
+    if args.num_slices > 1 and args.dcn_gbps_per_host is None and not args.target.chip.dcn_gbps:
+        parser.error(
+            f"--num_slices: no documented DCN bandwidth for {args.target.chip.generation} "
+            "here; give --dcn_gbps_per_host"
+        )
+    args.dcn_overlap = DEFAULT_OVERLAP if args.dcn_overlap is None else args.dcn_overlap
+    if not 0 <= args.dcn_overlap <= 1:
+        parser.error(f"--dcn_overlap must be in [0, 1], got {args.dcn_overlap}")
 
 
 def emulate_cpu_devices(num_devices: int) -> None:
@@ -246,7 +301,7 @@ def target_devices(args: argparse.Namespace) -> list[Any] | None:
     if problem:
         raise RuntimeError(f"--topology needs the TPU compiler: {problem}")
     prepare_compile_only_environment(args.target)
-    return topology_devices(args.target)
+    return topology_devices(args.target, args.num_slices)
 
 
 def adapt_job_to_target(job: TrainConfig, args: argparse.Namespace) -> TrainConfig:
@@ -307,6 +362,23 @@ def run_plan(
     return plan, estimate
 
 
+def dcn_traffic(plan: Plan, devices: list[Any] | None, args: argparse.Namespace) -> Any:
+    """The step's gradient all-reduce between slices (`alexatm_jax.dcn.DcnTraffic`) for a TPU
+    target; None for other targets."""
+    from alexatm_jax.dcn import gradient_allreduce_traffic
+    from alexatm_jax.partitioning import build_mesh
+    from alexatm_jax.tpu_topology import TpuTarget
+
+    if not isinstance(args.target, TpuTarget):
+        return None
+    mesh = build_mesh(plan.config.mesh_config, devices)
+    gbps = args.dcn_gbps_per_host
+    if gbps is None and args.target.chip.dcn_gbps:
+        hosts = len({d.process_index for d in mesh.devices.flat})
+        gbps = args.target.chip.dcn_gbps * mesh.devices.size / hosts
+    return gradient_allreduce_traffic(mesh, plan.num_params, gbps)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `alexatm-plan`; returns the exit status."""
     args, bindings = parse_args(argv)
@@ -334,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"alexatm-plan: {' + '.join(args.gin_file)} on {args.topology}: DOES NOT FIT: {error}"
         )
         return 0
-    result = report(plan, args, estimate)
+    result = report(plan, args, estimate, dcn_traffic(plan, devices, args))
     print(json.dumps(result, indent=2) if args.format == "json" else format_text(result))
     if args.json_out:
         path = pathlib.Path(args.json_out)

@@ -7,6 +7,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from alexatm_jax.dcn import DcnTraffic
     from alexatm_jax.planning import Plan, StepTimeEstimate
 
 GIB = 2**30
@@ -34,10 +35,24 @@ SCAN_FLOPS_NOTE = (
 )
 
 
+DCN_NOTE = (
+    "DCN term: the gradient all-reduce between slices, which the TPU cost model does not price. "
+    "Float32 gradients are first reduce-scattered over ICI, so each host of a data-parallel "
+    "group holds 1/hosts_per_group of them; a ring all-reduce over the D groups (slices along "
+    "replica x data) then sends 2 (D - 1) / D of that shard from every host, once per step, "
+    "at the per-host DCN bandwidth. It can overlap only the last microbatch's backward pass "
+    "(2/3 of its time), and only the stated fraction of it; the rest adds to the step."
+)
+
+
 def report(
-    plan: Plan, args: argparse.Namespace, estimate: StepTimeEstimate | None = None
+    plan: Plan,
+    args: argparse.Namespace,
+    estimate: StepTimeEstimate | None = None,
+    dcn: DcnTraffic | None = None,
 ) -> dict[str, Any]:
-    """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, provenance notes."""
+    """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, the DCN term of a TPU
+    target, provenance notes."""
     job, cfg = plan.config, plan.config.model_config
     compiled_source, traced_source = _compile_sources(plan)
     result = {
@@ -77,8 +92,49 @@ def report(
         result["target"] = args.target.describe()
         if estimate is not None:
             result["step_time"] = cost_model_step_time(plan, estimate, args.peak_tflops)
-    elif args.peak_tflops:
+    if dcn is not None:
+        _add_dcn(result, dcn, estimate, args.dcn_overlap)
+    if args.target is None and args.peak_tflops:
         result["step_time"] = _assumed_mfu_step_time(plan, args.peak_tflops, args.mfu)
+    return result
+
+
+def _add_dcn(
+    result: dict[str, Any], dcn: DcnTraffic, estimate: StepTimeEstimate | None, overlap: float
+) -> None:
+    """The DCN term in `result`, with its note and a warning for axes it does not price."""
+    result["dcn"] = dcn_report(dcn, estimate, overlap)
+    if dcn.num_slices > 1:
+        result["notes"].append(DCN_NOTE)
+    if dcn.unpriced_axes:
+        result["warnings"].append(
+            f"mesh axes {list(dcn.unpriced_axes)} span slices: their weight gathers and "
+            "gradient reduce-scatters cross DCN in every layer, which the DCN term does not "
+            "price (it covers the replica/data gradient all-reduce only)"
+        )
+
+
+def dcn_report(
+    dcn: DcnTraffic, estimate: StepTimeEstimate | None, overlap: float
+) -> dict[str, Any]:
+    """The DCN term: slices per mesh axis, bytes each host sends per step, their seconds, and
+    the cost model's step time without and with them (seconds)."""
+    result: dict[str, Any] = {
+        "num_slices": dcn.num_slices,
+        "hosts": dcn.num_hosts,
+        "slices_per_axis": dict(dcn.slices_per_axis),
+        "data_parallel_groups": dcn.data_parallel_groups,
+        "bytes_sent_per_host_per_step": dcn.bytes_sent_per_host,
+        "gbps_per_host": dcn.gbps_per_host,
+        "seconds_per_step": dcn.seconds,
+        "overlap_of_last_backward": overlap,
+        "unpriced_axes": list(dcn.unpriced_axes),
+    }
+    if estimate is not None:
+        exposed = dcn.exposed_seconds(estimate.seconds, estimate.microbatches, overlap)
+        result["exposed_seconds_per_step"] = exposed
+        result["step_seconds_without_dcn"] = estimate.seconds
+        result["step_seconds_with_dcn"] = estimate.seconds + exposed
     return result
 
 
@@ -204,8 +260,16 @@ def cost_model_step_time(
     job = plan.config
     seconds = estimate.seconds
     depths = [list(depth) for depth, _ in estimate.points]
+    slices = estimate.slices
     how = (
-        f"optimal_seconds of one microbatch ({job.batch_size // estimate.microbatches} "
+        (
+            f"one of the {slices} slices, timed with its share of the batch (the cost "
+            "model gives cross-slice collectives no time; the DCN term adds them): "
+            if slices > 1
+            else ""
+        )
+        + f"optimal_seconds of one microbatch "
+        f"({job.batch_size // slices // estimate.microbatches} "
         f"sequences), layers unscanned, compiled at (encoder, decoder) layers {depths}"
         + (f", extrapolated linearly to {list(job.depths)}" if estimate.extrapolated else "")
         + (f", x {estimate.microbatches} microbatches" if estimate.microbatches > 1 else "")
@@ -258,6 +322,7 @@ def format_text(result: dict[str, Any]) -> str:
         + _flops_lines(result)
         + [""]
         + _step_time_lines(result)
+        + _dcn_lines(result)
     )
     if len(result["compiled_points"]) > 1:
         lines += ["", "Compiled points (per device)"]
@@ -345,6 +410,32 @@ def _flops_lines(result: dict[str, Any]) -> list[str]:
         f"x {result['devices']} devices = {flops['xla_flops_all_devices']:.4g}; "
         f"{flops['xla_source']}",
     ]
+
+
+def _dcn_lines(result: dict[str, Any]) -> list[str]:
+    """The DCN section of a TPU plan: bytes each host sends between slices and their time."""
+    if "dcn" not in result:
+        return []
+    dcn = result["dcn"]
+    if dcn["num_slices"] == 1:
+        return ["", "Traffic between slices (DCN): none, one slice"]
+    spans = " ".join(f"{axis}={n}" for axis, n in dcn["slices_per_axis"].items() if n > 1)
+    lines = [
+        "",
+        f"Traffic between slices (DCN): {dcn['num_slices']} slices, {dcn['hosts']} hosts, "
+        f"slices along {spans}",
+        f"  gradient all-reduce {_size(dcn['bytes_sent_per_host_per_step']).strip()} sent per "
+        f"host per step, at {dcn['gbps_per_host']:g} Gbit/s per host: "
+        f"{dcn['seconds_per_step']:.4g} s",
+    ]
+    if "step_seconds_with_dcn" in dcn:
+        lines.append(
+            f"  step time {dcn['step_seconds_without_dcn']:.4g} s without DCN, "
+            f"{dcn['step_seconds_with_dcn']:.4g} s with it ({dcn['exposed_seconds_per_step']:.4g} "
+            f"s exposed; up to {dcn['overlap_of_last_backward']:g} of the last microbatch's "
+            "backward pass overlaps it)"
+        )
+    return lines
 
 
 def _step_time_lines(result: dict[str, Any]) -> list[str]:
