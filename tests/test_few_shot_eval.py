@@ -94,3 +94,6 @@ def test_the_tasks_run_every_period_log_their_metrics_and_change_no_loss(
     assert record["eval/xsum/num_examples"] == 2 and "eval/xsum/rouge2" in record
     assert record["eval/copa/num_examples"] == 2 and 0 <= record["eval/copa/accuracy"] <= 100
     assert record["eval/seconds"] > 0
+    # The share of wall time at period 4: seconds / (seconds + 4 x the mean step time).
+    share = record["eval/seconds"] / (record["eval/seconds"] + 4 * record["step_time_s"])
+    assert record["eval/share_of_time"] == pytest.approx(share)

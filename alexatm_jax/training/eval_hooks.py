@@ -165,6 +165,23 @@ def run_hooks(hooks: Sequence[EvalHook], context: EvalContext) -> dict[str, floa
     return record
 
 
+def time_shares(
+    hooks: Sequence[EvalHook], record: Mapping[str, float], eval_period: int
+) -> dict[str, float]:
+    """`<name>/share_of_time` for each hook that ran in `record`: its seconds over its seconds
+    plus the training time of its period (its `period`, else `eval_period`, times the record's
+    `step_time_s`), the share of the run's wall time that the hook costs at that period."""
+    shares = {}
+    step_seconds = record.get("step_time_s")
+    for hook in hooks:
+        seconds = record.get(f"{hook.name}/seconds")
+        if seconds is None or not step_seconds:
+            continue
+        period = getattr(hook, "period", 0) or eval_period
+        shares[f"{hook.name}/share_of_time"] = seconds / (seconds + period * step_seconds)
+    return shares
+
+
 @dataclasses.dataclass
 class BestTracker:
     """The best value of one metric so far (higher is better), persisted in MODEL_DIR/best.json

@@ -47,7 +47,7 @@ from alexatm_jax.partitioning import Partitioner
 from alexatm_jax.training.checkpointing import TrainingCheckpointer
 from alexatm_jax.training.config import InvalidTrainArguments, TrainConfig
 from alexatm_jax.training.console import say
-from alexatm_jax.training.eval_hooks import BestCheckpoint, EvalContext, run_hooks
+from alexatm_jax.training.eval_hooks import BestCheckpoint, EvalContext, run_hooks, time_shares
 from alexatm_jax.training.flops import peak_flops_per_device as lookup_peak_flops
 from alexatm_jax.training.flops import train_flops_per_step
 from alexatm_jax.training.metrics_writer import MetricsWriter
@@ -251,6 +251,7 @@ class _Run:
                     self.eval_batches = [next(source) for _ in range(self.config.eval_steps)]
                 record.update(_evaluate(self.eval_step, self.state.params, self.eval_batches))
             record.update(run_hooks(self.config.eval_hooks, self.eval_context(step)))
+            record.update(time_shares(self.config.eval_hooks, record, self.config.eval_period))
             if self.best is not None and self.best.offer(step, self.state, record):
                 record["best_step"] = float(step)
             record.update(self.data_metrics(f"at step {step}"))
