@@ -403,6 +403,11 @@ def make_plan(
     )
 
 
+class StepTimeUnavailable(ValueError):
+    """The cost model gave no usable step time (non-positive optimal_seconds) for a layout the
+    compiler accepted; the memory plan stands."""
+
+
 @dataclasses.dataclass(frozen=True)
 class StepTimeEstimate:
     """The TPU cost model's seconds for one whole train step (extrapolated), and how: the
@@ -490,10 +495,19 @@ def estimate_step_time(
             lambda stage, d=depth: progress(f"timing {d}: {stage}"),
         )
         spent += seconds
-    if any(not step.optimal_seconds > 0 for step in measured.values()):
+    if any(math.isnan(step.optimal_seconds) for step in measured.values()):
         raise ValueError(
-            f"the {_platform(partitioner)} compiler reports no positive optimal_seconds: "
+            f"the {_platform(partitioner)} compiler reports no optimal_seconds: "
             "step-time estimates need the TPU compiler (--topology)"
+        )
+    if any(not step.optimal_seconds > 0 for step in measured.values()):
+        times = ", ".join(
+            f"{d[0]}+{d[1]} layers {m.optimal_seconds:.4g} s" for d, m in measured.items()
+        )
+        raise StepTimeUnavailable(
+            f"the TPU cost model gives non-positive step times for this layout ({times}): it "
+            "cannot price some of its collectives (seen with meshes of 256 v4 chips); estimate "
+            "the time with --devices N --peak_tflops P --mfu M instead"
         )
     step = (
         extrapolate_linearly(measured, layers, config.depths)

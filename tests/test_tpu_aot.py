@@ -227,6 +227,26 @@ def test_a_step_too_big_for_hbm_is_refused_by_the_tpu_compiler(devices):
         compile_train_step(job, partitioner)
 
 
+def test_a_non_positive_cost_model_time_is_named_and_the_memory_plan_kept(monkeypatch, capsys):
+    """The TPU cost model returns negative optimal_seconds for some layouts (measured: the 20B
+    fine-tuning step on v4-512 gave -49.93 s at 1+1 layers): no step time, one warning, and the
+    plan's memory is still reported (exit 0)."""
+    from alexatm_jax import planning
+
+    def negative(job, partitioner, progress=None):
+        return planning.CompiledStep(1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, -49.93), 0.0
+
+    monkeypatch.setattr(planning, "compile_train_step", negative)
+    with pytest.raises(planning.StepTimeUnavailable, match=r"non-positive step times .*-49\.93 s"):
+        planning.estimate_step_time(tiny_job(), jax.devices()[:1], layers=1)
+    args, _ = plan_cli.parse_args(["--gin_file", "x.gin", "--devices", "1", "--peak_tflops", "459"])
+    args.target = type("Target", (), {"has_cost_model": True})()
+    monkeypatch.setattr(planning, "make_plan", lambda job, **kwargs: "the memory plan")
+    plan, estimate = plan_cli.run_plan(tiny_job(), jax.devices()[:1], args)
+    assert (plan, estimate) == ("the memory plan", None)
+    assert "alexatm-plan: warning: no step time: the TPU cost model" in capsys.readouterr().err
+
+
 def test_timing_job_is_one_unscanned_microbatch():
     job = dataclasses.replace(
         tiny_job(TINY.replace(num_encoder_layers=46, num_decoder_layers=32)),

@@ -331,7 +331,12 @@ def run_plan(
     """The plan and, for a TPU target, the cost model's step time, with a progress bar."""
     from tqdm import tqdm
 
-    from alexatm_jax.planning import estimate_step_time, make_plan, timing_depths
+    from alexatm_jax.planning import (
+        StepTimeUnavailable,
+        estimate_step_time,
+        make_plan,
+        timing_depths,
+    )
 
     timed = args.target is not None and args.target.has_cost_model and not args.no_step_time
     timing_compiles = len(timing_depths(job, args.timing_layers)) if timed else 0
@@ -348,17 +353,18 @@ def run_plan(
             extrapolate_from_layers=args.extrapolate_from_layers,
             progress=progress,
         )
-        estimate = (
-            estimate_step_time(
-                job,
-                devices,
-                layers=args.timing_layers,
-                peak_flops_per_device=args.peak_tflops * 1e12,
-                progress=progress,
-            )
-            if timed
-            else None
-        )
+        estimate = None
+        try:
+            if timed:
+                estimate = estimate_step_time(
+                    job,
+                    devices,
+                    layers=args.timing_layers,
+                    peak_flops_per_device=args.peak_tflops * 1e12,
+                    progress=progress,
+                )
+        except StepTimeUnavailable as error:  # the memory plan is kept and reported
+            print(f"alexatm-plan: warning: no step time: {error}", file=sys.stderr)
     return plan, estimate
 
 
