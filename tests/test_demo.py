@@ -66,6 +66,16 @@ def test_demo_rejects_bad_arguments(capsys):
         demo.parse_args(["--bogus"])
 
 
+def test_a_training_setting_the_run_cannot_use_is_one_line_and_exit_2(tmp_path, capsys):
+    """Fewer steps than the warm-up: refused by the trainer before MODEL_DIR is written."""
+    model_dir = tmp_path / "run"
+    code = demo.main(["--model_dir", str(model_dir), "--gin.TRAIN_STEPS=20"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("alexatm-demo: error: total_steps=20 must")
+    assert "Traceback" not in err and not model_dir.exists()
+
+
 def test_accelerator_probe_follows_jax_platforms(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert not demo.accelerator_present()

@@ -317,9 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(args.model_dir)
     sequence_length = dict(gin.query_parameter("train.sequence_length"))
     train_started = time.perf_counter()
-    from alexatm_jax.training.trainer import train
+    from alexatm_jax.training.checkpointing import IncompatibleCheckpointError
+    from alexatm_jax.training.model_dir import ArchitectureMismatchError
+    from alexatm_jax.training.trainer import InvalidTrainArguments, train
 
-    result = train(gin_registry.train_config_from_gin())
+    try:
+        result = train(gin_registry.train_config_from_gin())
+    except (InvalidTrainArguments, ArchitectureMismatchError, IncompatibleCheckpointError) as error:
+        print(f"alexatm-demo: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2  # refused before MODEL_DIR was touched
     train_seconds = time.perf_counter() - train_started
     if result.stopped_by_signal:
         print(f"alexatm-demo: stopped by {result.stopped_by_signal}; rerun to resume.")
