@@ -108,9 +108,10 @@ def test_make_demo_learns_to_reconstruct(tmp_path, repo_root):
     restored = re.search(r"tokens restored in order +([\d.]+)% +([\d.]+)%", proc.stdout)
     put_back = re.search(r"deleted tokens put back +([\d.]+)% +([\d.]+)%", proc.stdout)
     assert restored and put_back, proc.stdout[-3000:]
-    # What 1,500 steps reach (docs/training.md#make-demo: 72.9% against copying's 84.2%); a
-    # model that has not learnt to copy restores 10-25%.
-    assert float(restored.group(1)) >= 60.0, proc.stdout[-3000:]
+    # What its 1,000 steps reach (docs/training.md#make-demo: 83.6% against copying's 84.2%;
+    # 81.8-83.3% at step 1,000 of the 1,500-step runs); a model that has not learnt to copy
+    # restores 10-25%, the old demo 72.9%.
+    assert float(restored.group(1)) >= 78.0, proc.stdout[-3000:]
     assert float(put_back.group(2)) == 0.0  # copying puts back no deleted token
     assert "Verdict: " in proc.stdout and "Parameter shardings: " in proc.stdout
     assert proc.stdout.count("reconstruction ") >= 3  # the printed examples

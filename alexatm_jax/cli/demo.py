@@ -1,7 +1,7 @@
 """`alexatm-demo` (what `make demo` runs): the whole system end to end on a laptop CPU.
 
 1. trains (or reuses) the demo SentencePiece vocabulary on data/sample;
-2. pretrains the demo model on the denoising + causal-LM mixture (95/5) over data/sample with
+2. pretrains the demo model on the denoising + causal-LM mixture (99/1) over data/sample with
    gin/experiments/demo.gin (checkpoints, metrics.jsonl, TensorBoard; resumes if interrupted);
 3. reports the loss drop from metrics.jsonl;
 4. denoises held-out documents of data/sample (never trained on) greedily and prints, for a
