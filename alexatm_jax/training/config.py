@@ -51,8 +51,9 @@ class TrainConfig:
     `parallel_branches` splits each microbatch into independent gradient branches (None: one
     per CPU core) — see `make_train_step`. `eval_hooks`: evaluations run every `eval_period`
     beside the held-out loss (e.g. `TaskMetricEval`, the task's metric on its validation split;
-    `alexatm_jax.training.eval_hooks`; `FewShotEval`, the paper's tasks, every `period` steps); `keep_best` keeps the checkpoint with the best value of
-    the first hook's main metric in MODEL_DIR/best.
+    `alexatm_jax.training.eval_hooks`; `FewShotEval`, the paper's tasks, every `period` steps);
+    `keep_best` keeps the checkpoint with the best value of the first hook's main metric in
+    MODEL_DIR/best.
     """
 
     model_config: ModelConfig

@@ -41,6 +41,19 @@ class EvalContext:
     data_dir: str | None
     sequence_length: Mapping[str, int]
 
+    def engine(self, batch_size: int) -> Any:
+        """An InferenceEngine over the live parameters on the training mesh, decoding
+        `batch_size` rows per call (rounded up to a multiple of the batch shards)."""
+        from alexatm_jax.decoding.engine import InferenceEngine
+
+        shards = getattr(self.partitioner, "num_batch_shards", 1) if self.partitioner else 1
+        return InferenceEngine(
+            self.model_config,
+            self.params,
+            partitioner=self.partitioner,
+            batch_size=-(-batch_size // shards) * shards,
+        )
+
 
 class EvalHook(Protocol):
     """An evaluation run every `eval_period` steps."""
@@ -130,27 +143,15 @@ class TaskMetricEval:
         return self._examples
 
     def __call__(self, context: EvalContext) -> dict[str, float]:
-        from alexatm_jax.decoding.engine import InferenceEngine
         from alexatm_jax.decoding.options import DecodeOptions
         from alexatm_jax.evaluation.task_metrics import score
 
         inputs, references, vocabulary = self.examples(context)
-        engine = InferenceEngine(
-            context.model_config,
-            context.params,
-            partitioner=context.partitioner,
-            batch_size=batch_rows(self.batch_size, context.partitioner),
-        )
+        engine = context.engine(self.batch_size)
         generated = engine.generate_ids(inputs, DecodeOptions(max_new_tokens=self.max_new_tokens))
         predictions = [vocabulary.decode(g.token_ids) for g in generated]
         scores = score(self.metric_name, references, predictions)
         return {f"{self.name}/{key}": float(value) for key, value in scores.items()}
-
-
-def batch_rows(batch_size: int, partitioner: Any) -> int:
-    """`batch_size` rounded up to a multiple of the partitioner's batch shards."""
-    shards = getattr(partitioner, "num_batch_shards", 1) if partitioner is not None else 1
-    return -(-batch_size // shards) * shards
 
 
 def run_hooks(hooks: Sequence[EvalHook], context: EvalContext) -> dict[str, float]:

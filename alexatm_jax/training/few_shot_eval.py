@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from alexatm_jax.training.eval_hooks import EvalContext, batch_rows
+from alexatm_jax.training.eval_hooks import EvalContext
 
 PREFIX = "eval"
 
@@ -91,7 +91,6 @@ class FewShotEval:
         return not self.period or step % self.period == 0
 
     def __call__(self, context: EvalContext) -> dict[str, float]:
-        from alexatm_jax.decoding.engine import InferenceEngine
         from alexatm_jax.decoding.text import TextModel
         from alexatm_jax.evaluation.harness import default_options, evaluate, get_task
         from alexatm_jax.evaluation.suites import task_directory
@@ -101,13 +100,7 @@ class FewShotEval:
             raise ValueError("FewShotEval needs the run's tokenizer (train.vocab_path)")
         if self._tokenizer is None:
             self._tokenizer = Tokenizer(context.vocab_path)
-        engine = InferenceEngine(
-            context.model_config,
-            context.params,
-            partitioner=context.partitioner,
-            batch_size=batch_rows(self.batch_size, context.partitioner),
-        )
-        model = TextModel(engine, self._tokenizer)
+        model = TextModel(context.engine(self.batch_size), self._tokenizer)
         options = default_options(model, self.max_new_tokens)
         record: dict[str, float] = {}
         for task in self.tasks:
