@@ -1,4 +1,5 @@
-"""Choose and build this process's batch source: a SeqIO stream or synthetic batches."""
+"""Choose and build this process's batch source: a SeqIO stream, prepared data read by index,
+or synthetic batches."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from alexatm_jax.data.global_batches import HostBatchSource
 from alexatm_jax.data.synthetic import SyntheticHostBatches
 
-DATA_SOURCES = ("seqio", "synthetic")
+DATA_SOURCES = ("seqio", "prepared", "synthetic")
 
 
 def make_host_source(
@@ -29,12 +30,39 @@ def make_host_source(
     repeat: bool,
     resume_state: Mapping[str, Any] | None = None,
     resume_mode: str = "exact",
+    prepared_data: str | None = None,
 ) -> HostBatchSource:
-    """A `HostBatchSource` of `kind` ('seqio' reads `mixture`; 'synthetic' draws random ids).
+    """A `HostBatchSource` of `kind`: 'seqio' streams `mixture`; 'prepared' reads the data
+    `alexatm-data prepare` wrote to `prepared_data` for `mixture` by index; 'synthetic' draws
+    random ids.
 
     `resume_mode` ('exact' or 'reseed', see `alexatm_jax.data.seqio_batches`) applies to SeqIO
-    streams; synthetic streams always resume exactly (in constant time).
+    streams; prepared and synthetic streams always resume exactly, in constant time, and
+    prepared ones on any number of hosts.
     """
+    if kind == "prepared":
+        from alexatm_jax.data.prepared_batches import PreparedHostBatches, open_prepared_rows
+
+        if not pack:
+            raise ValueError("prepared data is always packed: set train.pack = True")
+        rows, digest, report = open_prepared_rows(
+            str(prepared_data),
+            mixture=mixture,
+            vocab_path=vocab_path,
+            split=split,
+            sequence_length=sequence_length,
+            seed=seed,
+            decoder_start_token_id=decoder_start_token_id,
+        )
+        return PreparedHostBatches(
+            rows,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            per_host_batch_size=per_host_batch_size,
+            preparation_digest=digest,
+            report=report,
+            resume_state=resume_state,
+        )
     if kind == "synthetic":
         return SyntheticHostBatches(
             vocab_size=vocab_size,

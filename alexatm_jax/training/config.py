@@ -37,9 +37,10 @@ class TrainConfig:
     `grad_accum_steps` microbatches; `sequence_length` the packed input/target lengths in tokens.
     Optimizer: `optimizer_config` (freezing included) over `train_steps` updates, `z_loss`.
     Periods (steps): `checkpoint_period`, `eval_period` (0: never), `log_every`.
-    Data: `data_source` ('seqio' mixture `mixture` over `data_dir`, or 'synthetic'),
-    `vocab_path`, `pack`, `data_resume` ('exact' skips what was read; 'reseed' starts a fresh
-    stream in constant time), `eval_split`/`eval_steps` (held-out batches, read once).
+    Data: `data_source` ('seqio' streams mixture `mixture` over `data_dir`; 'prepared' reads
+    what `alexatm-data prepare` wrote to `prepared_data` for it, by index; or 'synthetic'),
+    `vocab_path`, `pack`, `data_resume` (SeqIO: 'exact' skips what was read; 'reseed' starts a
+    fresh stream in constant time; prepared data always resumes exactly in constant time), `eval_split`/`eval_steps` (held-out batches, read once).
     Policies: non-finite steps are skipped (`nan_policy='skip'`) until more than
     `max_skipped_steps` in a row or `max_skipped_fraction` of the last `skipped_window` were,
     or stop the run at once ('stop'); `on_unreadable` ('stop'/'restart') decides what a
@@ -79,6 +80,7 @@ class TrainConfig:
     seed: int = 0
     data_source: str = "seqio"
     data_dir: str | None = None
+    prepared_data: str | None = None
     vocab_path: str | None = None
     pack: bool = True
     data_resume: str = "exact"
@@ -179,6 +181,13 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.data_source == "prepared" and not self.prepared_data:
+            problems.append(
+                "data_source='prepared' needs train.prepared_data, the directory that "
+                "`alexatm-data prepare --out DIR` wrote"
+            )
+        if self.data_source == "prepared" and not self.pack:
+            problems.append("prepared data is always packed: set train.pack = True")
         if {"inputs", "targets"} - set(self.sequence_length):
             problems.append(
                 f"sequence_length needs keys 'inputs' and 'targets', got "

@@ -73,15 +73,23 @@ def check_model_dir(model_dir: str) -> None:
 
 
 def check_data(
-    data_source: str, mixture: str, data_dir: str | None, vocab_path: str | None
+    data_source: str,
+    mixture: str,
+    data_dir: str | None,
+    vocab_path: str | None,
+    prepared_data: str | None = None,
 ) -> None:
-    """Refuse a missing/empty DATA_DIR or an unknown mixture before MODEL_DIR is touched."""
-    if data_source != "seqio":
-        return
-    from alexatm_jax.data.seqio_batches import check_dataset
-
+    """Refuse a missing/empty DATA_DIR, an unknown mixture, or prepared data that no longer
+    matches the registry or the vocabulary, before MODEL_DIR is touched."""
     try:
-        check_dataset(mixture=mixture, data_dir=data_dir, vocab_path=vocab_path)
+        if data_source == "seqio":
+            from alexatm_jax.data.seqio_batches import check_dataset
+
+            check_dataset(mixture=mixture, data_dir=data_dir, vocab_path=vocab_path)
+        elif data_source == "prepared":
+            from alexatm_jax.data.prepared_batches import checked_preparation
+
+            checked_preparation(str(prepared_data), mixture, vocab_path)
     except (OSError, ValueError) as error:
         raise InvalidTrainArguments(f"the training data cannot be read: {error}") from error
 

@@ -52,7 +52,8 @@ def preflight(config: TrainConfig) -> tuple[str, str | None]:
         model_dir,
         {
             "DATA_DIR": config.data_dir if config.data_source == "seqio" else None,
-            "vocabulary": config.vocab_path if config.data_source == "seqio" else None,
+            "prepared data": config.prepared_data if config.data_source == "prepared" else None,
+            "vocabulary": config.vocab_path if config.data_source != "synthetic" else None,
             "init_from": config.init_from,
         },
     )
@@ -60,10 +61,16 @@ def preflight(config: TrainConfig) -> tuple[str, str | None]:
     check_architecture(model_dir, config.model_config)
     vocab_file = (
         checked_vocabulary(config.model_config, config.vocab_path)
-        if config.data_source == "seqio"
+        if config.data_source != "synthetic"
         else None
     )
-    check_data(config.data_source, config.mixture, config.data_dir, config.vocab_path)
+    check_data(
+        config.data_source,
+        config.mixture,
+        config.data_dir,
+        config.vocab_path,
+        config.prepared_data,
+    )
     return model_dir, vocab_file
 
 

@@ -377,6 +377,7 @@ def _batch_reader(config: TrainConfig, partitioner: Partitioner) -> Any:
             repeat=True,
             resume_state=resume,
             resume_mode=config.data_resume,
+            prepared_data=config.prepared_data,
         )
         return GlobalBatches(source, partitioner)
 
