@@ -61,7 +61,7 @@ def _readable(path: str) -> bool:
     return not path.endswith(".gz") or head in (b"", b"\x1f\x8b")
 
 
-def _version(path: str) -> tuple[int, int]:
+def file_version(path: str) -> tuple[int, int]:
     """(size in bytes, modification time: ns for a local file, s for a URL) of `path`."""
     if _is_url(path):
         info = epath.Path(path).stat()
@@ -75,7 +75,7 @@ def gzip_problem(path: str) -> str | None:
     mismatch, unreadable), or None when it decompresses completely. Decompresses the whole file
     once; the answer is cached per process by (path, size, modification time)."""
     try:
-        key = (path, *_version(path))
+        key = (path, *file_version(path))
     except OSError as error:
         return f"unreadable ({error.strerror or error})"
     with _gzip_lock:

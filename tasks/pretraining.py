@@ -15,9 +15,10 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import seqio
+import tensorflow as tf
 
 import gin
 from tasks import corpus_files, languages
@@ -188,6 +189,27 @@ def _causal_lm(ds, sequence_length, *, vocabulary, salt, counters, config, info)
     )
 
 
+def document_steps(
+    *,
+    vocabulary: seqio.Vocabulary,
+    counters: ScopedCounters,
+    config: MixtureConfig,
+    salt: int,
+) -> list[Callable[[tf.data.Dataset], tf.data.Dataset]]:
+    """The document-level steps every pretraining task starts with, {"text", "rng"} ->
+    {"tokens": int32 [n], "rng"}: the stateless document shuffle (a pass-through on streams read
+    with shuffle=False), UTF-8 repair / strip / empty removal / long-document split, then
+    decontamination, spoken form, SentencePiece and [CLM]/[DOC] removal. `alexatm-data prepare`
+    runs the same steps (tasks/preparation.py)."""
+    return [
+        functools.partial(shuffle_documents, window=config.document_shuffle_buffer, salt=salt),
+        functools.partial(
+            prepare_documents, max_bytes=config.max_document_bytes, counters=counters
+        ),
+        functools.partial(_tokenize, vocabulary=vocabulary, counters=counters, config=config),
+    ]
+
+
 def task_name(source: str, language: str, objective: str) -> str:
     """Registry name of one pretraining task, e.g. `alexatm_mc4_en_denoise`."""
     return f"alexatm_{source}_{language}_{objective}"
@@ -207,13 +229,7 @@ def build_task(
     counters = ScopedCounters(name)
     info = {"objective": objective, "language": language, "source": source_label}
     salt = task_salt(name)
-    steps = [
-        functools.partial(shuffle_documents, window=config.document_shuffle_buffer, salt=salt),
-        functools.partial(
-            prepare_documents, max_bytes=config.max_document_bytes, counters=counters
-        ),
-        functools.partial(_tokenize, vocabulary=vocabulary, counters=counters, config=config),
-    ]
+    steps = document_steps(vocabulary=vocabulary, counters=counters, config=config, salt=salt)
     if objective == "denoise":
         steps.append(
             functools.partial(
@@ -277,6 +293,42 @@ def _objective_rates(config: MixtureConfig) -> dict[str, float]:
     return {"denoise": 1.0 - config.clm_share, "clm": config.clm_share}
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task of a pretraining mixture and its (unnormalised) mixing rate."""
+
+    name: str
+    source: str  # "wiki", "mc4" or "local"
+    language: str
+    objective: str  # one of OBJECTIVES
+    rate: float  # objective share x q_lang x source share within the language
+
+
+def task_specs(mixture: str, config: MixtureConfig, present: Sequence[str]) -> list[TaskSpec]:
+    """The tasks of `mixture` over the languages `present` (q renormalised over them), in
+    registration order (language, source, objective). The one place the rates are computed."""
+    sizes = languages.load_language_sizes(config.counts_path)
+    q = languages.sampling_rates({c: sizes[c].total for c in present}, config.language_alpha)
+    if mixture == LOCAL_MIXTURE:
+        shares = {lang: {"local": 1.0} for lang in present}
+    elif mixture == PRETRAIN_MIXTURE:
+        wiki = languages.wikipedia_shares(sizes, config.wikipedia_upsampling)
+        shares = {lang: {"wiki": wiki[lang], "mc4": 1.0 - wiki[lang]} for lang in present}
+    else:
+        raise ValueError(
+            f"unknown pretraining mixture {mixture!r}; expected {PRETRAIN_MIXTURE} or "
+            f"{LOCAL_MIXTURE}"
+        )
+    return [
+        TaskSpec(
+            task_name(label, lang, objective), label, lang, objective, share * q[lang] * fraction
+        )
+        for lang in present
+        for label, fraction in shares[lang].items()
+        for objective, share in _objective_rates(config).items()
+    ]
+
+
 def mixture_rates(mixture: str) -> dict[str, float]:
     """Task name -> normalised mixing rate of a registered mixture ({name: 1.0} for a task)."""
     provider = seqio.get_mixture_or_task(mixture)
@@ -285,6 +337,61 @@ def mixture_rates(mixture: str) -> dict[str, float]:
     rates = {task.name: provider.get_rate(task) for task in provider.tasks}
     total = sum(rates.values())
     return {name: rate / total for name, rate in rates.items()}
+
+
+def tfds_sources(language: str, config: MixtureConfig) -> dict[str, TfdsTextSource]:
+    """The TFDS sources of one language, {"wiki": Wikipedia, "mc4": mC4}."""
+    return {
+        "wiki": TfdsTextSource(
+            config.wikipedia_tfds_name.format(lang=language),
+            {"train": "train"},
+            tfds_data_dir=config.tfds_data_dir,
+            hash_validation_per_mille=config.validation_per_mille,
+        ),
+        "mc4": TfdsTextSource(
+            config.mc4_tfds_name,
+            {"train": language, "validation": f"{language}-validation"},
+            tfds_data_dir=config.tfds_data_dir,
+        ),
+    }
+
+
+def local_source(
+    files: Sequence[str], language: str, config: MixtureConfig, name: str | None = None
+) -> LocalTextSource:
+    """The source of one language's local files; `name` (its counter scope) defaults to the
+    unit, `local_<lang>`."""
+    return LocalTextSource(
+        files,
+        name=name or f"local_{language}",
+        max_document_bytes=config.max_document_bytes,
+        validation_per_mille=config.validation_per_mille,
+    )
+
+
+def _tasks(
+    specs: Sequence[TaskSpec],
+    sources: Mapping[tuple[str, str], seqio.DataSource],
+    *,
+    vocabulary: seqio.Vocabulary,
+    config: MixtureConfig,
+) -> list[tuple[seqio.Task, float]]:
+    """(task, rate) of each spec, over its (source label, language) source."""
+    return [
+        (
+            build_task(
+                spec.name,
+                sources[spec.source, spec.language],
+                objective=spec.objective,
+                language=spec.language,
+                source_label=spec.source,
+                vocabulary=vocabulary,
+                config=config,
+            ),
+            spec.rate,
+        )
+        for spec in specs
+    ]
 
 
 def register_pretrain_mixture(config: MixtureConfig | None = None) -> str:
@@ -296,47 +403,14 @@ def register_pretrain_mixture(config: MixtureConfig | None = None) -> str:
     config = config or MixtureConfig()
     if _installed.get(PRETRAIN_MIXTURE, (None,))[0] == config:
         return PRETRAIN_MIXTURE
-    sizes = languages.load_language_sizes(config.counts_path)
-    q = languages.sampling_rates(
-        {c: sizes[c].total for c in config.languages}, config.language_alpha
-    )
-    wiki = languages.wikipedia_shares(sizes, config.wikipedia_upsampling)
+    sources = {
+        (label, lang): source
+        for lang in config.languages
+        for label, source in tfds_sources(lang, config).items()
+    }
+    specs = task_specs(PRETRAIN_MIXTURE, config, config.languages)
     vocabulary = make_vocabulary(config.vocab_path)
-    tasks = []
-    for lang in config.languages:
-        sources = {
-            "wiki": (
-                TfdsTextSource(
-                    config.wikipedia_tfds_name.format(lang=lang),
-                    {"train": "train"},
-                    tfds_data_dir=config.tfds_data_dir,
-                    hash_validation_per_mille=config.validation_per_mille,
-                ),
-                wiki[lang],
-            ),
-            "mc4": (
-                TfdsTextSource(
-                    config.mc4_tfds_name,
-                    {"train": lang, "validation": f"{lang}-validation"},
-                    tfds_data_dir=config.tfds_data_dir,
-                ),
-                1.0 - wiki[lang],
-            ),
-        }
-        for label, (source, source_share) in sources.items():
-            for objective, share in _objective_rates(config).items():
-                name = task_name(label, lang, objective)
-                task = build_task(
-                    name,
-                    source,
-                    objective=objective,
-                    language=lang,
-                    source_label=label,
-                    vocabulary=vocabulary,
-                    config=config,
-                )
-                tasks.append((task, share * q[lang] * source_share))
-    _install(PRETRAIN_MIXTURE, config, tasks)
+    _install(PRETRAIN_MIXTURE, config, _tasks(specs, sources, vocabulary=vocabulary, config=config))
     return PRETRAIN_MIXTURE
 
 
@@ -345,6 +419,27 @@ def _demo_data_dir() -> str:
         logging.info("local mixture: no data dir given, using the demo corpus %s", DEMO_DATA_DIR)
         return DEMO_DATA_DIR
     return ""
+
+
+def local_corpus(
+    data_dir: str | None, config: MixtureConfig
+) -> tuple[corpus_files.CorpusLayout, list[str]]:
+    """(what DATA_DIR holds, the configured languages found there, in config order).
+
+    data_dir: the argument, else $ALEXATM_DATA_DIR, else the demo corpus data/sample. Unreadable
+    files are counted in `bad_files`; raises ValueError when none of the languages is there.
+    """
+    data_dir = data_dir or os.environ.get(corpus_files.DATA_DIR_ENV) or _demo_data_dir()
+    layout = corpus_files.corpus_layout(data_dir)
+    for path in layout.bad_files:  # already logged by corpus_layout
+        COUNTERS.note_bad_file("corpus", path, "unreadable, or named .gz but not gzip data")
+    wanted = [lang for lang in config.languages if lang in layout.files]
+    if not wanted:
+        raise ValueError(
+            f"{data_dir} has none of the configured languages {list(config.languages)}; "
+            f"found {sorted(layout.files)}"
+        )
+    return layout, wanted
 
 
 @gin.configurable
@@ -360,16 +455,8 @@ def register_local_mixture(
     Returns what was found.
     """
     config = config or MixtureConfig()
-    data_dir = data_dir or os.environ.get(corpus_files.DATA_DIR_ENV) or _demo_data_dir()
-    layout = corpus_files.corpus_layout(data_dir)
-    for path in layout.bad_files:  # already logged by corpus_layout
-        COUNTERS.note_bad_file("corpus", path, "unreadable, or named .gz but not gzip data")
-    wanted = [lang for lang in config.languages if lang in layout.files]
-    if not wanted:
-        raise ValueError(
-            f"{data_dir} has none of the configured languages {list(config.languages)}; "
-            f"found {sorted(layout.files)}"
-        )
+    layout, wanted = local_corpus(data_dir, config)
+    data_dir = layout.data_dir
     files = tuple((lang, tuple(layout.files[lang])) for lang in wanted)
     key = (data_dir if "://" in data_dir else os.path.abspath(data_dir), files, config)
     if _installed.get(LOCAL_MIXTURE, (None,))[0] == key:
@@ -382,28 +469,8 @@ def register_local_mixture(
             data_dir,
             ", ".join(wanted),
         )
-    sizes = languages.load_language_sizes(config.counts_path)
-    q = languages.sampling_rates({c: sizes[c].total for c in wanted}, config.language_alpha)
+    sources = {("local", lang): local_source(layout.files[lang], lang, config) for lang in wanted}
+    specs = task_specs(LOCAL_MIXTURE, config, wanted)
     vocabulary = make_vocabulary(config.vocab_path)
-    tasks = []
-    for lang in wanted:
-        source = LocalTextSource(
-            layout.files[lang],
-            name=f"local_{lang}",
-            max_document_bytes=config.max_document_bytes,
-            validation_per_mille=config.validation_per_mille,
-        )
-        for objective, share in _objective_rates(config).items():
-            name = task_name("local", lang, objective)
-            task = build_task(
-                name,
-                source,
-                objective=objective,
-                language=lang,
-                source_label="local",
-                vocabulary=vocabulary,
-                config=config,
-            )
-            tasks.append((task, share * q[lang]))
-    _install(LOCAL_MIXTURE, key, tasks)
+    _install(LOCAL_MIXTURE, key, _tasks(specs, sources, vocabulary=vocabulary, config=config))
     return layout

@@ -5,6 +5,10 @@ A fine-tuning task (tasks/seq2seq.py) is shown the same way once its gin binding
 
   alexatm-inspect --mixture alexatm_pretrain_local --data_dir data/sample -n 3
   alexatm-inspect --mixture alexatm_pretrain_local --data_dir D --stats 2000 --format json
+  alexatm-inspect --mixture alexatm_pretrain_local --prepared P --stats 2000 --format json
+
+--prepared reads the rows a training job reads from data `alexatm-data prepare` wrote to P
+(train.data_source = 'prepared'), so the two paths' statistics can be set side by side.
 
 Text mode decodes inputs and targets, marking deleted spans of the targets (ANSI colour on a
 terminal, ⟦…⟧ otherwise). JSON mode prints one object per example and a final summary object;
@@ -48,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help="DATA_DIR of the local mixture (default $ALEXATM_DATA_DIR, then data/sample)",
     )
     parser.add_argument(
+        "--prepared",
+        metavar="DIR",
+        help="read the examples from data prepared by `alexatm-data prepare --out DIR` instead "
+        "of streaming DATA_DIR",
+    )
+    parser.add_argument(
         "--vocab", help="SentencePiece model (default: $ALEXATM_VOCAB, then the demo vocabulary)"
     )
     parser.add_argument("-n", type=int, default=5, help="examples to show (default 5)")
@@ -86,11 +96,15 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if min(args.inputs_length, args.targets_length) < 8:
         parser.error("--inputs_length and --targets_length must be >= 8")
     try:
-        check_paths({"--data_dir": args.data_dir, "--vocab": args.vocab})
+        check_paths(
+            {"--data_dir": args.data_dir, "--vocab": args.vocab, "--prepared": args.prepared}
+        )
     except GcsAccessError as error:
         parser.error(str(error))
-    if args.data_dir and not as_path(args.data_dir).is_dir():
-        parser.error(f"--data_dir {args.data_dir} is not a directory")
+    for flag in ("data_dir", "prepared"):
+        value = getattr(args, flag)
+        if value and not as_path(value).is_dir():
+            parser.error(f"--{flag} {value} is not a directory")
     for flag in ("vocab", "counts", "ngrams", "gin_file"):
         values = getattr(args, flag)
         for value in values if isinstance(values, list) else [values]:
@@ -138,15 +152,22 @@ def _print_text(records, processor, stats: dict | None) -> None:
         print(json.dumps(stats, indent=2, ensure_ascii=False))
 
 
-def _intended(mixture: str) -> tuple[dict[str, float], float]:
-    """(language -> intended share, intended CLM share) from the registered mixture's rates
-    (seq2seq fine-tuning tasks, which have neither, count for none)."""
+def _intended(mixture: str, recipe: dict[str, Any] | None = None) -> tuple[dict[str, float], float]:
+    """(language -> intended share, intended CLM share) from the registered mixture's rates, or
+    the prepared data's `recipe` (seq2seq fine-tuning tasks, which have neither, count for
+    none)."""
     import tasks
     from tasks.pretraining import OBJECTIVES
 
     languages: dict[str, float] = {}
     clm = 0.0
-    for name, rate in tasks.mixture_rates(mixture).items():
+    rates = (
+        {name: task["rate"] for name, task in recipe["tasks"].items()}
+        if recipe
+        else tasks.mixture_rates(mixture)
+    )
+    total = sum(rates.values())
+    for name, rate in ((n, r / total) for n, r in rates.items()):
         if not name.endswith(tuple(f"_{objective}" for objective in OBJECTIVES)):
             continue
         language, objective = name.split("_")[-2:]
@@ -174,7 +195,9 @@ def _main(argv: list[str] | None) -> None:
         gin.parse_config_files_and_bindings(args.gin_file, args.gin_param, finalize_config=False)
     lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
     count = max(args.n, args.stats)
-    examples = _collect(args, lengths, count)
+    examples = (
+        _collect_prepared(args, lengths, count) if args.prepared else _collect(args, lengths, count)
+    )
     stats = _stats(args, examples, lengths, count) if args.stats else None
     if args.format == "json":
         _print_json(examples.records, stats)
@@ -201,16 +224,12 @@ class _Examples:
     vocab_path: str
     ids: SpecialIds
     records: list[ExampleRecord]
+    recipe: dict[str, Any] | None = None  # the prepared data's recipe (--prepared)
 
 
-def _collect(args: argparse.Namespace, lengths: dict[str, int], count: int) -> _Examples:
-    """Read the first `count` examples of --mixture (registering the local mixture first);
-    exits with the known mixtures named when it cannot, or when there are none."""
-    import seqio
-    import tensorflow as tf
-
-    import tasks
-    from tasks import inspection, pretraining
+def _config(args: argparse.Namespace) -> MixtureConfig:
+    """The mixture settings with --vocab, --counts and --ngrams applied."""
+    from tasks import pretraining
 
     overrides = {
         k: v
@@ -221,8 +240,63 @@ def _collect(args: argparse.Namespace, lengths: dict[str, int], count: int) -> _
         )
         if v
     }
+    return dataclasses.replace(pretraining.MixtureConfig(), **overrides)
+
+
+def _collect_prepared(args: argparse.Namespace, lengths: dict[str, int], count: int) -> _Examples:
+    """The examples of the first rows a training job reads from --prepared (checked against the
+    registry first), until `count` examples."""
+    import tasks
+    from alexatm_jax.data.prepared_batches import PreparedRows
+    from tasks import inspection, preparation
+
+    config = _config(args)
     try:
-        config = dataclasses.replace(pretraining.MixtureConfig(), **overrides)
+        manifest, recipe = preparation.check_prepared(args.prepared, args.mixture, config)
+        rows = PreparedRows(
+            args.prepared,
+            manifest,
+            recipe,
+            split=args.split,
+            sequence_length=lengths,
+            seed=args.seed,
+        )
+    except (OSError, ValueError) as e:
+        sys.exit(f"alexatm-inspect: {e}")
+    records: list[ExampleRecord] = []
+    row = 0
+    while len(records) < count:
+        for ex in rows.examples(row):
+            records.append(
+                inspection.ExampleRecord(
+                    objective=ex.objective,
+                    language=ex.language,
+                    source=ex.source,
+                    inputs=ex.inputs.tolist(),
+                    targets=ex.targets.tolist(),
+                    noise_mask=ex.noise_mask.tolist(),
+                    clm_document_length=ex.clm_document_length,
+                    clm_split_point=ex.clm_split_point,
+                )
+            )
+        row += 1
+    vocab_path = config.vocab_path or tasks.vocabulary_path()
+    return _Examples(
+        config, None, vocab_path, tasks.read_special_ids(vocab_path), records[:count], recipe
+    )
+
+
+def _collect(args: argparse.Namespace, lengths: dict[str, int], count: int) -> _Examples:
+    """Read the first `count` examples of --mixture (registering the local mixture first);
+    exits with the known mixtures named when it cannot, or when there are none."""
+    import seqio
+    import tensorflow as tf
+
+    import tasks
+    from tasks import inspection
+
+    try:
+        config = _config(args)
         layout = None
         if args.mixture == tasks.LOCAL_MIXTURE or args.mixture.startswith("alexatm_local_"):
             layout = tasks.register_local_mixture(
@@ -258,7 +332,7 @@ def _stats(
     from tasks import inspection
 
     config, layout, ids = examples.config, examples.layout, examples.ids
-    languages, clm_share = _intended(args.mixture)
+    languages, clm_share = _intended(args.mixture, examples.recipe)
     stats = inspection.summarize(
         examples.records,
         clm_id=ids.clm,
@@ -275,6 +349,7 @@ def _stats(
         "split": args.split,
         "seed": args.seed,
         "sequence_length": lengths,
+        "prepared": args.prepared,
         "vocab": examples.vocab_path,
         "special_ids": dataclasses.asdict(ids),
     }

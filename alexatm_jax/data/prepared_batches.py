@@ -354,18 +354,26 @@ class PreparedHostBatches:
         return self._report
 
 
-@functools.lru_cache(maxsize=4)
 def checked_preparation(
     directory: str, mixture: str, vocab_path: str | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(manifest, recipe) of prepared data that matches the current registry and vocabulary;
-    ValueError naming what differs otherwise (see tasks.preparation.check_prepared)."""
+    """(manifest, recipe) of prepared data that matches the current registry (gin's
+    MixtureConfig, `vocab_path` if given) and vocabulary; ValueError naming what differs
+    otherwise (see tasks.preparation.check_prepared)."""
     import tasks  # TensorFlow/SeqIO: the registry defines what the prepared data must match
-    from tasks import preparation
 
     config = tasks.MixtureConfig()
     if vocab_path:
         config = dataclasses.replace(config, vocab_path=vocab_path)
+    return _checked(directory, mixture, config)
+
+
+@functools.lru_cache(maxsize=4)
+def _checked(directory: str, mixture: str, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """check_prepared, once per (directory, mixture, settings) in a process (a run opens the
+    training and evaluation splits, every evaluation again)."""
+    from tasks import preparation
+
     return preparation.check_prepared(directory, mixture, config)
 
 

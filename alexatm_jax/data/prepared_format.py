@@ -101,7 +101,7 @@ def write_part(
     """Write the token ids of `documents` (each non-empty) as part `index` of `unit`/`split`.
 
     Each document is followed by `doc_id`. The files are written under temporary names and
-    renamed, so a part either exists whole or not at all.
+    renamed over any earlier version, so a part either exists whole or not at all.
     """
     tokens_rel, starts_rel = part_paths(unit, split, index)
     root = storage.as_path(directory)
@@ -122,8 +122,8 @@ def write_part(
     offsets = np.asarray(starts, START_DTYPE)
     tmp_starts = root / (starts_rel + ".tmp")
     tmp_starts.write_bytes(offsets.tobytes())
-    tmp_tokens.rename(root / tokens_rel)
-    tmp_starts.rename(root / starts_rel)
+    tmp_tokens.replace(root / tokens_rel)
+    tmp_starts.replace(root / starts_rel)
     lengths = np.diff(offsets) - 1
     picked = np.unique(
         np.linspace(0, lengths.size - 1, min(LENGTH_SAMPLE, lengths.size)).astype(int)
@@ -139,11 +139,12 @@ def write_part(
 
 
 def write_manifest(directory: str, manifest: Mapping[str, Any]) -> str:
-    """Write `manifest.json` (via a temporary file and a rename); returns its path."""
+    """Write `manifest.json` (via a temporary file renamed over any earlier one); returns its
+    path."""
     root = storage.as_path(directory)
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(dict(manifest), indent=1, sort_keys=True) + "\n")
-    tmp.rename(root / MANIFEST)
+    tmp.replace(root / MANIFEST)
     return str(root / MANIFEST)
 
 
