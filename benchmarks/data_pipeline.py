@@ -1,7 +1,10 @@
-"""Data-pipeline throughput: target tokens per second per CPU core, raw text -> packed batches.
+"""Data-pipeline throughput: target tokens per second per CPU core, raw text -> packed batches,
+and the prepared path (`alexatm-data prepare` shards read by index) against it in the same run.
 
 For denoising and CLM separately, the local-file tasks of every language in DATA_DIR are mixed
-(each objective alone), converted to packed EncDec batches and drained. Reported per objective:
+(each objective alone), converted to packed EncDec batches and drained; then the same objective's
+rows are read from prepared data (--prepared DIR, else DATA_DIR prepared into a temporary
+directory first, its time reported) for as long. Reported per objective and path:
   * target tokens per CPU-second (non-padding `decoder_target_tokens` / process CPU time): the
     per-core rate, insensitive to other load on the machine;
   * target tokens per wall-second divided by the cores the process is pinned to.
@@ -9,7 +12,10 @@ Beside it: target tokens per second that one forward+backward pass of the tiny m
 (gin/models/tiny.gin) consumes on a batch of the same shape, i.e. the rate a trainer would
 draw from the pipeline.
 
+The prepared/streaming ratio of tokens per CPU-second is printed per objective.
+
   python benchmarks/data_pipeline.py --length 128 --batch_size 16 --cores 1
+  python benchmarks/data_pipeline.py --length 1024 --model_steps 0 --prepared /tmp/prepared
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -77,6 +84,74 @@ def measure_pipeline(ds, batch_size: int, warmup: int, seconds: float, cores: in
     }
 
 
+def prepare_data(data_dir: str, vocab_path: str | None, out: str) -> dict:
+    """`alexatm-data prepare` of DATA_DIR into `out`; returns its time and size."""
+    import tasks
+    from tasks import preparation
+
+    config = tasks.MixtureConfig(vocab_path=vocab_path)
+    wall, cpu = time.perf_counter(), time.process_time()
+    manifest = preparation.prepare(
+        tasks.LOCAL_MIXTURE, data_dir=data_dir, config=config, out=out, progress=False
+    )
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    tokens = sum(
+        split["tokens"] for unit in manifest["units"].values() for split in unit["splits"].values()
+    )
+    return {
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "tokens": tokens,
+        "tokens_per_cpu_second": tokens / cpu,
+    }
+
+
+def prepared_rows(objective: str, directory: str, vocab_path: str | None, lengths: dict, seed: int):
+    """The training rows of one objective's tasks of the prepared local mixture."""
+    import tasks
+    from alexatm_jax.data.prepared_batches import PreparedRows, checked_preparation
+
+    manifest, recipe = checked_preparation(directory, tasks.LOCAL_MIXTURE, vocab_path)
+    chosen = {n: t for n, t in recipe["tasks"].items() if t["objective"] == objective}
+    return PreparedRows(
+        directory,
+        manifest,
+        {**recipe, "tasks": chosen},
+        split="train",
+        sequence_length=lengths,
+        seed=seed,
+    )
+
+
+def measure_prepared(rows, batch_size: int, warmup: int, seconds: float, cores: int) -> dict:
+    """Reads `warmup` batches of rows, then batches for `seconds`; returns token rates."""
+    row = warmup * batch_size
+    rows.rows(0, row)
+    tokens = batches = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds:
+        batch = rows.rows(row, batch_size)
+        row += batch_size
+        tokens += int((batch["decoder_target_tokens"] > 0).sum())
+        batches += 1
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "batches": batches,
+        "target_tokens": tokens,
+        "padding_share": 1 - tokens / (batches * batch["decoder_target_tokens"].size),
+        "tokens_per_cpu_second": tokens / cpu,
+        "tokens_per_second_per_core": tokens / wall / cores,
+    }
+
+
+def _print_rates(label: str, rates: dict) -> None:
+    print(
+        f"{label:18s} {rates['tokens_per_cpu_second']:>10,.0f} target tokens/CPU-s"
+        f"  {rates['tokens_per_second_per_core']:>10,.0f} target tokens/s/core (wall)"
+        f"  padding {rates['padding_share']:.1%}"
+    )
+
+
 def measure_tiny_model(batch: dict, steps: int) -> dict | None:
     """Target tokens per second of a jitted forward+backward of the tiny model on `batch`."""
     if not os.path.exists("gin/models/tiny.gin"):
@@ -133,6 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--objectives", nargs="+", default=["denoise", "clm"], choices=["denoise", "clm"]
     )
+    parser.add_argument(
+        "--prepared",
+        help="data `alexatm-data prepare` wrote for DATA_DIR (default: prepare it into a "
+        "temporary directory first)",
+    )
+    parser.add_argument("--streaming_only", action="store_true", help="skip the prepared path")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data_dir {args.data_dir} is not a directory")
@@ -146,6 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     lengths = {"inputs": args.length, "targets": args.length}
     print(f"pinned to CPUs {cpus}; length {args.length}; batch {args.batch_size}", file=sys.stderr)
     results = {}
+    prepared = args.prepared
+    if not args.streaming_only and not prepared:
+        prepared = tempfile.mkdtemp(prefix="prepared_")
+        results["prepare"] = prepare_data(args.data_dir, args.vocab, prepared)
+        print(
+            f"prepared {args.data_dir} into {prepared}: {results['prepare']['tokens']:,} tokens "
+            f"in {results['prepare']['seconds']:.1f} s "
+            f"({results['prepare']['tokens_per_cpu_second']:,.0f} tokens/CPU-s)"
+        )
     for objective in args.objectives:
         options = tf.data.Options()
         options.threading.private_threadpool_size = args.cores
@@ -155,11 +245,18 @@ def main(argv: list[str] | None = None) -> None:
         results[objective] = measure_pipeline(
             ds, args.batch_size, args.warmup, args.seconds, args.cores
         )
-        rates = results[objective]
+        _print_rates(f"{objective} streaming", results[objective])
+        if args.streaming_only:
+            continue
+        rows = prepared_rows(objective, prepared, args.vocab, lengths, seed=0)
+        rates = measure_prepared(rows, args.batch_size, args.warmup, args.seconds, args.cores)
+        rates["ratio_to_streaming"] = (
+            rates["tokens_per_cpu_second"] / results[objective]["tokens_per_cpu_second"]
+        )
+        results[f"{objective}_prepared"] = rates
+        _print_rates(f"{objective} prepared", rates)
         print(
-            f"{objective:8s} {rates['tokens_per_cpu_second']:>10,.0f} target tokens/CPU-s"
-            f"  {rates['tokens_per_second_per_core']:>10,.0f} target tokens/s/core (wall)"
-            f"  padding {rates['padding_share']:.1%}"
+            f"{objective}: prepared / streaming = {rates['ratio_to_streaming']:.2f}x per CPU-second"
         )
     if args.model_steps:
         batch = next(
