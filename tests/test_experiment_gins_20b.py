@@ -46,6 +46,7 @@ def test_pretraining_experiment_binds_the_paper_recipe(gin_file):
         0.1,
     )
     assert job.rules == "fsdp"
+    assert job.data_source == "prepared" and job.prepared_data.startswith("gs://")
     assert job.mesh_config.axis_sizes(devices) == (1, 1, devices, 1)
     assert job.batch_size % (devices * accum) == 0
     bindings = gin.get_bindings("train")
