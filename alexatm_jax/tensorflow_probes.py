@@ -76,6 +76,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self._inner.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
+        _uninstall()  # TensorFlow loads once; later imports find it in sys.modules
         captured = _FilteredStderr()
         try:
             self._inner.exec_module(module)
@@ -86,19 +87,24 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _TensorFlowFinder(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` through the other finders and gives it the quiet loader (once)."""
+    """Finds `tensorflow` through the path finder and gives it the quiet loader. It stays in
+    place until TensorFlow is loaded: a mere `importlib.util.find_spec("tensorflow")` (etils'
+    epath probes for it so) must not use it up."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: Any = None
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != "tensorflow":
             return None
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return None
         spec.loader = _QuietLoader(spec.loader)
         return spec
+
+
+def _uninstall() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TensorFlowFinder)]
 
 
 def install() -> None:

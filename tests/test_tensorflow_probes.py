@@ -20,9 +20,18 @@ def test_the_capture_writes_back_everything_but_the_probe_lines(capfd):
     assert capfd.readouterr().err == "a real warning\nanother line\n"
 
 
+# etils' epath looks for TensorFlow (importlib.util.find_spec) before any command imports it:
+# the filter must still catch the import that follows.
+IMPORT = (
+    "import alexatm_jax, importlib.util; importlib.util.find_spec('tensorflow'); "
+    "from alexatm_jax.storage import as_path; as_path('.').is_dir(); "
+    "import tensorflow; print(tensorflow.__version__)"
+)
+
+
 def _import_tensorflow(**env: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", "import alexatm_jax, tensorflow; print(tensorflow.__version__)"],
+        [sys.executable, "-c", IMPORT],
         env={k: v for k, v in os.environ.items() if k != tensorflow_probes.ENV} | env,
         capture_output=True,
         text=True,
