@@ -22,6 +22,7 @@ from data_fixtures import document, write_corpus
 
 import tasks
 from alexatm_jax.cli import data as data_cli
+from alexatm_jax.data.prepared_batches import PreparedRows
 from alexatm_jax.data.prepared_format import UnitTokens, read_manifest
 from tasks import corpus_files, preparation
 from tasks.preprocessors.spoken_form import maybe_spoken
@@ -302,6 +303,8 @@ def test_prepare_writes_to_gcs(gcs_server, corpus, demo_vocabulary, prepared, tm
         f"MixtureConfig.max_document_bytes={MAX_BYTES}",
         "--out",
         f"gs://{bucket}/prepared",
+        "--documents_per_part",
+        "7",
         "--no_progress",
     ]
     env = {**os.environ, **gcs_server.environment(), "PYTHONPATH": str(REPO)}
@@ -319,6 +322,48 @@ def test_prepare_writes_to_gcs(gcs_server, corpus, demo_vocabulary, prepared, tm
         local_parts = local["units"]["local_fr"]["splits"][split]["parts"]
         want = b"".join(pathlib.Path(local_out, p["tokens_path"]).read_bytes() for p in local_parts)
         assert np.array_equal(np.frombuffer(tokens, "<u4"), np.frombuffer(want, "<u4"))
+
+    # The reader reads gs:// by byte range: the rows equal those of the local copy.
+    inspect = [
+        sys.executable,
+        "-m",
+        "alexatm_jax.cli.inspect_mixture",
+        "--mixture",
+        LOCAL,
+        "--prepared",
+        f"gs://{bucket}/prepared",
+        "--vocab",
+        demo_vocabulary,
+        "--gin_param",
+        f"MixtureConfig.max_document_bytes={MAX_BYTES}",
+        "--gin_param",
+        "MixtureConfig.languages=('fr',)",
+        "--inputs_length",
+        "32",
+        "--targets_length",
+        "32",
+        "-n",
+        "12",
+        "--format",
+        "json",
+    ]
+    done = subprocess.run(inspect, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    remote = [json.loads(line) for line in done.stdout.splitlines()[:-1]]
+    config = _config(demo_vocabulary, languages=("fr",))
+    checked, recipe = preparation.check_prepared(local_out, LOCAL, config)
+    rows = PreparedRows(
+        local_out,
+        checked,
+        recipe,
+        split="train",
+        sequence_length={"inputs": 32, "targets": 32},
+        seed=0,
+    )
+    examples = [ex for g in range(12) for ex in rows.examples(g)][:12]
+    assert [(r["inputs"], r["targets"]) for r in remote] == [
+        (ex.inputs.tolist(), ex.targets.tolist()) for ex in examples
+    ]
 
 
 def _train_config(prepared_dir: str, vocab: str, model_dir: str, steps: int):

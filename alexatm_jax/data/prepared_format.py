@@ -22,6 +22,7 @@ remote parts are read by byte range.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -192,8 +193,12 @@ class _Part:
         if self._arrays is not None:
             return np.asarray(self._arrays[which][start:stop])
         handles = getattr(self._local, "handles", None)
-        if handles is None:
-            handles = self._local.handles = [storage.as_path(p).open("rb") for p in self._paths]
+        if handles is None:  # epath's gs:// open() is a context manager: keep it entered
+            self._local.files = contextlib.ExitStack()
+            handles = self._local.handles = [
+                self._local.files.enter_context(storage.as_path(p).open("rb"))
+                for p in self._paths
+            ]
         handles[which].seek(start * dtype.itemsize)
         return np.frombuffer(handles[which].read((stop - start) * dtype.itemsize), dtype)
 
