@@ -16,7 +16,9 @@ The proxy forwards every request to fake-gcs-server, fixing what that server and
 disagree on: it drops `Transfer-Encoding: identity`, rewrites the resumable-upload `Location`
 to the address the client used, and answers `GET /storage/v1/b/<bucket>/storageLayout` (which
 fake-gcs-server lacks). `fail_next(...)` makes it answer matching requests with an error, for
-the transient-error and permission tests.
+the transient-error and permission tests. It answers `Expect: 100-continue` at once and sends
+with TCP_NODELAY: otherwise every gfile upload waited 1 s and every request about 40 ms (a
+6-step training run on the bucket took 65 s instead of 29 s).
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class _Failure:
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms ACK waits
     server: _ProxyServer
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
@@ -165,6 +168,14 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile = self.connection.makefile("wb")
         self.origin = "https://" + self.path.split(":")[0]
         self.close_connection = False
+
+    def handle_expect_100(self) -> bool:
+        """Send "100 Continue" at once: the TLS `wfile` above is buffered, and curl (gfile's
+        uploads) would otherwise wait 1 s for it before sending each body."""
+        self.send_response_only(100)
+        self.end_headers()
+        self.wfile.flush()
+        return True
 
     def _body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

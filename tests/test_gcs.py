@@ -17,6 +17,7 @@ One bucket holds the corpus (English gzipped), the vocabulary, prompts and evalu
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import json
 import logging
@@ -50,6 +51,7 @@ import sys
 import numpy as np
 import alexatm_jax
 from alexatm_jax.checkpoints import save_model_checkpoint
+from alexatm_jax.cli import convert
 
 trained = alexatm_jax.load(sys.argv[1])
 save_model_checkpoint(sys.argv[2], trained.config, trained.params, [trained.tokenizer_path])
@@ -57,7 +59,9 @@ exported = alexatm_jax.load(sys.argv[2])
 batch = {"encoder_input_tokens": np.ones((1, 4), int), "decoder_input_tokens": np.ones((1, 3), int)}
 assert np.array_equal(trained.logits(batch), exported.logits(batch))
 print(exported.config.d_model, exported.tokenizer_path)
-"""  # alexatm_jax.load of a gs:// MODEL_DIR, a model checkpoint saved to and loaded from gs://
+sys.exit(convert.main(["jax-to-hf", "--checkpoint", sys.argv[2], "--out", sys.argv[3]]))
+"""  # alexatm_jax.load of a gs:// MODEL_DIR, a model checkpoint saved to and loaded from gs://,
+# then alexatm-convert jax-to-hf from and to the bucket (its main, in the same process)
 FAIL_FAST_S = 60  # a refused command's whole run, Python, JAX and TensorFlow imports included
 
 
@@ -115,6 +119,16 @@ def _run(gcs_server, command: list[str], env: dict[str, str] | None = None):
         timeout=TIMEOUT_S,
     )
     return done, time.monotonic() - start
+
+
+def _run_together(
+    gcs_server, commands: list[list[str]], envs: list[dict[str, str] | None] | None = None
+) -> list[tuple[subprocess.CompletedProcess, float]]:
+    """`_run` independent `commands` at the same time (their start-ups, mostly imports, and
+    their waits on the server overlap); returns (finished process, seconds) of each in order."""
+    envs = envs or [None] * len(commands)
+    with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda c, e: _run(gcs_server, c, e), commands, envs))
 
 
 def _cli(name: str, *args: str) -> list[str]:
@@ -235,81 +249,45 @@ def test_kill_corrupt_verify_and_resume_bit_identically(gcs_server, reference, t
 
 
 def test_load_generate_eval_and_inspect_read_and_write_the_bucket(gcs_server, reference):
+    """The four commands run side by side (they share only the bucket's inputs)."""
     url = f"gs://{BUCKET}/{reference}"
     exported = f"gs://{BUCKET}/exported"
-    loaded, _ = _run(gcs_server, [sys.executable, "-c", LOAD_AND_EXPORT, url, exported])
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert loaded.stdout.split() == ["64", f"{exported}/tokenizer/demo.model"]
-    converted, _ = _run(
+    out = f"gs://{BUCKET}/out/generated.txt"
+    generate = ["--checkpoint", url, "--input_file", f"gs://{BUCKET}/prompts.txt", "--output", out]
+    evaluate = [
+        "--checkpoint",
+        url,
+        "--suite",
+        "summarization",
+        "--data_dir",
+        f"gs://{BUCKET}/eval",
+    ]
+    inspect = ["--mixture", "alexatm_pretrain_local", "--data_dir", DATA, "--vocab", VOCAB]
+    limits = ["--limit", "2", "--max_new_tokens", "4"]
+    languages = "MixtureConfig.languages=('en', 'fr')"
+    (loaded, _), (generated, _), (evaluated, _), (inspected, _) = _run_together(
         gcs_server,
-        _cli("convert", "jax-to-hf", "--checkpoint", exported, "--out", f"gs://{BUCKET}/hf"),
+        [
+            [sys.executable, "-c", LOAD_AND_EXPORT, url, exported, f"gs://{BUCKET}/hf"],
+            _cli("generate", *generate, "--max_new_tokens", "4"),
+            _cli("evaluate", *evaluate, "--out", f"gs://{BUCKET}/eval_out", *limits),
+            _cli("inspect_mixture", *inspect, "--gin_param", languages, "-n", "2"),
+        ],
     )
-    assert converted.returncode == 0, converted.stderr[-2000:]
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.splitlines()[0].split() == ["64", f"{exported}/tokenizer/demo.model"]
     hf = gcs_server.objects(BUCKET, "hf/")
     assert {"hf/config.json", "hf/model.safetensors", "hf/demo.model"} <= set(hf)
 
-    out = f"gs://{BUCKET}/out/generated.txt"
-    generated, _ = _run(
-        gcs_server,
-        _cli(
-            "generate",
-            "--checkpoint",
-            url,
-            "--input_file",
-            f"gs://{BUCKET}/prompts.txt",
-            "--output",
-            out,
-            "--max_new_tokens",
-            "4",
-        ),
-    )
     assert generated.returncode == 0, generated.stderr[-2000:]
     assert len(gcs_server.download(BUCKET, "out/generated.txt").decode().splitlines()) == 2
 
-    evaluated, _ = _run(
-        gcs_server,
-        _cli(
-            "evaluate",
-            "--checkpoint",
-            url,
-            "--suite",
-            "summarization",
-            "--data_dir",
-            f"gs://{BUCKET}/eval",
-            "--out",
-            f"gs://{BUCKET}/eval_out",
-            "--limit",
-            "2",
-            "--max_new_tokens",
-            "4",
-        ),
-    )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     summary = json.loads(gcs_server.download(BUCKET, "eval_out/summary.json"))
     assert "xsum" in summary["tasks"]
-    assert (
-        json.loads(gcs_server.download(BUCKET, "eval_out/xsum/results.json"))["metrics"][
-            "num_examples"
-        ]
-        == 2
-    )
+    results = json.loads(gcs_server.download(BUCKET, "eval_out/xsum/results.json"))
+    assert results["metrics"]["num_examples"] == 2
 
-    inspected, _ = _run(
-        gcs_server,
-        _cli(
-            "inspect_mixture",
-            "--mixture",
-            "alexatm_pretrain_local",
-            "--data_dir",
-            DATA,
-            "--vocab",
-            VOCAB,
-            "--gin_param",
-            "MixtureConfig.languages=('en', 'fr')",
-            "-n",
-            "2",
-        ),
-    )
     assert inspected.returncode == 0, inspected.stderr[-2000:]
     assert inspected.stdout.count("--- example") == 2 and "targets:" in inspected.stdout
     assert "skipping" not in inspected.stderr  # en's .gz files are read
@@ -334,36 +312,46 @@ def test_two_processes_train_one_model_dir_in_the_bucket(gcs_server, bucket, tmp
     assert _committed_steps(gcs_server, "multi") == [2]
 
 
-@pytest.mark.parametrize(
-    "problem",
-    ["missing bucket", "no credentials", "no permission"],
-)
-def test_an_unusable_bucket_is_refused_with_exit_2_in_seconds(
-    gcs_server, bucket, problem, tmp_path
-):
-    model_dir = f"gs://{bucket}/refused"
-    env = _env(gcs_server)
-    if problem == "missing bucket":
-        model_dir = "gs://alexatm-no-such-bucket/run"
-        expected = "the bucket gs://alexatm-no-such-bucket does not exist"
-    elif problem == "no credentials":  # and no GCE metadata server to ask: NO_GCE_CHECK
-        env = _env(
-            gcs_server,
-            STORAGE_EMULATOR_HOST=None,
-            GOOGLE_APPLICATION_CREDENTIALS=None,
-            HOME=str(tmp_path),
-            CLOUDSDK_CONFIG=str(tmp_path),
-        )
-        expected = "no Google Cloud credentials"
-    else:
-        gcs_server.fail_next(rf"POST /upload/storage/v1/b/{bucket}/o", 403, times=1)
-        expected = f"no permission on bucket gs://{bucket}"
-    done, seconds = _run(
+@pytest.fixture(scope="module")
+def refused(
+    gcs_server, bucket, tmp_path_factory
+) -> dict[str, tuple[str, subprocess.CompletedProcess, float]]:
+    """A training run on an unusable gs:// MODEL_DIR for each problem, the three side by side:
+    {problem: (what its error must say, finished process, seconds it took)}."""
+    home = str(tmp_path_factory.mktemp("no_credentials"))
+    no_credentials = _env(  # and no GCE metadata server to ask: NO_GCE_CHECK
         gcs_server,
-        _cli("train", *ARGS, "--gin.train.data_source='synthetic'", "--model_dir", model_dir),
-        env,
+        STORAGE_EMULATOR_HOST=None,
+        GOOGLE_APPLICATION_CREDENTIALS=None,
+        HOME=home,
+        CLOUDSDK_CONFIG=home,
+    )
+    launches = {  # problem: (MODEL_DIR, environment, expected error)
+        "missing bucket": (
+            "gs://alexatm-no-such-bucket/run",
+            None,
+            "the bucket gs://alexatm-no-such-bucket does not exist",
+        ),
+        "no credentials": (f"gs://{bucket}/refused", no_credentials, "no Google Cloud credentials"),
+        "no permission": (f"gs://{bucket}/refused", None, f"no permission on bucket gs://{bucket}"),
+    }  # only the permission check writes to the test bucket: it gets the one 403
+    gcs_server.fail_next(rf"POST /upload/storage/v1/b/{bucket}/o", 403, times=1)
+    args = [*ARGS, "--gin.train.data_source='synthetic'", "--model_dir"]
+    done = _run_together(
+        gcs_server,
+        [_cli("train", *args, model_dir) for model_dir, _, _ in launches.values()],
+        [env for _, env, _ in launches.values()],
     )
     gcs_server.clear_failures()
+    return {
+        problem: (expected, *result)
+        for (problem, (_, _, expected)), result in zip(launches.items(), done)
+    }
+
+
+@pytest.mark.parametrize("problem", ["missing bucket", "no credentials", "no permission"])
+def test_an_unusable_bucket_is_refused_with_exit_2_in_seconds(refused, problem):
+    expected, done, seconds = refused[problem]
     assert done.returncode == 2, done.stderr[-2000:]
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("alexatm-train: error: MODEL_DIR gs://") and expected in error

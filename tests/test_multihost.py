@@ -14,7 +14,9 @@ a plain one-process run (shard 0 of 1) would see other examples. The reference t
 shards 0 and 1 of 2 itself and stacks their rows in shard order (tests/multihost_harness.py),
 which is how the two processes' rows form the global batch (process 0 holds rows 0..3).
 The learning rate is constant, so that a run to step 4 continued to step 6 is comparable with a
-6-step run. Every process is killed when its launch fails or exceeds its time limit.
+6-step run. The reference runs alongside the first two-process launch (the two processes'
+waits on each other leave CPU to spare). Every process is killed when its launch fails or
+exceeds its time limit.
 """
 
 from __future__ import annotations
@@ -107,10 +109,10 @@ def _run_all(commands: list[list[str]], envs: list[dict], log_dir: str, name: st
     return logs
 
 
-def _launch_two_processes(
-    model_dir: str, record_dir: str, log_dir: str, name: str, *extra: str, through_env: bool = False
-) -> list[str]:
-    """One two-process run (jax.distributed over 127.0.0.1); returns the two logs.
+def _two_process_job(
+    model_dir: str, record_dir: str, *extra: str, through_env: bool = False
+) -> tuple[list[list[str]], list[dict[str, str]]]:
+    """The commands and environments of one two-process run (jax.distributed over 127.0.0.1).
 
     The processes get their coordinates as flags, or with `through_env` as ALEXATM_* variables.
     """
@@ -132,6 +134,14 @@ def _launch_two_processes(
             command += [arg for k, v in coordinates.items() for arg in (f"--{k}", str(v))]
         commands.append(command)
         envs.append(env)
+    return commands, envs
+
+
+def _launch_two_processes(
+    model_dir: str, record_dir: str, log_dir: str, name: str, *extra: str, through_env: bool = False
+) -> list[str]:
+    """One two-process run (`_two_process_job`); returns the two logs."""
+    commands, envs = _two_process_job(model_dir, record_dir, *extra, through_env=through_env)
     return _run_all(commands, envs, log_dir, name)
 
 
@@ -200,42 +210,45 @@ def work_dir(tmp_path_factory, demo_vocabulary, jax_cache_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(work_dir: str) -> dict[str, str]:
-    """One process, eight devices, the same mesh; reads shards 0 and 1 of 2 itself."""
-    model_dir, record_dir = os.path.join(work_dir, "one_process"), os.path.join(work_dir, "rec1")
-    logs = _run_all(
-        [
-            _command(
-                record_dir,
-                NUM_PROCESSES,
-                model_dir,
-                f"--gin.TRAIN_STEPS={TOTAL_STEPS}",
-                "--num_cpu_devices",
-                str(NUM_PROCESSES * DEVICES_PER_PROCESS),
-            )
-        ],
-        [_env()],
-        work_dir,
-        "one_process",
+def first_launches(work_dir: str) -> dict[str, dict]:
+    """Started together (they are independent, and two processes joined over gloo leave CPU
+    idle): the one-process reference (eight devices, the same mesh, reading shards 0 and 1 of 2
+    itself, TOTAL_STEPS) and the two processes training to step FIRST_STEPS."""
+    one_dir, one_records = os.path.join(work_dir, "one_process"), os.path.join(work_dir, "rec1")
+    two_dir, two_records = os.path.join(work_dir, "two_process"), os.path.join(work_dir, "rec2")
+    one_command = _command(
+        one_records,
+        NUM_PROCESSES,
+        one_dir,
+        f"--gin.TRAIN_STEPS={TOTAL_STEPS}",
+        "--num_cpu_devices",
+        str(NUM_PROCESSES * DEVICES_PER_PROCESS),
     )
-    assert "data=2, fsdp=4" in logs[0] and "8 x cpu, 1 process(es)" in logs[0], logs[0][-2000:]
-    return {"model_dir": model_dir, "record_dir": record_dir}
+    commands, envs = _two_process_job(two_dir, two_records, f"--gin.TRAIN_STEPS={FIRST_STEPS}")
+    *two_logs, one_log = _run_all([*commands, one_command], [*envs, _env()], work_dir, "first")
+    reference = {"model_dir": one_dir, "record_dir": one_records, "log": one_log}
+    two_processes = {
+        "model_dir": two_dir,
+        "record_dir": two_records,
+        "logs": two_logs,
+        "losses": _losses(two_dir),
+        "checkpoints": _checkpoint_steps(two_dir),
+    }  # read before anything resumes
+    return {"reference": reference, "two_processes": two_processes}
 
 
 @pytest.fixture(scope="module")
-def two_processes(work_dir: str) -> dict:
+def reference(first_launches: dict[str, dict]) -> dict[str, str]:
+    """One process, eight devices, the same mesh; reads shards 0 and 1 of 2 itself."""
+    log = first_launches["reference"]["log"]
+    assert "data=2, fsdp=4" in log and "8 x cpu, 1 process(es)" in log, log[-2000:]
+    return first_launches["reference"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(first_launches: dict[str, dict]) -> dict:
     """Two processes train to step FIRST_STEPS; the losses are read before anything resumes."""
-    model_dir, record_dir = os.path.join(work_dir, "two_process"), os.path.join(work_dir, "rec2")
-    logs = _launch_two_processes(
-        model_dir, record_dir, work_dir, "first", f"--gin.TRAIN_STEPS={FIRST_STEPS}"
-    )
-    return {
-        "model_dir": model_dir,
-        "record_dir": record_dir,
-        "logs": logs,
-        "losses": _losses(model_dir),
-        "checkpoints": _checkpoint_steps(model_dir),
-    }
+    return first_launches["two_processes"]
 
 
 @pytest.fixture(scope="module")
