@@ -174,7 +174,25 @@ def check_prepared(
             f"{directory} was prepared with other settings "
             f"({settings_difference(manifest['preparation'], now)}): {fix}"
         )
-    return manifest, mixture_recipe(mixture, config, manifest["units"])
+    recipe = mixture_recipe(mixture, config, manifest["units"])
+    if manifest.get("tasks") and canonical_digest(recipe) != manifest.get("tasks_digest"):
+        logging.info(
+            "prepared data: the task definitions differ from those it was prepared under "
+            "(%s); reading with the current ones",
+            settings_difference(_flat(manifest["tasks"]), _flat(recipe)),
+        )
+    return manifest, recipe
+
+
+def _flat(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe as {dotted key: value}, for naming what changed."""
+    out: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+        else:
+            out[key] = value
+    return out
 
 
 def plan_units(
@@ -413,6 +431,10 @@ def finalize(out: str, mixture: str, config: pretraining.MixtureConfig) -> dict[
     }
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     manifest = merge_manifest(plan, records, vocabulary=vocabulary, created=created)
+    # The task definitions it was prepared under (rates, noise, CLM split, special ids), for the
+    # record: a run reads with its own registry's (check_prepared logs what changed).
+    recipe = mixture_recipe(mixture, config, manifest["units"])
+    manifest.update(tasks=recipe, tasks_digest=canonical_digest(recipe))
     if not write_manifest_if_changed(root, manifest):
         manifest = read_manifest(out)
     return manifest

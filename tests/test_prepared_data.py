@@ -202,6 +202,14 @@ def test_check_prepared_returns_the_registrys_recipe_and_refuses_other_settings(
     ids = tasks.read_special_ids(demo_vocabulary)
     assert recipe["special_ids"]["doc"] == ids.doc and recipe["vocab_size"] == ids.vocab_size
 
+    assert checked["tasks"] == recipe  # the task definitions it was prepared under
+    # Rates are read-time settings: another CLM share reads the same data with its own rates.
+    _, other_rates = preparation.check_prepared(
+        out, LOCAL, dataclasses.replace(config, clm_share=0.3)
+    )
+    clm = sum(t["rate"] for t in other_rates["tasks"].values() if t["objective"] == "clm")
+    assert clm == pytest.approx(0.3)
+
     for field, value in (("spoken_share", 0.5), ("max_document_bytes", 4096)):
         with pytest.raises(ValueError, match=rf"{field}: saved .*, now {value}.*alexatm-data"):
             preparation.check_prepared(out, LOCAL, dataclasses.replace(config, **{field: value}))

@@ -17,7 +17,9 @@ remote parts are read by byte range.
 `manifest.json`: {"format", "mixture", "preparation" (every setting that changes the tokens),
 "preparation_digest", "vocabulary" {"path", "sha256", "size", "special_ids"}, "sources"
 [{"path", "bytes", "sha256"}], "units" {unit: {"source", "language", "splits": {split:
-{"parts": [PartInfo...], "documents", "tokens"}}}}, "counters", "bad_files", "created"}.
+{"parts": [PartInfo...], "documents", "tokens"}}}}, "counters", "bad_files", "created",
+"tasks" and "tasks_digest" (the task definitions it was prepared under: rates, noise, CLM split,
+special ids; a run reads with its own registry's)}.
 """
 
 from __future__ import annotations
