@@ -6,7 +6,7 @@
   alexatm-data info DIR [--format json]
 
 DIR is local or gs://. A re-run skips finished units/splits whose inputs are unchanged and
-redoes the rest. Layout: alexatm_jax/data/prepared_format.py; docs/data.md#prepared-data.
+redoes the rest. Layout: alexatm_jax/data/prepared_format.py; docs/data.md#prepared-data-alexatm-data-prepare.
 """
 
 from __future__ import annotations
