@@ -6,6 +6,7 @@ JAX with one device); the FLOP counter and the extrapolation are checked in-proc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -267,3 +268,29 @@ def test_extrapolated_plan_is_close_to_the_measured_one(plan_run, repo_root):
         )
     for key in ("xla_flops_per_device", "traced_matmul_flops_per_step"):
         assert result["flops"][key] == pytest.approx(measured["flops"][key], rel=0.1)
+
+
+def test_kernel_efficiency_sensitivity_prices_only_the_uncosted_kernels():
+    """The splash kernels' matmul time, which the cost model does not see, divided by each
+    efficiency; the rest of the step unchanged."""
+    import types
+
+    from alexatm_jax.cli.plan_report import kernel_efficiency_sensitivity
+    from alexatm_jax.planning import StepTimeEstimate
+
+    plan = types.SimpleNamespace(model_flops_per_step=2.425e17, num_devices=128)
+    estimate = StepTimeEstimate(
+        seconds=6.303,
+        points=(),
+        microbatches=2,
+        extrapolated=True,
+        compile_seconds=0.0,
+        uncosted_kernel_seconds=0.275,
+    )
+    rows = {r["kernel_efficiency"]: r for r in kernel_efficiency_sensitivity(plan, estimate, 459)}
+    assert rows[1.0]["seconds_per_step"] == pytest.approx(6.303)
+    assert rows[0.5]["seconds_per_step"] == pytest.approx(6.303 + 0.275)
+    assert rows[1.0]["mfu"] == pytest.approx(2.425e17 / (128 * 459e12 * 6.303))
+    assert [r["mfu"] for r in rows.values()] == sorted(r["mfu"] for r in rows.values())
+    no_kernels = dataclasses.replace(estimate, uncosted_kernel_seconds=0.0)
+    assert kernel_efficiency_sensitivity(plan, no_kernels, 459) == []

@@ -297,7 +297,30 @@ def cost_model_step_time(
         ],
         "timing_compile_seconds": estimate.compile_seconds,
         "uncosted_kernel_seconds": estimate.uncosted_kernel_seconds,
+        "kernel_efficiency_sensitivity": kernel_efficiency_sensitivity(
+            plan, estimate, peak_tflops
+        ),
     }
+
+
+KERNEL_EFFICIENCIES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def kernel_efficiency_sensitivity(
+    plan: Plan, estimate: StepTimeEstimate, peak_tflops: float
+) -> list[dict[str, float]]:
+    """Step time and MFU if the splash kernels' matmuls ran at each of KERNEL_EFFICIENCIES of
+    peak FLOP/s instead of at peak ([] without uncosted kernels). The cost model prices the
+    rest of the step; the kernels' time is the term it does not see."""
+    kernel = estimate.uncosted_kernel_seconds
+    if not kernel:
+        return []
+    rows = []
+    for efficiency in KERNEL_EFFICIENCIES:
+        seconds = estimate.seconds - kernel + kernel / efficiency
+        mfu = plan.model_flops_per_step / (plan.num_devices * peak_tflops * 1e12 * seconds)
+        rows.append({"kernel_efficiency": efficiency, "seconds_per_step": seconds, "mfu": mfu})
+    return rows
 
 
 def _size(num_bytes: float) -> str:
@@ -438,6 +461,21 @@ def _dcn_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _sensitivity_lines(rows: list[dict[str, float]]) -> list[str]:
+    """How the step time and MFU move with the splash kernels' efficiency."""
+    if not rows:
+        return []
+    return [
+        "  if the splash kernels' matmuls ran at a share of peak FLOP/s (the estimate assumes "
+        "100%): "
+        + ", ".join(
+            f"{100 * r['kernel_efficiency']:.0f}% -> {r['seconds_per_step']:.4g} s, "
+            f"MFU {100 * r['mfu']:.1f}%"
+            for r in rows
+        )
+    ]
+
+
 def _step_time_lines(result: dict[str, Any]) -> list[str]:
     """The step-time section: the cost model's, the assumed-MFU one, or why there is none."""
     if "step_time" in result and "implied_mfu" in result["step_time"]:
@@ -453,7 +491,7 @@ def _step_time_lines(result: dict[str, Any]) -> list[str]:
                 f"{p['encoder_layers']}+{p['decoder_layers']} layers {p['optimal_seconds']:.4g} s"
                 for p in step["timing_points"]
             ),
-        ]
+        ] + _sensitivity_lines(step.get("kernel_efficiency_sensitivity", []))
     if "step_time" in result:
         step = result["step_time"]
         return [
