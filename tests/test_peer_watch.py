@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from alexatm_jax.cli import job_arguments
 from alexatm_jax.cli import train as train_cli
 from alexatm_jax.multiprocess import JobTimeouts
 from alexatm_jax.peer_watch import DONE, FAILED, KEY_PREFIX, PeerWatch
@@ -67,10 +68,10 @@ def test_a_finished_process_is_no_loss_and_a_failed_one_is_named_at_once():
 
 def test_the_timeout_flags_have_documented_defaults_and_refuse_nonsense(monkeypatch, capsys):
     args, _ = train_cli.parse_args(["--gin_file=gin/experiments/smoke_cpu.gin"])
-    assert train_cli.timeouts(args) == JobTimeouts(300, 30, 60)
+    assert job_arguments.timeouts(args) == JobTimeouts(300, 30, 60)
     monkeypatch.setenv("ALEXATM_HEARTBEAT_TIMEOUT_S", "12")
     args, _ = train_cli.parse_args(["--gin_file=gin/experiments/smoke_cpu.gin"])
-    assert train_cli.timeouts(args).heartbeat_s == 12
+    assert job_arguments.timeouts(args).heartbeat_s == 12
     with pytest.raises(SystemExit) as stopped:
         train_cli.parse_args(["--gin_file=x.gin", "--initialization_timeout_s", "0"])
     assert stopped.value.code == 2

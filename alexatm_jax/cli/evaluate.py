@@ -15,15 +15,19 @@ import sys
 from collections.abc import Sequence
 
 from alexatm_jax.cli import inference_arguments as common
+from alexatm_jax.cli import job_arguments
 from alexatm_jax.evaluation import data, harness, metrics, suites, tfds_export
 from alexatm_jax.evaluation.generation_tasks import Summarization
+from alexatm_jax.multiprocess import leave
 from alexatm_jax.storage import absolute, as_path
+
+PROG = "alexatm-eval"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of alexatm-eval."""
     parser = argparse.ArgumentParser(
-        prog="alexatm-eval",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -76,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="choice tasks: score the full text as a denoising target, or the "
         "continuation after a [CLM] context",
     )
+    job_arguments.add_job_arguments(parser)
     return parser
 
 
@@ -107,6 +112,7 @@ def export_missing_splits(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
     """Validates everything before the model loads; returns the tasks to run."""
+    job_arguments.check_job_arguments(parser, args)
     common.check_model_arguments(parser, args)
     common.check_storage(parser, {"--data_dir": args.data_dir}, {"--out": args.out})
     try:
@@ -135,10 +141,26 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (1 when the data turn out bad mid-run)."""
+    """Entry point; returns the exit status (1 when the data turn out bad mid-run).
+
+    In a multi-process job (--coordinator_address ..., or a Cloud TPU slice of several hosts)
+    every process loads its shard of the model and computes its rows of every batch; the
+    results are gathered on every process, and process 0 writes them."""
     parser = build_parser()
     args = parser.parse_args(argv)
     tasks = check_arguments(parser, args)
+    watch = job_arguments.initialize_jax(PROG, args)
+    try:
+        code = _evaluate(parser, args, tasks)
+    except Exception as error:
+        if watch is not None:
+            watch.blame(error)  # a lost peer is named rather than the broken collective
+        raise
+    return code if watch is None else leave(watch, code)
+
+
+def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace, tasks: list) -> int:
+    """Load the model, run the task or suite, write the results (process 0)."""
     text_model = common.load_model(parser, args)
     import jax
 
