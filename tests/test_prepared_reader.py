@@ -206,3 +206,18 @@ def test_a_split_without_documents_for_a_task_leaves_it_out(prepared):
         seed=0,
     )
     assert {ex.language for g in range(200) for ex in rows.examples(g)} == {"en", "fr"}
+
+
+def test_rows_read_on_threads_equal_rows_read_in_turn(prepared):
+    """Remote data is read on REMOTE_READ_THREADS threads; the rows do not change, also across
+    a block boundary, where threads need two blocks' layouts at once."""
+    import concurrent.futures
+
+    from alexatm_jax.data.prepared_batches import BLOCK_ROWS
+
+    start = BLOCK_ROWS - 40
+    in_turn = rows_of(prepared).rows(start, 80)
+    threaded = rows_of(prepared)
+    threaded._readers = concurrent.futures.ThreadPoolExecutor(8)
+    for _ in range(3):
+        assert_same([threaded.rows(start, 80)], [in_turn])

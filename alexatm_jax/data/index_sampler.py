@@ -87,14 +87,15 @@ class RowBlocks:
     def _layout(self, block_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(label index per position, rank among its label's positions) of one block; the
         last block asked for is kept, as consecutive rows share it."""
-        if self._cached[0] != block_index:
+        cached = self._cached  # one read: rows may be computed on several threads
+        if cached[0] != block_index:
             order = generator(self.key, block_index).permutation(self._pattern)
             rank = np.empty(self.block, np.int64)
             for label in range(len(self.labels)):
                 where = np.flatnonzero(order == label)
                 rank[where] = np.arange(where.size)
-            self._cached = (block_index, order, rank)
-        return self._cached[1], self._cached[2]
+            cached = self._cached = (block_index, order, rank)
+        return cached[1], cached[2]
 
     def locate(self, row: int) -> tuple[str, int]:
         """(label of global row `row`, how many rows of that label come before it)."""

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from alexatm_jax import storage
 from alexatm_jax.data import index_sampler
 from alexatm_jax.data.prepared_examples import (
     Objectives,
@@ -50,6 +51,7 @@ STATE_FORMAT = 1
 BLOCK_ROWS = 10_000
 CLM_PLANNING_ROWS = 2_000  # simulated CLM rows behind the CLM row rate
 MAX_DOCUMENT_DRAWS = 64  # draws to find a CLM document of >= 2 tokens before giving up
+REMOTE_READ_THREADS = 16  # rows computed at once when the parts are remote (gs://)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,13 @@ class PreparedRows:
             clm_split_high=recipe["clm_split_high"],
         )
         self.tasks, self.units = self._open_units(directory, manifest, recipe["tasks"])
+        # Remote parts are read by byte range, one request per window or document: rows are
+        # then computed on REMOTE_READ_THREADS threads so the requests' latencies overlap.
+        self._readers = (
+            concurrent.futures.ThreadPoolExecutor(REMOTE_READ_THREADS, "prepared-reads")
+            if storage.is_remote(directory)
+            else None
+        )
         self.window = self.lengths["targets"] - self.objectives.overhead("denoise")["targets"] - 1
         if (
             self.window < 1
@@ -226,7 +235,10 @@ class PreparedRows:
 
     def rows(self, start: int, count: int) -> dict[str, np.ndarray]:
         """Rows [start, start + count) stacked: int32 [count, L] per training feature."""
-        rows = [self.row(g) for g in range(start, start + count)]
+        indices = range(start, start + count)
+        rows = list(
+            self._readers.map(self.row, indices) if self._readers else map(self.row, indices)
+        )
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
     def _example(self, name: str, *arrays_and_split: Any) -> TaskExample:
