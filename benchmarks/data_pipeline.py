@@ -63,15 +63,12 @@ def objective_dataset(
     return seqio.EncDecFeatureConverter(pack=True)(ds, task_feature_lengths=lengths)
 
 
-def measure_pipeline(ds, batch_size: int, warmup: int, seconds: float, cores: int) -> dict:
-    """Drains `warmup` batches, then batches for `seconds`; returns token rates."""
-    iterator = ds.batch(batch_size).as_numpy_iterator()
-    for _ in range(warmup):
-        next(iterator)
+def drain(next_batch, seconds: float, cores: int) -> dict:
+    """Calls `next_batch()` for `seconds`; returns its non-padding target token rates."""
     tokens = batches = 0
     wall, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - wall < seconds:
-        batch = next(iterator)
+        batch = next_batch()
         tokens += int((batch["decoder_target_tokens"] > 0).sum())
         batches += 1
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -82,6 +79,14 @@ def measure_pipeline(ds, batch_size: int, warmup: int, seconds: float, cores: in
         "tokens_per_cpu_second": tokens / cpu,
         "tokens_per_second_per_core": tokens / wall / cores,
     }
+
+
+def measure_pipeline(ds, batch_size: int, warmup: int, seconds: float, cores: int) -> dict:
+    """Drains `warmup` batches, then batches for `seconds`; returns token rates."""
+    iterator = ds.batch(batch_size).as_numpy_iterator()
+    for _ in range(warmup):
+        next(iterator)
+    return drain(lambda: next(iterator), seconds, cores)
 
 
 def prepare_data(data_dir: str, vocab_path: str | None, out: str) -> dict:
@@ -125,23 +130,9 @@ def prepared_rows(objective: str, directory: str, vocab_path: str | None, length
 
 def measure_prepared(rows, batch_size: int, warmup: int, seconds: float, cores: int) -> dict:
     """Reads `warmup` batches of rows, then batches for `seconds`; returns token rates."""
-    row = warmup * batch_size
-    rows.rows(0, row)
-    tokens = batches = 0
-    wall, cpu = time.perf_counter(), time.process_time()
-    while time.perf_counter() - wall < seconds:
-        batch = rows.rows(row, batch_size)
-        row += batch_size
-        tokens += int((batch["decoder_target_tokens"] > 0).sum())
-        batches += 1
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {
-        "batches": batches,
-        "target_tokens": tokens,
-        "padding_share": 1 - tokens / (batches * batch["decoder_target_tokens"].size),
-        "tokens_per_cpu_second": tokens / cpu,
-        "tokens_per_second_per_core": tokens / wall / cores,
-    }
+    rows.rows(0, warmup * batch_size)
+    starts = iter(range(warmup * batch_size, 2**62, batch_size))
+    return drain(lambda: rows.rows(next(starts), batch_size), seconds, cores)
 
 
 def _print_rates(label: str, rates: dict) -> None:
