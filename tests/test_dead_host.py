@@ -14,11 +14,15 @@ batches, a checkpoint every 4 steps, far more steps than they will run) are star
    within its --initialization_timeout_s (plus start-up), and writes nothing.
 4. A process that fails (here: a misspelt macro on process 1 only) makes the other exit 1 naming
    it; an error on every process keeps its exit code 2 on every process.
+
+The launches of 3 and 4 start together the moment process 1 is killed in 1: process 0 then idles
+for the 30 s heartbeat timeout, and they use that time.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -33,6 +37,7 @@ KILL_AFTER_STEP = 7
 EXIT_BOUND_S = 60  # the documented bound: heartbeat timeout 30 s + margin
 START_TIMEOUT_S = 300
 JOIN_TIMEOUT_S = 10
+QUICK_FAILURES = ("alone_0", "alone_1", "one_fails", "all_fail")
 ARGS = [
     "--gin_file=gin/experiments/smoke_cpu.gin",
     "--gin.BATCH_SIZE=4",
@@ -92,15 +97,70 @@ def env(jax_cache_dir) -> dict[str, str]:
     return cached_train_env(jax_cache_dir)
 
 
+def _start_quick_failures(work: str, env: dict[str, str]) -> dict[str, Job]:
+    """Start the launches that must fail quickly (tests 3 and 4), all together: process 0 alone
+    and process 1 alone (their partner never starts), process 1 failing beside a healthy process
+    0, and both processes failing."""
+    jobs = {name: Job(work, name, NUM_PROCESSES) for name in QUICK_FAILURES}
+    for alone in range(NUM_PROCESSES):
+        model_dir = os.path.join(work, f"alone_{alone}_model")
+        timeout = ["--initialization_timeout_s", str(JOIN_TIMEOUT_S)]
+        jobs[f"alone_{alone}"].start(
+            [alone], [*ARGS, "--model_dir", model_dir, *timeout], DEVICES_PER_PROCESS, env
+        )
+    args = [*ARGS, "--model_dir", os.path.join(work, "one_fails_model")]
+    port = jobs["one_fails"].start([0], args, DEVICES_PER_PROCESS, env)
+    misspelt = [*args, "--gin.TRAIN_STEPSS=3"]
+    jobs["one_fails"].start([1], misspelt, DEVICES_PER_PROCESS, env, port=port)
+    args = [*ARGS, "--model_dir", os.path.join(work, "all_fail_model"), "--gin.TRAIN_STEPSS=3"]
+    jobs["all_fail"].start(range(NUM_PROCESSES), args, DEVICES_PER_PROCESS, env)
+    return jobs
+
+
+def _exit_moments(jobs: dict[str, Job], timeout_s: float) -> dict[str, list[float | None]]:
+    """Poll every started process of `jobs` until all have exited or `timeout_s` passes, then
+    kill the rest; returns when each exited (time.monotonic(); None: killed, or never started)."""
+    deadline = time.monotonic() + timeout_s
+    moments = {name: [None] * len(job.processes) for name, job in jobs.items()}
+    while time.monotonic() < deadline:
+        running = 0
+        for name, job in jobs.items():
+            for i, process in enumerate(job.processes):
+                if process and moments[name][i] is None:
+                    if process.poll() is None:
+                        running += 1
+                    else:
+                        moments[name][i] = time.monotonic()
+        if not running:
+            break
+        time.sleep(0.05)
+    for job in jobs.values():
+        job.kill()
+    return moments
+
+
+def _codes(job: Job, moments: list[float | None]) -> list[int | None]:
+    """Each process's exit code; None where it was killed at the deadline or never started."""
+    return [p.returncode if m else None for p, m in zip(job.processes, moments)]
+
+
 @pytest.fixture(scope="module")
 def killed_worker(tmp_path_factory, env) -> dict:
-    """The first launch, with process 1 killed after step KILL_AFTER_STEP."""
+    """The first launch, with process 1 killed after step KILL_AFTER_STEP. While process 0
+    waits out the heartbeat timeout, with the CPU idle, the quick-failure launches run
+    (`_start_quick_failures`; under "quick": {name: (job, exit moments, start moment)})."""
     work = str(tmp_path_factory.mktemp("dead_host"))
     model_dir = os.path.join(work, "model")
     job = Job(work, "first", NUM_PROCESSES)
     job.start(range(NUM_PROCESSES), [*ARGS, "--model_dir", model_dir], DEVICES_PER_PROCESS, env)
     _run_until_step(job, model_dir, KILL_AFTER_STEP)
-    code, elapsed = _kill_and_time(job, victim=1, survivor=0)
+    job.processes[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    quick = _start_quick_failures(work, env)
+    started = time.monotonic()
+    moments = _exit_moments({"first": job, **quick}, START_TIMEOUT_S)
+    code = _codes(job, moments["first"])[0]
+    elapsed = (moments["first"][0] or math.inf) - killed
     print(f"process 0 exited {code} {elapsed:.1f} s after process 1 was killed")
     return {
         "work": work,
@@ -110,6 +170,7 @@ def killed_worker(tmp_path_factory, env) -> dict:
         "logs": job.logs(),
         "losses": _losses(model_dir),
         "checkpoints": _finalized_steps(model_dir),
+        "quick": {name: (quick[name], moments[name], started) for name in quick},
     }
 
 
@@ -156,28 +217,12 @@ def test_losing_the_coordinator_stops_the_others(relaunched):
     assert "leader task was preempted/died" in log, log[-3000:]
 
 
-def test_a_process_that_never_joins_fails_within_the_configured_time(tmp_path, env):
+def test_a_process_that_never_joins_fails_within_the_configured_time(killed_worker):
     """Process 0 alone, and process 1 alone (their coordinator never starts), side by side."""
-    starts, jobs = {}, {}
     for alone in range(NUM_PROCESSES):
-        jobs[alone] = Job(str(tmp_path), f"alone_{alone}", NUM_PROCESSES)
-        starts[alone] = time.monotonic()
-        jobs[alone].start(
-            [alone],
-            [
-                *ARGS,
-                "--model_dir",
-                str(tmp_path / f"model_{alone}"),
-                "--initialization_timeout_s",
-                str(JOIN_TIMEOUT_S),
-            ],
-            DEVICES_PER_PROCESS,
-            env,
-        )
-    for alone, job in jobs.items():
-        code = job.wait(alone, START_TIMEOUT_S)
-        elapsed = time.monotonic() - starts[alone]
-        job.kill()
+        job, moments, started = killed_worker["quick"][f"alone_{alone}"]
+        code = _codes(job, moments)[alone]
+        elapsed = (moments[alone] or math.inf) - started
         log = job.logs()[alone]
         print(f"process {alone} alone: exit {code} after {elapsed:.1f} s")
         assert code == 1, f"exit code {code}\n{log[-3000:]}"
@@ -187,38 +232,30 @@ def test_a_process_that_never_joins_fails_within_the_configured_time(tmp_path, e
             "127.0.0.1:" in log
         ), log[-3000:]
         assert elapsed < JOIN_TIMEOUT_S + 60  # + Python, JAX and TensorFlow start-up
-        assert not os.path.exists(tmp_path / f"model_{alone}")
+        assert not os.path.exists(os.path.join(killed_worker["work"], f"alone_{alone}_model"))
 
 
-def test_a_process_that_fails_stops_the_others(tmp_path, env):
+def test_a_process_that_fails_stops_the_others(killed_worker):
     """Process 1 alone gets a misspelt macro: it exits 2 at once, and process 0, which would
     wait for it in every collective, exits 1 naming it."""
-    job = Job(str(tmp_path), "one_fails", NUM_PROCESSES)
-    args = [*ARGS, "--model_dir", str(tmp_path / "model")]
-    port = job.start([0], args, DEVICES_PER_PROCESS, env)
-    job.start([1], [*args, "--gin.TRAIN_STEPSS=3"], DEVICES_PER_PROCESS, env, port=port)
-    failed = job.wait(1, START_TIMEOUT_S)
-    ended = time.monotonic()
-    survivor = job.wait(0, EXIT_BOUND_S)
-    elapsed = time.monotonic() - ended
-    job.kill()
+    job, moments, _ = killed_worker["quick"]["one_fails"]
+    survivor, failed = _codes(job, moments)
+    elapsed = (moments[0] or math.inf) - (moments[1] or 0)
     logs = job.logs()
     print(f"process 0 exited {survivor} {elapsed:.1f} s after process 1 failed")
     assert failed == 2 and "TRAIN_STEPSS" in logs[1], logs[1][-3000:]
     assert survivor == 1, f"exit code {survivor}\n{logs[0][-3000:]}"
+    assert elapsed <= EXIT_BOUND_S
     assert (
         "alexatm-train: error: process 0: process 1 failed (exit 2; its log names the error)"
         in logs[0]
     ), logs[0][-3000:]
 
 
-def test_an_error_on_every_process_keeps_its_exit_code(tmp_path, env):
+def test_an_error_on_every_process_keeps_its_exit_code(killed_worker):
     """The same misspelt macro on both processes: both exit 2 with the gin error, neither is
     aborted by JAX when process 0 (and with it the coordination service) goes first."""
-    job = Job(str(tmp_path), "all_fail", NUM_PROCESSES)
-    args = [*ARGS, "--model_dir", str(tmp_path / "model"), "--gin.TRAIN_STEPSS=3"]
-    job.start(range(NUM_PROCESSES), args, DEVICES_PER_PROCESS, env)
-    codes = job.wait_all(START_TIMEOUT_S)
-    job.kill()
+    job, moments, _ = killed_worker["quick"]["all_fail"]
+    codes = _codes(job, moments)
     assert codes == [2, 2], f"exit codes {codes}\n{job.tails()}"
     assert all("alexatm-train: error: gin configuration:" in log for log in job.logs())
