@@ -297,9 +297,7 @@ def cost_model_step_time(
         ],
         "timing_compile_seconds": estimate.compile_seconds,
         "uncosted_kernel_seconds": estimate.uncosted_kernel_seconds,
-        "kernel_efficiency_sensitivity": kernel_efficiency_sensitivity(
-            plan, estimate, peak_tflops
-        ),
+        "kernel_efficiency_sensitivity": kernel_efficiency_sensitivity(plan, estimate, peak_tflops),
     }
 
 

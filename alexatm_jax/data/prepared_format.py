@@ -198,8 +198,7 @@ class _Part:
         if handles is None:  # epath's gs:// open() is a context manager: keep it entered
             self._local.files = contextlib.ExitStack()
             handles = self._local.handles = [
-                self._local.files.enter_context(storage.as_path(p).open("rb"))
-                for p in self._paths
+                self._local.files.enter_context(storage.as_path(p).open("rb")) for p in self._paths
             ]
         handles[which].seek(start * dtype.itemsize)
         return np.frombuffer(handles[which].read((stop - start) * dtype.itemsize), dtype)
