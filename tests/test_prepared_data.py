@@ -223,9 +223,11 @@ def test_check_prepared_returns_the_registrys_recipe_and_refuses_other_settings(
 
 @pytest.fixture
 def clean_gin():
-    """Forget the gin bindings a CLI call parsed into this process."""
+    """Start from no gin bindings, unlocked (an earlier test may have finalised gin's config),
+    and forget those a CLI call parsed into this process."""
     import gin
 
+    gin.clear_config()
     yield
     gin.clear_config()
 

@@ -41,26 +41,19 @@ def make_host_source(
     prepared ones on any number of hosts.
     """
     if kind == "prepared":
-        from alexatm_jax.data.prepared_batches import PreparedHostBatches, open_prepared_rows
-
         if not pack:
             raise ValueError("prepared data is always packed: set train.pack = True")
-        rows, digest, report = open_prepared_rows(
+        return _prepared_source(
             str(prepared_data),
             mixture=mixture,
             vocab_path=vocab_path,
             split=split,
             sequence_length=sequence_length,
             seed=seed,
-            decoder_start_token_id=decoder_start_token_id,
-        )
-        return PreparedHostBatches(
-            rows,
             shard_index=shard_index,
             num_shards=num_shards,
             per_host_batch_size=per_host_batch_size,
-            preparation_digest=digest,
-            report=report,
+            decoder_start_token_id=decoder_start_token_id,
             resume_state=resume_state,
         )
     if kind == "synthetic":
@@ -94,3 +87,28 @@ def make_host_source(
             resume_mode=resume_mode,
         )
     raise ValueError(f"data_source must be one of {DATA_SOURCES}, got {kind!r}")
+
+
+def _prepared_source(
+    directory: str,
+    *,
+    shard_index: int,
+    num_shards: int,
+    per_host_batch_size: int,
+    resume_state: Mapping[str, Any] | None,
+    **rows: Any,
+) -> HostBatchSource:
+    """This process's batches of the prepared data in `directory` (`rows`: the arguments of
+    `open_prepared_rows`), checked against the registry first."""
+    from alexatm_jax.data.prepared_batches import PreparedHostBatches, open_prepared_rows
+
+    prepared_rows, digest, report = open_prepared_rows(directory, **rows)
+    return PreparedHostBatches(
+        prepared_rows,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        per_host_batch_size=per_host_batch_size,
+        preparation_digest=digest,
+        report=report,
+        resume_state=resume_state,
+    )
