@@ -182,9 +182,8 @@ class PreparedRows:
         samples = {}
         for name in self.clm_names:
             lengths = self.units[self.tasks[name]["unit"]].length_sample()
-            samples[name] = lengths[lengths >= 2] if lengths.size else np.array([2])
-            if not samples[name].size:
-                samples[name] = np.array([2])
+            usable = lengths[lengths >= 2]  # CLM needs documents of >= 2 tokens
+            samples[name] = usable if usable.size else np.array([2])
         counts = []
         for _ in range(CLM_PLANNING_ROWS):
             used = {"inputs": 0, "targets": 0}
