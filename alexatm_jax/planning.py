@@ -157,7 +157,9 @@ def check_batch_layout(config: TrainConfig, partitioner: Partitioner) -> None:
         raise ValueError(f"{problem} on mesh {dict(partitioner.mesh.shape)}")
 
 
-def _shard_bytes(tree: Any, shardings: Any) -> int:
+def shard_bytes(tree: Any, shardings: Any) -> int:
+    """Bytes one device holds of `tree` (leaves with shape and dtype) under `shardings` (a
+    matching tree of NamedShardings): shard shapes x itemsize."""
     leaves = jax.tree.leaves(tree)
     specs = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
     return sum(
@@ -172,8 +174,8 @@ def state_bytes_per_device(config: TrainConfig, partitioner: Partitioner) -> tup
     abstract = abstract_train_state(config.model_config, optimizer)
     shardings = train_state_shardings(config.model_config, optimizer, partitioner)
     return (
-        _shard_bytes(abstract.params, shardings.params),
-        _shard_bytes(abstract.opt_state, shardings.opt_state),
+        shard_bytes(abstract.params, shardings.params),
+        shard_bytes(abstract.opt_state, shardings.opt_state),
     )
 
 
@@ -233,12 +235,7 @@ def compile_train_executable(
     progress("traced")
     lowered = traced.lower()
     progress("lowered")
-    try:
-        compiled = lowered.compile()
-    except jax.errors.JaxRuntimeError as error:
-        if "RESOURCE_EXHAUSTED" in str(error):
-            raise DoesNotFit(_out_of_memory_summary(str(error))) from error
-        raise
+    compiled = compile_lowered(lowered)
     seconds = time.perf_counter() - start
     progress("compiled")
     return compiled, flops, seconds
@@ -249,6 +246,22 @@ def compile_train_step(
 ) -> tuple[CompiledStep, float]:
     """The config's train step compiled on abstract inputs: (its CompiledStep, seconds spent)."""
     compiled, flops, seconds = compile_train_executable(config, partitioner, progress)
+    return measure_compiled(compiled, flops), seconds
+
+
+def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+    """`lowered.compile()`; raises DoesNotFit when the compiler runs out of device memory."""
+    try:
+        return lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" in str(error):
+            raise DoesNotFit(_out_of_memory_summary(str(error))) from error
+        raise
+
+
+def measure_compiled(compiled: jax.stages.Compiled, matmul_flops: float) -> CompiledStep:
+    """The compiler's per-device memory and cost figures of any compiled program, with the
+    matmul FLOPs counted on its trace."""
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
@@ -259,9 +272,9 @@ def compile_train_step(
         temp_bytes=float(memory.temp_size_in_bytes),
         generated_code_bytes=float(memory.generated_code_size_in_bytes),
         xla_flops_per_device=float(cost.get("flops", float("nan"))),
-        matmul_flops=flops,
+        matmul_flops=matmul_flops,
         optimal_seconds=float(cost.get("optimal_seconds", float("nan"))),
-    ), seconds
+    )
 
 
 class DoesNotFit(Exception):
@@ -312,9 +325,13 @@ def extrapolate_linearly(
     measured: Mapping[Depths, CompiledStep], k: int, target: Depths
 ) -> CompiledStep:
     """Every field of the CompiledSteps at `extrapolation_depths(k)` extended linearly in the
-    encoder and decoder depth to `target`: base + slope_enc·(E - k) + slope_dec·(D - k)."""
+    encoder and decoder depth to `target`: base + slope_enc·(E - k) + slope_dec·(D - k).
+
+    A program that does not run the encoder (one decoder step) may leave out the (2k, k)
+    point: its encoder slope is then zero."""
     base_depth, enc_depth, dec_depth = extrapolation_depths(k)
-    base, enc, dec = measured[base_depth], measured[enc_depth], measured[dec_depth]
+    base, dec = measured[base_depth], measured[dec_depth]
+    enc = measured.get(enc_depth, base)
     values = {}
     for field in dataclasses.fields(CompiledStep):
         b, e, d = (getattr(x, field.name) for x in (base, enc, dec))

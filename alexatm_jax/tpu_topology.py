@@ -23,24 +23,30 @@ INSTALL_HINT = (
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """Per-chip figures of one TPU generation: HBM in GiB, dense bf16 peak in TFLOP/s and the
-    data-center network (DCN) bandwidth in Gbit/s where Google documents it (None otherwise)."""
+    """Per-chip figures of one TPU generation: HBM in GiB, HBM bandwidth in GB/s (10^9 bytes
+    per second), dense bf16 peak in TFLOP/s and the data-center network (DCN) bandwidth in
+    Gbit/s where Google documents it (None otherwise)."""
 
     generation: str
     hbm_gib: float
     peak_bf16_tflops: float
     megacore: bool  # two TensorCores per chip, one JAX device (Cloud TPU names count cores)
     cloud_prefix: str
+    hbm_gbytes_per_s: float
     dcn_gbps: float | None = None
 
 
+# HBM bandwidth per chip, from the system architecture tables of Google's Cloud TPU pages
+# (https://cloud.google.com/tpu/docs/v4, /v5p, /v5e, /v6e): v4 "HBM2 capacity and bandwidth:
+# 32 GiB, 1200 GBps"; v5p "95GB, 2765 GBps"; v5e "16 GB, 819 GBps"; v6e "HBM bandwidth per
+# chip: 1638 GBps".
 CHIPS = {
-    "v4": Chip("v4", 32.0, 275.0, True, "v4"),
+    "v4": Chip("v4", 32.0, 275.0, True, "v4", hbm_gbytes_per_s=1200.0),
     # v5p DCN: "Data center network (DCN) bandwidth per chip (Gbps): 50",
     # https://cloud.google.com/tpu/docs/v5p (system architecture table).
-    "v5p": Chip("v5p", 95.0, 459.0, True, "v5p", dcn_gbps=50.0),
-    "v5e": Chip("v5e", 16.0, 197.0, False, "v5litepod"),
-    "v6e": Chip("v6e", 32.0, 918.0, False, "v6e"),
+    "v5p": Chip("v5p", 95.0, 459.0, True, "v5p", hbm_gbytes_per_s=2765.0, dcn_gbps=50.0),
+    "v5e": Chip("v5e", 16.0, 197.0, False, "v5litepod", hbm_gbytes_per_s=819.0),
+    "v6e": Chip("v6e", 32.0, 918.0, False, "v6e", hbm_gbytes_per_s=1638.0),
 }
 _CLOUD_PREFIXES = {chip.cloud_prefix: name for name, chip in CHIPS.items()}
 

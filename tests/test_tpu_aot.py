@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax.sharding import NamedSharding
+from tpu_compile_only import devices_or_skip
 
 from alexatm_jax import tpu_topology
 from alexatm_jax.cli import plan as plan_cli
@@ -61,26 +62,10 @@ TINY_MACROS = [
 ]
 
 
-@functools.lru_cache(maxsize=1)
-def _devices_or_reason() -> tuple[list, str | None]:
-    problem = tpu_topology.libtpu_problem()
-    if problem:
-        return [], problem
-    target = tpu_topology.parse_tpu_target(TARGET)
-    tpu_topology.prepare_compile_only_environment(target)
-    try:
-        return tpu_topology.topology_devices(target), None
-    except RuntimeError as error:
-        return [], str(error)
-
-
 @pytest.fixture(scope="module")
 def devices():
     """The 4 compile-only v5p devices, or a skip naming why libtpu is unusable here."""
-    found, reason = _devices_or_reason()
-    if reason:
-        pytest.skip(f"the TPU compiler is unavailable: {reason}")
-    return found
+    return devices_or_skip(TARGET)
 
 
 def tiny_job(config: ModelConfig = TINY, length: int = 64) -> TrainConfig:
@@ -210,6 +195,7 @@ def test_plan_cli_with_topology_reports_tpu_memory_and_cost_model_time(
     assert step["seconds_per_step"] == pytest.approx(step["timing_points"][0]["optimal_seconds"])
     assert result["dcn"]["num_slices"] == 1 and result["dcn"]["seconds_per_step"] == 0
     assert result["dcn"]["step_seconds_with_dcn"] == step["seconds_per_step"]
+    assert "few_shot_eval" not in result  # no FewShotEval hook: nothing more is planned
 
 
 def test_a_step_too_big_for_hbm_is_refused_by_the_tpu_compiler(devices):
@@ -242,8 +228,8 @@ def test_a_non_positive_cost_model_time_is_named_and_the_memory_plan_kept(monkey
     args, _ = plan_cli.parse_args(["--gin_file", "x.gin", "--devices", "1", "--peak_tflops", "459"])
     args.target = type("Target", (), {"has_cost_model": True})()
     monkeypatch.setattr(planning, "make_plan", lambda job, **kwargs: "the memory plan")
-    plan, estimate = plan_cli.run_plan(tiny_job(), jax.devices()[:1], args)
-    assert (plan, estimate) == ("the memory plan", None)
+    plan, estimate, few_shot = plan_cli.run_plan(tiny_job(), jax.devices()[:1], args)
+    assert (plan, estimate, few_shot) == ("the memory plan", None, [])
     assert "alexatm-plan: warning: no step time: the TPU cost model" in capsys.readouterr().err
 
 

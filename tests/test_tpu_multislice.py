@@ -8,7 +8,6 @@ A machine where libtpu is missing or cannot load skips the compiling tests with 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import subprocess
@@ -17,8 +16,9 @@ import sys
 import jax
 import pytest
 from test_tpu_aot import TINY_GIN, TINY_MACROS, tiny_job
+from tpu_compile_only import devices_or_skip
 
-from alexatm_jax import dcn, tpu_topology
+from alexatm_jax import dcn
 from alexatm_jax.cli import plan as plan_cli
 from alexatm_jax.partitioning import MeshConfig, Partitioner
 from alexatm_jax.planning import compile_train_executable, one_slice_share
@@ -26,26 +26,10 @@ from alexatm_jax.planning import compile_train_executable, one_slice_share
 TARGET = "v5p:2x2x1"
 
 
-@functools.lru_cache(maxsize=2)
-def _devices_or_reason(num_slices: int) -> tuple[list, str | None]:
-    problem = tpu_topology.libtpu_problem()
-    if problem:
-        return [], problem
-    target = tpu_topology.parse_tpu_target(TARGET)
-    tpu_topology.prepare_compile_only_environment(target)
-    try:
-        return tpu_topology.topology_devices(target, num_slices), None
-    except RuntimeError as error:
-        return [], str(error)
-
-
 @pytest.fixture(scope="module")
 def two_slices():
     """8 compile-only v5p devices in 2 slices, or a skip naming why libtpu is unusable here."""
-    found, reason = _devices_or_reason(2)
-    if reason:
-        pytest.skip(f"the TPU compiler is unavailable: {reason}")
-    return found
+    return devices_or_skip(TARGET, 2)
 
 
 def test_libtpu_describes_two_slices_with_their_slice_index(two_slices):

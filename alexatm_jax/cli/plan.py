@@ -2,7 +2,8 @@
 
     alexatm-plan --gin_file gin/experiments/alexatm_20b_v5p256.gin --topology v5p-256 \\
         [--num_slices N [--dcn_gbps_per_host G] [--dcn_overlap F]] \\
-        [--timing_layers 2 | --no_step_time] [--gin.KEY=VALUE ...] [--format text|json]
+        [--timing_layers 2 | --no_step_time] [--no_eval_hooks_cost] [--gin.KEY=VALUE ...] \\
+        [--format text|json]
     alexatm-plan --gin_file gin/experiments/alexatm_20b_v5p256.gin --devices 128 \\
         --peak_tflops 459 --mfu 0.45 --device_memory_gib 95 [--gin.KEY=VALUE ...] \\
         [--extrapolate_from_layers 2] [--format text|json] [--json_out plan.json]
@@ -13,7 +14,10 @@ step time is the TPU cost model's; with --num_slices N the devices span N slices
 adds the gradient all-reduce's traffic between slices (DCN), which the cost model does not price
 (`alexatm_jax.dcn`). With --devices it emulates N CPU devices and compiles with
 XLA:CPU; the step time then follows from a peak FLOP/s and an assumed MFU. Nothing is allocated
-either way. See `alexatm_jax.planning` for what each number means.
+either way. See `alexatm_jax.planning` for what each number means. With --eval it plans
+evaluation's programs instead (`alexatm_jax.cli.plan_eval`). On one TPU slice the job's
+FewShotEval hooks (train.eval_hooks) are priced too, on the training mesh, with their share of
+the wall time (`alexatm_jax.eval_planning.training_eval_cost`; --no_eval_hooks_cost skips it).
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from alexatm_jax.cli.gin_flags import gin_bindings
+from alexatm_jax.cli.plan_eval import add_eval_arguments, check_eval_arguments, run_eval_plan
 from alexatm_jax.cli.plan_report import format_text, report
 
 if TYPE_CHECKING:  # importing planning imports JAX, which must wait for emulate_cpu_devices
+    from alexatm_jax.eval_planning.training_eval_cost import HookCost, HookWork
     from alexatm_jax.planning import Plan, StepTimeEstimate
     from alexatm_jax.training.config import TrainConfig
 
@@ -82,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_multislice_arguments(parser)
     _add_estimate_arguments(parser)
+    add_eval_arguments(parser)
     return parser
 
 
@@ -128,7 +135,15 @@ def _add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no_step_time",
         action="store_true",
-        help="with --topology: skip the step-time compiles (memory only)",
+        help="with --topology: skip the step-time compiles (memory only; no few-shot "
+        "evaluation cost either)",
+    )
+    parser.add_argument(
+        "--no_eval_hooks_cost",
+        action="store_true",
+        help="with a one-slice TPU --topology: do not plan the cost of the job's FewShotEval "
+        "hooks (train.eval_hooks), which compiles their evaluation programs on the training "
+        "mesh and reports their share of the run's wall time",
     )
     parser.add_argument(
         "--extrapolate_from_layers",
@@ -209,6 +224,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         parser.error(f"--mfu must be in (0, 1], got {args.mfu}")
     if args.device_memory_gib is not None and args.device_memory_gib <= 0:
         parser.error(f"--device_memory_gib must be > 0, got {args.device_memory_gib}")
+    if args.eval is not None:
+        check_eval_arguments(parser, args)
     return args, bindings
 
 
@@ -325,10 +342,32 @@ def adapt_job_to_target(job: TrainConfig, args: argparse.Namespace) -> TrainConf
     return job
 
 
+def few_shot_work(
+    job: TrainConfig, devices: list[Any] | None, args: argparse.Namespace
+) -> list[HookWork]:
+    """The job's FewShotEval hooks to price (`alexatm_jax.eval_planning.training_eval_cost`):
+    none unless the target is one TPU slice with its step time and --no_eval_hooks_cost is off."""
+    from alexatm_jax.tpu_topology import TpuTarget
+
+    if args.no_eval_hooks_cost or args.no_step_time or not isinstance(args.target, TpuTarget):
+        return []
+    from alexatm_jax.eval_planning import training_eval_cost
+
+    if args.num_slices == 1:
+        return training_eval_cost.hook_work(job, devices)
+    if training_eval_cost.few_shot_hooks(job):
+        print(
+            "alexatm-plan: note: FewShotEval hooks are priced with --num_slices 1 only",
+            file=sys.stderr,
+        )
+    return []
+
+
 def run_plan(
     job: TrainConfig, devices: list[Any] | None, args: argparse.Namespace
-) -> tuple[Plan, StepTimeEstimate | None]:
-    """The plan and, for a TPU target, the cost model's step time, with a progress bar."""
+) -> tuple[Plan, StepTimeEstimate | None, list[HookCost]]:
+    """The plan, for a TPU target the cost model's step time, and for one TPU slice the cost of
+    the job's FewShotEval hooks (`few_shot_work`), with a progress bar."""
     from tqdm import tqdm
 
     from alexatm_jax.planning import (
@@ -340,7 +379,9 @@ def run_plan(
 
     timed = args.target is not None and args.target.has_cost_model and not args.no_step_time
     timing_compiles = len(timing_depths(job, args.timing_layers)) if timed else 0
+    hooks = few_shot_work(job, devices, args)
     stages = 3 * ((1 if args.extrapolate_from_layers is None else 3) + timing_compiles)
+    stages += sum(work.compiles(args.timing_layers) for work in hooks)
     with tqdm(total=stages, desc="plan", unit="stage", file=sys.stderr) as bar:
 
         def progress(stage: str) -> None:
@@ -365,7 +406,19 @@ def run_plan(
                 )
         except StepTimeUnavailable as error:  # the memory plan is kept and reported
             print(f"alexatm-plan: warning: no step time: {error}", file=sys.stderr)
-    return plan, estimate
+        step_seconds = estimate.seconds if estimate else None
+        costs = [
+            work.cost(
+                devices,
+                args.target,
+                step_seconds=step_seconds,
+                optimizer_state_bytes=plan.optimizer_state_bytes,
+                layers=args.timing_layers,
+                progress=progress,
+            )
+            for work in hooks
+        ]
+    return plan, estimate, costs
 
 
 def dcn_traffic(plan: Plan, devices: list[Any] | None, args: argparse.Namespace) -> Any:
@@ -388,6 +441,8 @@ def dcn_traffic(plan: Plan, devices: list[Any] | None, args: argparse.Namespace)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `alexatm-plan`; returns the exit status."""
     args, bindings = parse_args(argv)
+    if args.eval is not None:
+        return run_eval_plan(args, bindings)
     try:
         devices = target_devices(args)
     except RuntimeError as error:
@@ -403,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alexatm_jax.planning import DoesNotFit
 
     try:
-        plan, estimate = run_plan(job, devices, args)
+        plan, estimate, few_shot = run_plan(job, devices, args)
     except ValueError as error:
         print(f"alexatm-plan: error: {error}", file=sys.stderr)
         return 2
@@ -412,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"alexatm-plan: {' + '.join(args.gin_file)} on {args.topology}: DOES NOT FIT: {error}"
         )
         return 0
-    result = report(plan, args, estimate, dcn_traffic(plan, devices, args))
+    result = report(plan, args, estimate, dcn_traffic(plan, devices, args), few_shot)
     print(json.dumps(result, indent=2) if args.format == "json" else format_text(result))
     if args.json_out:
         path = pathlib.Path(args.json_out)

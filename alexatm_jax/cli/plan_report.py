@@ -4,10 +4,12 @@ FLOPs, the cost model's step time, and where each figure comes from)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from alexatm_jax.dcn import DcnTraffic
+    from alexatm_jax.eval_planning.training_eval_cost import HookCost
     from alexatm_jax.planning import Plan, StepTimeEstimate
 
 GIB = 2**30
@@ -50,9 +52,10 @@ def report(
     args: argparse.Namespace,
     estimate: StepTimeEstimate | None = None,
     dcn: DcnTraffic | None = None,
+    few_shot: Sequence[HookCost] = (),
 ) -> dict[str, Any]:
     """The plan as a JSON-ready dict: bytes per device, FLOPs, step time, the DCN term of a TPU
-    target, provenance notes."""
+    target, the FewShotEval hooks' cost (`few_shot_eval`, when priced), provenance notes."""
     job, cfg = plan.config, plan.config.model_config
     compiled_source, traced_source = _compile_sources(plan)
     result = {
@@ -96,6 +99,11 @@ def report(
         _add_dcn(result, dcn, estimate, args.dcn_overlap)
     if args.target is None and args.peak_tflops:
         result["step_time"] = _assumed_mfu_step_time(plan, args.peak_tflops, args.mfu)
+    if few_shot:
+        from alexatm_jax.eval_planning.training_eval_cost import NOTE
+
+        result["few_shot_eval"] = [cost.to_json() for cost in few_shot]
+        result["notes"].append(NOTE)
     return result
 
 
@@ -344,6 +352,7 @@ def format_text(result: dict[str, Any]) -> str:
         + [""]
         + _step_time_lines(result)
         + _dcn_lines(result)
+        + _few_shot_lines(result)
     )
     if len(result["compiled_points"]) > 1:
         lines += ["", "Compiled points (per device)"]
@@ -354,6 +363,7 @@ def format_text(result: dict[str, Any]) -> str:
             for p in result["compiled_points"]
         ]
     timing = result.get("step_time", {}).get("timing_compile_seconds", 0.0)
+    timing += sum(entry["compile_seconds"] for entry in result.get("few_shot_eval", []))
     lines += ["", f"Compile time here: {result['compile_seconds'] + timing:.0f} s"]
     lines += [f"WARNING: {warning}" for warning in result["warnings"]]
     lines += ["Notes:"]
@@ -457,6 +467,15 @@ def _dcn_lines(result: dict[str, Any]) -> list[str]:
             "backward pass overlaps it)"
         )
     return lines
+
+
+def _few_shot_lines(result: dict[str, Any]) -> list[str]:
+    """The FewShotEval hooks' cost on the training mesh ([] when not priced)."""
+    if "few_shot_eval" not in result:
+        return []
+    from alexatm_jax.eval_planning.training_eval_cost import text_lines
+
+    return text_lines(result["few_shot_eval"])
 
 
 def _sensitivity_lines(rows: list[dict[str, float]]) -> list[str]:
