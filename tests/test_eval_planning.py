@@ -26,7 +26,13 @@ from alexatm_jax.eval_planning.compiled_programs import (
     decoder_step_param_bytes_per_chip,
     layout_partitioner,
 )
-from alexatm_jax.eval_planning.layout_plan import MEMORY_FULL_DEPTH, plan_layout, program_depths
+from alexatm_jax.eval_planning.layout_plan import (
+    MEMORY_FULL_DEPTH,
+    BucketPlan,
+    LayoutPlan,
+    plan_layout,
+    program_depths,
+)
 from alexatm_jax.eval_planning.layouts import candidate_layouts, layout_problem, parse_layout
 from alexatm_jax.eval_planning.programs import (
     DECODE_STEP,
@@ -37,6 +43,7 @@ from alexatm_jax.eval_planning.programs import (
 )
 from alexatm_jax.eval_planning.roofline import Roofline
 from alexatm_jax.model.config import ModelConfig
+from alexatm_jax.planning import CompiledStep
 
 TARGET = tpu_topology.parse_tpu_target("v5p-8")
 TINY = ModelConfig(
@@ -125,6 +132,23 @@ def test_interpolation_between_and_beyond_the_points():
     assert interpolate(points, 0.0) == (5.0, True)
     assert interpolate([(2.0, 4.0)], 3.0) == (6.0, True)
     assert interpolate([(1.0, 1.0), (2.0, 10.0)], 0.5) == (0.5, True)  # never 0 or below
+
+
+def test_non_positive_cost_model_times_give_no_time_and_no_suite_estimate():
+    # The TPU cost model returns negative optimal_seconds where it cannot price a mesh's
+    # collectives (seen on v4-8 and v4-512): such a layout keeps its memory but has no time.
+    from alexatm_jax.cli.plan_eval import suite_inputs
+
+    step = CompiledStep(1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, optimal_seconds=-95.9)
+    shape = ProgramShape(PREFILL, 8, 128, cache_len=63)
+    layout = parse_layout("data=2,tensor=2")
+    bucket = BucketPlan(shape, step, step, (((1, 1), -95.9), ((2, 1), -120.0)), True, 0.01)
+    plan = LayoutPlan(layout, 0, 2.0**35, (bucket,))
+    assert not bucket.timed and math.isnan(bucket.seconds)
+    assert plan.fits and not plan.timed
+    assert suite_inputs([plan]) == ({}, {"data=2,tensor=2": True})
+    priced = dataclasses.replace(bucket, points=(((1, 1), 0.5), ((2, 1), 0.7)))
+    assert priced.timed and dataclasses.replace(plan, buckets=(priced,)).timed
 
 
 def test_roofline_equals_a_hand_computation():

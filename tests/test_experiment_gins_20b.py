@@ -133,6 +133,25 @@ def test_eval_config_describes_bfloat16_weights_on_four_devices():
     assert gin.query_parameter("%MESH_FSDP") == 4
 
 
+@pytest.mark.parametrize(
+    "gin_file, batch",
+    [
+        ("gin/experiments/alexatm_20b_eval_v5p8.gin", 128),
+        ("gin/experiments/alexatm_20b_eval_v4_8.gin", 32),
+    ],
+)
+def test_planned_eval_gins_record_the_chosen_layout(gin_file, batch):
+    # docs/paper_on_tpu.md: data=2 x tensor=2 on 4 chips, as `alexatm-eval --fsdp 1 --tensor 2
+    # --rules fsdp_tensor --batch_size N`; the batch splits over the 2 data shards.
+    gin_registry.parse_gin([gin_file])
+    cfg = gin_registry.model_config_from_gin()
+    assert (cfg.param_dtype, cfg.dtype) == ("bfloat16", "bfloat16")
+    layout = tuple(gin.query_parameter(f"%{m}") for m in ("MESH_DATA", "MESH_FSDP", "MESH_TENSOR"))
+    assert layout == (2, 1, 2) and gin.query_parameter("%PARTITION_RULES") == "fsdp_tensor"
+    assert gin.query_parameter("%BATCH_SIZE") == batch and batch % 2 == 0
+    assert cfg.num_decoder_heads % 2 == 0
+
+
 def test_alexatm_1b_model_is_about_one_billion_parameters():
     from alexatm_jax.model.params import count_params
 

@@ -293,7 +293,11 @@ def compile_layouts(
 def suite_inputs(plans: list[LayoutPlan]) -> tuple[dict[str, PlannedPrograms], dict[str, bool]]:
     """(ProgramTimes by layout name, whether each fits): what the suite's wall time
     (`alexatm_jax.eval_planning.suite_time.estimate_suite`) takes, with the workloads."""
-    times = {plan.layout.name: plan.programs for plan in plans if plan.programs is not None}
+    times = {
+        plan.layout.name: plan.programs
+        for plan in plans
+        if plan.programs is not None and plan.timed
+    }
     return times, {plan.layout.name: plan.fits for plan in plans}
 
 
@@ -318,6 +322,14 @@ def suite_estimate(
         note=lambda text: print(f"{PROG}: {text}", file=sys.stderr),
     )
     times, fits = suite_inputs(plans)
+    for plan in plans:
+        if plan.skipped is None and not plan.timed:
+            print(
+                f"{PROG}: warning: layout {plan.layout.name}: the TPU cost model gives "
+                "non-positive times (it cannot price some collectives of this slice, as for "
+                "v4 meshes): memory only, no suite time",
+                file=sys.stderr,
+            )
     return estimate_suite(workloads, times, batch, fits=fits, max_positions=config.max_positions)
 
 

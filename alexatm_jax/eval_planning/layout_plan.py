@@ -67,9 +67,15 @@ class BucketPlan:
     does_not_fit: str | None = None
 
     @property
+    def timed(self) -> bool:
+        """Whether the cost model priced every compiled depth (it returns non-positive
+        optimal_seconds where it cannot price some collectives, e.g. on v4 meshes)."""
+        return bool(self.points) and all(seconds > 0 for _, seconds in self.points)
+
+    @property
     def seconds(self) -> float:
-        """The cost model's seconds for one call on the slice."""
-        return self.compiled.optimal_seconds if self.compiled else float("nan")
+        """The cost model's seconds for one call on the slice (NaN when not `timed`)."""
+        return self.compiled.optimal_seconds if self.compiled and self.timed else float("nan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +89,11 @@ class LayoutPlan:
     programs: PlannedPrograms | None = None
     roofline: Roofline | None = None
     skipped: str | None = None
+
+    @property
+    def timed(self) -> bool:
+        """Compiled, and the cost model priced every bucket (`BucketPlan.timed`)."""
+        return self.skipped is None and bool(self.buckets) and all(b.timed for b in self.buckets)
 
     @property
     def fits(self) -> bool:
@@ -145,8 +156,8 @@ def plan_layout(
     buckets = tuple(
         plan_bucket(config, partitioner, shape, roofline, layers, memory, named) for shape in shapes
     )
-    timed = [(b.shape, b.seconds) for b in buckets if b.compiled is not None]
-    programs = PlannedPrograms(layout, shapes[0].batch, timed, roofline) if timed else None
+    priced = [(b.shape, b.seconds) for b in buckets if b.compiled is not None and b.timed]
+    programs = PlannedPrograms(layout, shapes[0].batch, priced, roofline) if priced else None
     return LayoutPlan(layout, param_bytes, hbm_bytes, buckets, programs, roofline)
 
 

@@ -108,7 +108,7 @@ class HookWork:
             progress=lambda stage: progress(f"few-shot {stage}"),
         )
         seconds = time.perf_counter() - start
-        compiled = bool(plan.buckets) and all(b.compiled is not None for b in plan.buckets)
+        compiled = plan.timed and all(b.compiled is not None for b in plan.buckets)
         suite = None
         if compiled:
             times = {self.layout.name: plan.programs}
