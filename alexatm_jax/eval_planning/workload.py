@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from alexatm_jax.evaluation import harness
-from alexatm_jax.evaluation.choice_tasks import ChoiceItem, ChoiceTask
-from alexatm_jax.tokenization import Tokenizer, clm_prompt
+from alexatm_jax.evaluation.choice_tasks import ChoiceTask
+from alexatm_jax.tokenization import Tokenizer
 
 GENERATE = "generate"
 SCORE = "score"
@@ -145,17 +145,6 @@ def paper_workload(
     return typical_workload(task, entry["kind"], examples, *shape, max_new_tokens)
 
 
-def choice_pairs(items: Sequence[ChoiceItem], mode: str) -> list[tuple[str, str]]:
-    """(input, target) texts of every example's choices, as `harness.evaluate` scores them."""
-    if mode not in harness.CHOICE_MODES:
-        raise ValueError(f"choice mode must be one of {harness.CHOICE_MODES}, got {mode!r}")
-    return [
-        (c.full_text, c.full_text) if mode == "denoise" else (clm_prompt(c.context), c.continuation)
-        for item in items
-        for c in item.choices
-    ]
-
-
 def measured_workload(
     task_name: str,
     data_dir: str,
@@ -173,7 +162,7 @@ def measured_workload(
     length = functools.cache(lambda text: len(tokenizer.encode(text)))
     if isinstance(task, ChoiceTask):
         items = task.items(data_dir, task.split, limit)
-        pairs = choice_pairs(items, choice_mode)
+        pairs = harness.choice_pairs(items, choice_mode)
         inputs = tuple(length(i) for i, _ in pairs)
         outputs = tuple(length(t) for _, t in pairs)
         return TaskWorkload(task.name, SCORE, len(items), inputs, outputs, max_new_tokens, MEASURED)

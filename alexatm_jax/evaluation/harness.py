@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from etils import epath
 
 from alexatm_jax.decoding.options import DecodeOptions
 from alexatm_jax.decoding.text import TextModel
-from alexatm_jax.evaluation.choice_tasks import CHOICE_TASKS, ChoiceTask
+from alexatm_jax.evaluation.choice_tasks import CHOICE_TASKS, ChoiceItem, ChoiceTask
 from alexatm_jax.evaluation.generation_tasks import (
     E2ENLG,
     GenerationTask,
@@ -151,17 +152,25 @@ def count_truncated(text_model: TextModel, texts: list[str]) -> int:
     return sum(len(text_model.tokenizer.encode(t)) > limit for t in texts)
 
 
+def choice_pairs(items: Sequence[ChoiceItem], mode: str) -> list[tuple[str, str]]:
+    """(input, target) texts of every item's choices, in order, as `mode` scores them: the whole
+    choice text as both ('denoise'), or the `[CLM]` context and its continuation ('clm')."""
+    if mode not in CHOICE_MODES:
+        raise ValueError(f"choice mode must be one of {CHOICE_MODES}, got {mode!r}")
+    return [
+        (c.full_text, c.full_text) if mode == "denoise" else (clm_prompt(c.context), c.continuation)
+        for item in items
+        for c in item.choices
+    ]
+
+
 def _evaluate_choices(
     task: ChoiceTask, text_model: TextModel, data_dir: str, split: str, limit: int | None, mode: str
 ) -> EvalResult:
     if mode not in CHOICE_MODES:
         raise ValueError(f"choice mode must be one of {CHOICE_MODES}, got {mode!r}")
     items = task.items(data_dir, split, limit)
-    pairs = [
-        (c.full_text, c.full_text) if mode == "denoise" else (clm_prompt(c.context), c.continuation)
-        for item in items
-        for c in item.choices
-    ]
+    pairs = choice_pairs(items, mode)
     truncated = count_truncated(text_model, [t for p in pairs for t in p])
     scores = text_model.score([p[0] for p in pairs], [p[1] for p in pairs], truncate=True)
     predicted, records, offset = [], [], 0
