@@ -523,8 +523,8 @@ def estimate_step_time(
         )
         raise StepTimeUnavailable(
             f"the TPU cost model gives non-positive step times for this layout ({times}): it "
-            "cannot price some of its collectives (seen with meshes of 256 v4 chips); estimate "
-            "the time with --devices N --peak_tflops P --mfu M instead"
+            "cannot price some of its collectives (seen on v4 slices and on every v6e slice); "
+            "estimate the time with --devices N --peak_tflops P --mfu M instead"
         )
     step = (
         extrapolate_linearly(measured, layers, config.depths)
