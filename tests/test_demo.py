@@ -83,6 +83,24 @@ def test_accelerator_probe_follows_jax_platforms(monkeypatch):
     assert demo.accelerator_present()
 
 
+def test_cpu_only_start_up_reaches_jax_that_is_already_imported():
+    # The demo module imports JAX before main() runs, and JAX reads JAX_PLATFORMS when it is
+    # imported: setting the variable alone left the TPU plugin's probe on (libtpu then printed
+    # its TPU_WORKER_HOSTNAMES error during training).
+    code = (
+        "import jax\n"
+        "from alexatm_jax.cli import demo\n"
+        "demo.accelerator_present = lambda: False\n"
+        "demo.quiet_accelerator_probes()\n"
+        "print(jax.config.jax_platforms)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "cpu"
+
+
 @pytest.mark.slow
 def test_make_demo_learns_to_reconstruct(tmp_path, repo_root):
     """The whole demo from scratch (several minutes on 2 cores): it learns to copy (held-out

@@ -112,6 +112,8 @@ def quiet_accelerator_probes() -> None:
     probe lines are filtered for every command: alexatm_jax.tensorflow_probes.)"""
     if not accelerator_present():
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        if "jax" in sys.modules:  # jax read JAX_PLATFORMS when it was imported, before this
+            sys.modules["jax"].config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
 
 
 @dataclasses.dataclass(frozen=True)
