@@ -32,11 +32,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two pytest workers (pytest-xdist), each taking whole test files, so that a file's module
+# fixtures are built once: XLA:CPU compiles and runs one op at a time on one core, and most of
+# the suite's time is compiles and CLI start-ups. TEST_WORKERS=1 runs it in one process.
+TEST_WORKERS ?= 2
+PYTEST_WORKERS := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: lint
-	$(PY) -m pytest -q -m "not slow" --durations=25 tests
+	$(PY) -m pytest -q -m "not slow" --durations=25 $(PYTEST_WORKERS) tests
 
 test-all: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_WORKERS) tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

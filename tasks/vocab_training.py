@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
@@ -114,13 +115,20 @@ def train_demo_vocabulary() -> str:
     byte-identical (measured on data/sample; the cause is inside SentencePiece's trainer).
     """
     path = demo_files.demo_vocabulary_file()
-    if not os.path.exists(path):
-        logging.info("training the demo vocabulary on %s", demo_files.DEMO_DATA_DIR)
-        train_vocabulary(
-            corpus_sentences(demo_files.DEMO_DATA_DIR),
-            path,
-            demo_files.DEMO_VOCAB_SIZE,
-            demo_files.DEMO_RESERVED_TAGS,
-            num_threads=1,
-        )
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # One trainer at a time (parallel test workers, a demo beside the tests): the others wait
+    # and then use its file, so that every process tokenizes with the same pieces.
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(path):
+            logging.info("training the demo vocabulary on %s", demo_files.DEMO_DATA_DIR)
+            train_vocabulary(
+                corpus_sentences(demo_files.DEMO_DATA_DIR),
+                path,
+                demo_files.DEMO_VOCAB_SIZE,
+                demo_files.DEMO_RESERVED_TAGS,
+                num_threads=1,
+            )
     return path

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tasks import counters as names
 from tasks.corpus_files import iter_documents
-from tasks.counters import PipelineCounters, ScopedCounters
+from tasks.counters import COUNTERS, PipelineCounters, ScopedCounters
 from tasks.file_readers import read_documents
 from tasks.preprocessors.documents import prepare_documents
 
@@ -89,6 +89,8 @@ def test_the_trainer_reports_pipeline_counters(tmp_path, caplog, demo_vocabulary
     from alexatm_jax.partitioning import MeshConfig
     from alexatm_jax.training.trainer import TrainConfig, train
 
+    # The counters are per process: start from zero whatever ran before in this worker.
+    COUNTERS.reset()
     data_dir = tmp_path / "data"
     (data_dir / "en").mkdir(parents=True)
     (data_dir / "en" / "sample.txt").write_text(

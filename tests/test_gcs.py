@@ -175,6 +175,9 @@ def test_training_on_gs_data_writes_a_complete_model_dir(gcs_server, reference):
     assert any(n.startswith(f"{reference}/tensorboard/events.") for n in names)
 
 
+# Marked slow (about 1 minute): reading a model from the bucket is covered by the inference
+# test below, and fine-tuning itself by test_finetuning_parity.py.
+@pytest.mark.slow
 def test_finetuning_reads_its_model_and_pairs_from_the_bucket(gcs_server, reference):
     """gin/experiments/finetune.gin with INIT_FROM the gs:// MODEL_DIR above and FINETUNE_DATA
     in the bucket (train gzipped): the model and tokenizer come from the bucket, the task's BLEU

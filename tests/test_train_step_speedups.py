@@ -234,6 +234,8 @@ def test_benchmark_load_record_marks_a_busy_machine(monkeypatch, repo_root):
     sys.modules.pop("machine_load", None)
 
 
+# Marked slow: it runs the benchmark script end to end (about 1 minute).
+@pytest.mark.slow
 def test_train_step_benchmark_times_the_reference_under_both_allocators(repo_root, tmp_path):
     """benchmarks/train_step.py (tiny settings, via quiet_tables.py --smoke): the reference runs
     in two worker processes, glibc's defaults and ours, and the JSON says which is which."""

@@ -219,6 +219,9 @@ def test_a_model_dir_of_another_architecture_is_refused(reference, tmp_path):
     assert checkpoint_steps(model_dir) == [5, 10]
 
 
+# Marked slow (about 2 minutes): test_train_step.py's sharded-training check covers the same
+# data x fsdp x tensor mesh against one device in the library; this adds the CLI's flags.
+@pytest.mark.slow
 def test_eight_devices_data_fsdp_tensor_match_one_device(reference, tmp_path):
     model_dir = str(tmp_path / "run")
     done = run_train(
